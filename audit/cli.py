@@ -1,0 +1,108 @@
+"""diffaudit command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Fairness audits and debiasing benchmarks for diffusion models.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+zoo_app = typer.Typer(help="The bundled SynthFaces zoo.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("train")
+def zoo_train(
+    name: str,
+    max_steps: int | None = typer.Option(None, help="Stop after this many steps (resumable)."),
+    workdir: Path = typer.Option(Path(".zoo-work"), help="Where checkpoints go."),
+    threads: int = typer.Option(2, help="torch CPU threads."),
+):
+    """Train (or resume training) a zoo model with its recipe; exports into the zoo."""
+    import torch
+
+    from audit.zoo import zoo_path
+    from audit.zoo.recipes import RECIPES, DiffusionRecipe
+
+    torch.set_num_threads(threads)
+    recipe = RECIPES[name]
+    if isinstance(recipe, DiffusionRecipe):
+        from audit.zoo.train_diffusion import train
+
+        train(recipe, workdir / name, zoo_path(name), max_steps=max_steps,
+              log=lambda s: print(s, flush=True))
+    else:
+        from audit.zoo.train_classifier import train
+
+        train(recipe, workdir / name, zoo_path(name), max_steps=max_steps,
+              log=lambda s: print(s, flush=True))
+
+
+@zoo_app.command("list")
+def zoo_list():
+    """List the zoo's models, what they are and whether their weights are present."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from audit.zoo import zoo_path
+    from audit.zoo.recipes import RECIPES
+
+    table = Table(title="SynthFaces zoo")
+    for column in ("name", "kind", "trained", "size", "description"):
+        table.add_column(column)
+    for name, recipe in RECIPES.items():
+        path = zoo_path(name)
+        files = [f for f in path.rglob("*") if f.is_file()] if path.exists() else []
+        size = sum(f.stat().st_size for f in files)
+        info_file = path / "training.json"
+        steps = json.loads(info_file.read_text()).get("steps") if info_file.exists() else None
+        trained = "yes" if files else "no"
+        if steps is not None:
+            trained += f" ({steps}/{recipe.steps} steps)"
+        kind = "diffusion" if hasattr(recipe, "unet") else recipe.kind
+        table.add_row(name, kind, trained, f"{size / 1e6:.1f} MB", recipe.description)
+    Console().print(table)
+
+
+@zoo_app.command("check")
+def zoo_check(
+    json_file: Path | None = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    n: int = typer.Option(1000, help="Samples per model."),
+    steps: int = typer.Option(50, help="DDIM steps."),
+    heldout: int = typer.Option(10_000, help="Held-out ground-truth images for the labelers."),
+    threads: int = typer.Option(2, help="torch CPU threads."),
+):
+    """Measure every zoo model against its bars and print the table."""
+    import json
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from audit.zoo.check import rows_to_json, run_check
+
+    torch.set_num_threads(threads)
+    rows = run_check(n=n, steps=steps, n_heldout=heldout)
+    table = Table(title="diffaudit zoo check")
+    for column in ("model", "check", "value", "bar", "pass", "detail"):
+        table.add_column(column)
+    for r in rows:
+        mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "-"}[r.passed]
+        value = "-" if r.value is None else f"{r.value:.4f}"
+        table.add_row(r.model, r.check, value, r.bar, mark, r.detail)
+    Console(width=200).print(table)
+    if json_file is not None:
+        json_file.write_text(json.dumps(rows_to_json(rows), indent=2))
+    if any(r.passed is False for r in rows):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Fairness and quality metrics: pure math in functional.py, streaming wrappers beside it."""

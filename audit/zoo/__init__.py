@@ -1,0 +1,20 @@
+"""The bundled SynthFaces zoo: world generator, training recipes and committed weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from audit.zoo.recipes import RECIPES
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def zoo_path(name: str) -> Path:
+    """Directory of a zoo model's committed weights."""
+    if name not in RECIPES:
+        raise KeyError(f"unknown zoo model {name!r}; available: {', '.join(RECIPES)}")
+    return WEIGHTS_DIR / name
+
+
+def is_trained(name: str) -> bool:
+    return (zoo_path(name) / "training.json").exists()

@@ -1,0 +1,126 @@
+"""Training recipes of the zoo: everything `diffaudit zoo train NAME` needs to reproduce a model.
+
+Recipe choices for the diffusion models come from the prototype findings in DESIGN.md:
+epsilon prediction lost the global colour at this size, v-prediction with a cosine schedule
+and trailing timestep spacing reproduced it; the UNet downsamples to 4x4 and has attention in
+its middle block so that h-space (the mid-block output) is semantic enough to guide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DiffusionRecipe:
+    name: str
+    conditional: bool
+    unet: dict
+    scheduler: dict
+    steps: int
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 300
+    ema_decay: float = 0.999
+    world: str = "biased"
+    data_seed: int = 1
+    text_encoder: dict | None = None
+    caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
+    mention_prob: float = 0.5  # chance that a caption mentions each attribute
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ClassifierRecipe:
+    """A SynthFaces CNN: attribute labeler, or the FID feature extractor."""
+
+    name: str
+    kind: str  # "labeler" | "features"
+    channels: tuple[int, ...]
+    kernel_size: int
+    feature_dim: int
+    steps: int
+    batch_size: int = 128
+    lr: float = 2e-3
+    world: str = "uniform"
+    data_seed: int = 11
+    augment: bool = True
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "squaredcos_cap_v2",
+    "prediction_type": "v_prediction",
+    "timestep_spacing": "trailing",
+    "clip_sample": True,
+    "set_alpha_to_one": True,
+}
+
+DDPM_UNET = {
+    "sample_size": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": (32, 64, 128, 128),
+    "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    "layers_per_block": 1,
+    "attention_head_dim": 32,
+    "norm_num_groups": 16,
+}
+
+T2I_UNET = {
+    "sample_size": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": (32, 64, 128, 128),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "layers_per_block": 1,
+    "attention_head_dim": 4,
+    "norm_num_groups": 16,
+    "cross_attention_dim": 128,
+}
+
+TEXT_ENCODER = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 24,
+}
+
+RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
+    "synthfaces-ddpm": DiffusionRecipe(
+        name="synthfaces-ddpm", conditional=False, unet=DDPM_UNET, scheduler=SCHEDULER,
+        steps=8_000,
+        description="Unconditional UNet2DModel (4.3M params, v-prediction, DDIM) trained on "
+                    "the biased SynthFaces world.",
+    ),
+    "synthfaces-t2i": DiffusionRecipe(
+        name="synthfaces-t2i", conditional=True, unet=T2I_UNET, scheduler=SCHEDULER,
+        text_encoder=TEXT_ENCODER, steps=12_000, data_seed=2,
+        description="Text-conditioned UNet2DConditionModel with a small CLIP text encoder, "
+                    "trained on captions that mention a random subset of the attributes.",
+    ),
+    "synthfaces-eval": ClassifierRecipe(
+        name="synthfaces-eval", kind="labeler", channels=(32, 64, 128), kernel_size=3,
+        feature_dim=128, steps=800, data_seed=11,
+        description="Evaluation labeler: 3-stage CNN (3x3 convs, batch norm), trained on the "
+                    "uniform world with augmentation.",
+    ),
+    "synthfaces-pseudo": ClassifierRecipe(
+        name="synthfaces-pseudo", kind="labeler", channels=(24, 48, 96, 96), kernel_size=5,
+        feature_dim=64, steps=800, data_seed=23,
+        description="Pseudo-labeler for probe training: 4-stage CNN (5x5 convs), a different "
+                    "architecture and data seed from synthfaces-eval.",
+    ),
+    "synthfaces-features": ClassifierRecipe(
+        name="synthfaces-features", kind="features", channels=(32, 64, 128), kernel_size=3,
+        feature_dim=64, steps=1200, data_seed=37, world="biased",
+        description="FID[synthfaces] extractor: a CNN trained to predict every attribute and "
+                    "regress every nuisance render parameter (position, scale, skin shade, "
+                    "background and shirt colour); its 64-d penultimate layer is the feature.",
+    ),
+}

@@ -1,0 +1,75 @@
+"""A CLIP-format BPE tokenizer for the SynthFaces caption vocabulary.
+
+The zoo's text models are saved in the standard transformers layout (vocab.json + merges.txt),
+so the loading code that serves a real CLIP/Stable Diffusion tokenizer serves them too. The
+vocabulary holds every single character plus each caption word, built up by left-to-right
+merges, so any text tokenizes (unknown words fall back to characters).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import tempfile
+from pathlib import Path
+
+from audit.zoo.synthfaces import ATTRIBUTE_PHRASES, SUBJECTS
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+EXTRA_WORDS = (
+    "a", "an", "the", "of", "with", "and", "or", "without", "wearing", "not", "person", "people",
+    "face", "man", "woman", "photo", "picture", "portrait", "someone", "skin", "hair",
+    "eyeglasses", "glasses", "smiling", "smile", "neutral", "light", "dark", "fair", "brown",
+    "black", "blond", "gray", "grey", "long", "short", "no", "yes", "who", "is", "are", "has",
+    "in", "on", "at", "for", "by", "all", "kinds", "irrespective", "their", "gender", "race",
+    "ethnicity", "diverse", "different", "group", "if", "appearance",
+)
+
+
+def caption_words() -> list[str]:
+    words = set(EXTRA_WORDS)
+    for text in SUBJECTS:
+        words.update(text.split())
+    for per_class in ATTRIBUTE_PHRASES.values():
+        for phrases in per_class.values():
+            for phrase in phrases:
+                words.update(phrase.split())
+    return sorted(words)
+
+
+def build_vocab_and_merges(words: list[str]) -> tuple[dict[str, int], list[str]]:
+    """Train a BPE (tokenizers library) on the caption words, large enough that every word
+    becomes one token; every single character (plain and word-final) stays in the vocabulary."""
+    from tokenizers import Tokenizer, models, trainers
+
+    symbols = list(string.ascii_lowercase + string.digits + string.punctuation)
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    trainer = trainers.BpeTrainer(vocab_size=10_000, min_frequency=1, initial_alphabet=symbols,
+                                  end_of_word_suffix="</w>", show_progress=False)
+    bpe.train_from_iterator(words, trainer)
+    with tempfile.TemporaryDirectory() as tmp:
+        bpe.model.save(tmp)
+        learned = json.loads((Path(tmp) / "vocab.json").read_text())
+        merges = (Path(tmp) / "merges.txt").read_text().splitlines()[1:]
+    tokens = symbols + [s + "</w>" for s in symbols]
+    tokens += [t for t in sorted(learned, key=learned.get) if t not in set(tokens)]
+    tokens += [BOS, EOS]
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def save_tokenizer(directory: str | Path, max_length: int = 24):
+    """Write a CLIPTokenizer for the caption vocabulary to `directory` and return it."""
+    from transformers import CLIPTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab, merges = build_vocab_and_merges(caption_words())
+    (directory / "vocab.json").write_text(json.dumps(vocab, indent=0))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    config = {"model_max_length": max_length, "bos_token": BOS, "eos_token": EOS,
+              "unk_token": EOS, "pad_token": EOS, "tokenizer_class": "CLIPTokenizer"}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (directory / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}, indent=2))
+    return CLIPTokenizer.from_pretrained(directory)

@@ -1,0 +1,202 @@
+"""Train a zoo diffusion model (unconditional or text-conditioned) on SynthFaces, resumably.
+
+Data is generated on the fly from a seed per step, so a run resumed from its last checkpoint
+sees exactly the batches it would have seen uninterrupted. Checkpoints (model, EMA, optimizer)
+go to a work directory; `export` writes the EMA weights in diffusers' directory format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from audit.zoo.recipes import DiffusionRecipe
+from audit.zoo.synthfaces import WORLDS, caption_for, generate
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def build_models(recipe: DiffusionRecipe, tokenizer_dir: Path | None = None):
+    """Fresh (unet, text_encoder, tokenizer, scheduler) for a recipe; text parts are None when
+    the recipe is unconditional."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel, UNet2DModel
+
+    torch.manual_seed(0)
+    scheduler = DDIMScheduler(**recipe.scheduler)
+    if not recipe.conditional:
+        return UNet2DModel(**recipe.unet), None, None, scheduler
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from audit.zoo.tokenizer import save_tokenizer
+
+    tokenizer = save_tokenizer(tokenizer_dir)
+    config = CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                            **recipe.text_encoder)
+    return UNet2DConditionModel(**recipe.unet), CLIPTextModel(config), tokenizer, scheduler
+
+
+def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return text_encoder(ids)[0]
+
+
+def lr_factor(step: int, recipe: DiffusionRecipe) -> float:
+    """Linear warm-up, then cosine decay to 5% at recipe.steps."""
+    if step < recipe.warmup_steps:
+        return (step + 1) / recipe.warmup_steps
+    progress = min(1.0, (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def training_batch(recipe: DiffusionRecipe, step: int):
+    """The step's images and captions; a pure function of (recipe, step)."""
+    seed = recipe.data_seed * 1_000_003 + step
+    batch = generate(recipe.batch_size, WORLDS[recipe.world], seed=seed)
+    captions = None
+    if recipe.conditional:
+        rng = np.random.default_rng(seed + 7)
+        captions = []
+        for i in range(len(batch)):
+            if rng.random() < recipe.caption_dropout:
+                captions.append("")
+            else:
+                attrs = {k: int(v[i]) for k, v in batch.attributes.items()}
+                captions.append(caption_for(attrs, rng, recipe.mention_prob))
+    return batch.tensor(), captions
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: int | None = None,
+          checkpoint_every: int = 250, export_every: int = 1000, log=print) -> int:
+    """Train until recipe.steps (or max_steps this call); returns the step reached."""
+    from diffusers.training_utils import EMAModel
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    unet, text_encoder, tokenizer, scheduler = build_models(recipe, workdir / "tokenizer")
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if text_encoder else [])
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
+    ema = EMAModel(params, decay=recipe.ema_decay, use_ema_warmup=True, power=0.75)
+    step, wall = 0, 0.0
+    ckpt = workdir / CHECKPOINT
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        unet.load_state_dict(state["unet"])
+        if text_encoder is not None:
+            text_encoder.load_state_dict(state["text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        step, wall = int(state["step"]), float(state["wall"])
+        log(f"resumed {recipe.name} at step {step}")
+    elif (export_dir / "training.json").exists():
+        step, wall = warm_start(recipe, unet, text_encoder, ema, export_dir)
+        log(f"warm-started {recipe.name} from exported weights at step {step}")
+
+    end = recipe.steps if max_steps is None else min(recipe.steps, step + max_steps)
+    alphas = scheduler.alphas_cumprod
+    generator = torch.Generator().manual_seed(recipe.data_seed)
+    running = None
+    unet.train()
+    while step < end:
+        t0 = time.time()
+        generator.manual_seed(recipe.data_seed * 7919 + step)
+        x0, captions = training_batch(recipe, step)
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, len(alphas), (len(x0),), generator=generator)
+        x_t = scheduler.add_noise(x0, noise, t)
+        target = scheduler.get_velocity(x0, noise, t)
+        for group in optimizer.param_groups:
+            group["lr"] = recipe.lr * lr_factor(step, recipe)
+        if recipe.conditional:
+            pred = unet(x_t, t, encoder_hidden_states=encode_text(tokenizer, text_encoder, captions)).sample
+        else:
+            pred = unet(x_t, t).sample
+        loss = F.mse_loss(pred, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        ema.step(params)
+        step += 1
+        wall += time.time() - t0
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0:
+            log(f"{recipe.name} step {step}/{recipe.steps} loss {running:.4f} "
+                f"{wall / step:.2f}s/step lr {optimizer.param_groups[0]['lr']:.2e}")
+        if step % checkpoint_every == 0 or step == end:
+            state = {"unet": unet.state_dict(), "optimizer": optimizer.state_dict(),
+                     "ema": ema.state_dict(), "step": step, "wall": wall}
+            if text_encoder is not None:
+                state["text_encoder"] = text_encoder.state_dict()
+            _atomic_torch_save(state, ckpt)
+        if step % export_every == 0 or step == end:
+            export(recipe, unet, text_encoder, tokenizer, scheduler, ema, params, export_dir,
+                   step, wall, running)
+            log(f"exported {recipe.name} at step {step} to {export_dir}")
+    return step
+
+
+def warm_start(recipe, unet, text_encoder, ema, export_dir: Path) -> tuple[int, float]:
+    """Continue from committed (EMA) weights when the work checkpoint is gone, e.g. in a new
+    session: model and EMA both start from the exported weights; the optimizer starts fresh."""
+    from diffusers import UNet2DConditionModel, UNet2DModel
+
+    info = json.loads((export_dir / "training.json").read_text())
+    cls = UNet2DConditionModel if recipe.conditional else UNet2DModel
+    unet.load_state_dict(cls.from_pretrained(export_dir / "unet", torch_dtype=torch.float32).state_dict())
+    if text_encoder is not None:
+        from transformers import CLIPTextModel
+
+        loaded = CLIPTextModel.from_pretrained(export_dir / "text_encoder", torch_dtype=torch.float32)
+        text_encoder.load_state_dict(loaded.state_dict())
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if text_encoder else [])
+    ema.shadow_params = [p.detach().clone() for p in params]
+    ema.optimization_step = int(info["steps"])
+    return int(info["steps"]), float(info.get("train_seconds", 0.0))
+
+
+def export(recipe, unet, text_encoder, tokenizer, scheduler, ema, params, export_dir: Path,
+           step: int, wall: float, loss: float | None) -> None:
+    """Write the EMA weights (float16 safetensors) in diffusers' directory layout."""
+    import copy
+
+    import diffusers
+    import transformers
+
+    export_dir.mkdir(parents=True, exist_ok=True)
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        copy.deepcopy(unet).to(torch.float16).save_pretrained(export_dir / "unet", safe_serialization=True)
+        components = {"unet": ["diffusers", type(unet).__name__],
+                      "scheduler": ["diffusers", type(scheduler).__name__]}
+        if text_encoder is not None:
+            copy.deepcopy(text_encoder).to(torch.float16).save_pretrained(
+                export_dir / "text_encoder", safe_serialization=True)
+            tokenizer.save_pretrained(export_dir / "tokenizer")
+            components["text_encoder"] = ["transformers", "CLIPTextModel"]
+            components["tokenizer"] = ["transformers", "CLIPTokenizer"]
+    finally:
+        ema.restore(params)
+    scheduler.save_pretrained(export_dir / "scheduler")
+    index = {"_class_name": "DDIMPipeline" if text_encoder is None else "SynthFacesTextToImage",
+             "_diffusers_version": diffusers.__version__, **components}
+    (export_dir / "model_index.json").write_text(json.dumps(index, indent=2))
+    info = {"recipe": recipe.name, "steps": step, "target_steps": recipe.steps,
+            "train_seconds": round(wall, 1), "final_loss": loss, "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "description": recipe.description}
+    (export_dir / "training.json").write_text(json.dumps(info, indent=2))
