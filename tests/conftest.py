@@ -34,3 +34,35 @@ def tiny_ddim():
     from audit.zoo.recipes import SCHEDULER
 
     return DDIMScheduler(**SCHEDULER)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_unet, tiny_ddim):
+    from audit.models.adapter import ModelAdapter
+
+    return ModelAdapter(unet=tiny_unet, scheduler=tiny_ddim, model_id="tiny-unconditional")
+
+
+@pytest.fixture(scope="session")
+def tiny_text_adapter(tiny_ddim, tmp_path_factory):
+    """A random text-conditioned model: UNet2DConditionModel + CLIP text encoder + tokenizer."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from audit.models.adapter import ModelAdapter
+    from audit.zoo.tokenizer import save_tokenizer
+
+    tokenizer = save_tokenizer(tmp_path_factory.mktemp("tokenizer"), max_length=16)
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=16,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+    unet = UNet2DConditionModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 16, 16, 16),
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                                  "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                                layers_per_block=1, attention_head_dim=2, norm_num_groups=4,
+                                cross_attention_dim=16).eval()
+    return ModelAdapter(unet=unet, scheduler=tiny_ddim, text_encoder=CLIPTextModel(config).eval(),
+                        tokenizer=tokenizer, model_id="tiny-text")

@@ -43,7 +43,7 @@ def test_unconditional_recipe_trains_resumes_and_exports(tmp_path):
     assert train(dataclasses.replace(recipe, steps=6), work, out, log=messages.append) == 6
     assert any("warm-started" in m and "step 5" in m for m in messages)
     adapter = ModelAdapter.from_directory(out)
-    images = adapter.generate([0, 1], steps=2)
+    images = adapter.generate([0, 1], steps=2).images
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
 
 
@@ -53,7 +53,7 @@ def test_text_to_image_recipe_exports_a_loadable_pipeline(tmp_path):
     adapter = ModelAdapter.from_directory(tmp_path / "out")
     assert adapter.conditional
     images = adapter.generate([0, 1], prompts=["a photo of a person", "a photo of a person with dark skin"],
-                              steps=2, guidance_scale=3.0)
+                              steps=2, guidance_scale=3.0).images
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
 
 

@@ -79,7 +79,7 @@ def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int) -> Non
         rows.append(CheckRow(name, "trained", None, "weights present", None, "model or labeler not trained"))
         return
     adapter = ModelAdapter.from_zoo(name)
-    images = torch.cat([adapter.generate(list(range(i, min(i + batch_size, n))), steps=steps)
+    images = torch.cat([adapter.generate(list(range(i, min(i + batch_size, n))), steps=steps).images
                         for i in range(0, n, batch_size)])
     probs = label_probabilities(images)
     rows.extend(marginal_rows(name, probs, BIASED_WORLD.marginals, 0.05))

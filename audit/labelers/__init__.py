@@ -1,0 +1,1 @@
+"""Independent attribute classifiers (one file per backend), behind one interface."""

@@ -1,0 +1,1 @@
+"""Debiasing methods, one file each; `none` (the base class) does nothing."""

@@ -1,0 +1,111 @@
+"""The method interface: hooks into the adapter's denoising loop that do nothing by default.
+
+A method may rewrite prompts (`prompts`), edit x_t before the UNet (`on_x`), replace h at
+the middle block (`on_h`, needs `edits_h = True`) or change the UNet's output (`on_output`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+
+@dataclass
+class BatchContext:
+    """What a method sees of the batch being sampled."""
+
+    adapter: Any
+    scheduler: Any
+    seeds: list[int]
+    prompts: Any
+    context: torch.Tensor | None
+    guidance_scale: float
+    steps: int
+    step_index: int = 0
+    t: int = 0
+    state: dict = field(default_factory=dict)
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the sampling loop done before this step (0 at the first step)."""
+        return self.step_index / max(1, self.steps)
+
+
+class Method:
+    name: ClassVar[str] = "none"
+    edits_h: ClassVar[bool] = False
+    needs_probe: ClassVar[bool] = False
+
+    def not_applicable(self, adapter) -> str | None:
+        """Why this method cannot run on the model (None when it can)."""
+        return None
+
+    def prompts(self, prompts: list[str], seeds: list[int]) -> list[str]:
+        return prompts
+
+    def start_cell(self, seeds: list[int]) -> None:
+        """Called once with every seed of a cell before its first batch."""
+
+    def start_batch(self, batch: BatchContext) -> None:
+        pass
+
+    def on_x(self, x: torch.Tensor, batch: BatchContext) -> torch.Tensor:
+        return x
+
+    def on_h(self, h: torch.Tensor, batch: BatchContext) -> torch.Tensor | None:
+        return None
+
+    def on_output(self, output: torch.Tensor, x: torch.Tensor, batch: BatchContext) -> torch.Tensor:
+        return output
+
+    def end_batch(self, batch: BatchContext) -> dict:
+        return dict(batch.state)
+
+    def config(self) -> dict:
+        """Everything that determines the method's behaviour (goes into the manifest)."""
+        return {"name": self.name}
+
+
+NoGuidance = Method
+
+
+class AllocatingMethod(Method):
+    """A method that gives each sample a target class. The allocation is made over the whole
+    cell (when start_cell was called), so an image's class never depends on its batch."""
+
+    target: np.ndarray
+
+    def start_cell(self, seeds: list[int]) -> None:
+        self._allocation = dict(zip((int(s) for s in seeds), allocate(self.target, list(seeds)).tolist(),
+                                    strict=True))
+
+    def allocated(self, seeds: list[int]) -> np.ndarray:
+        table = getattr(self, "_allocation", None)
+        if table is not None and all(int(s) in table for s in seeds):
+            return np.asarray([table[int(s)] for s in seeds])
+        return allocate(self.target, list(seeds))
+
+    def start_batch(self, batch: BatchContext) -> None:
+        batch.state["allocated"] = torch.from_numpy(self.allocated(batch.seeds))
+
+    def end_batch(self, batch: BatchContext) -> dict:
+        state = dict(batch.state)
+        state["allocated"] = state["allocated"].tolist()
+        return state
+
+
+def allocate(target: np.ndarray, seeds: list[int]) -> np.ndarray:
+    """Class indices for a batch in the target proportions (largest remainder), in an order
+    that depends only on the seeds, so the allocation is reproducible and batch-local."""
+    target = np.asarray(target, dtype=float)
+    n = len(seeds)
+    counts = np.floor(target * n).astype(int)
+    remainder = target * n - counts
+    order = np.argsort(-remainder, kind="stable")
+    counts[order[: n - counts.sum()]] += 1
+    labels = np.repeat(np.arange(len(target)), counts)
+    rng = np.random.default_rng([int(s) for s in seeds])
+    return rng.permutation(labels)

@@ -1,0 +1,89 @@
+"""Shared machinery of the gradient-guidance methods: losses on a batch's predicted attribute
+distribution, scale normalisation, the explosion guard, and the two gradient paths.
+
+Scale semantics (`normalize=True`, the default): each step is a Polyak step,
+`scale * loss * g / ||g||^2`, g being the gradient of the batch loss w.r.t. the whole guided
+tensor (h or x_t). To first order it removes the fraction `scale` of the current loss, whatever
+the batch size, model width, timestep or probe sensitivity; so one scale transfers across them,
+the loss (not a per-sample normaliser) still decides which samples move, and the step shrinks
+as the batch nears its target. `normalize=False` gives the paper's raw `scale * g`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from audit.probes.probe import Probe, joint_probs
+
+MAX_DISPLACEMENT = 1.0  # per-sample step cap, in units of the tensor's rms (the guard)
+
+
+def chi_square_loss(p_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """sum_c (p_hat_c - pi_c)^2 / pi_c, the paper's default distribution loss."""
+    return ((p_hat - target) ** 2 / target.clamp(min=1e-3)).sum()
+
+
+def kl_loss(p_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(p_hat || pi) with smoothing, so zero-target classes repel instead of exploding."""
+    p = (p_hat + 1e-4) / (1 + 1e-4 * len(p_hat))
+    q = (target + 1e-3) / (1 + 1e-3 * len(target))
+    return (p * (p / q).log()).sum()
+
+
+LOSSES = {"chi2": chi_square_loss, "kl": kl_loss}
+
+
+def rms(x: torch.Tensor) -> torch.Tensor:
+    return x.float().pow(2).mean().sqrt()
+
+
+def displacement(g: torch.Tensor, ref: torch.Tensor, scale: float, loss: torch.Tensor,
+                 normalize: bool, state: dict) -> torch.Tensor | None:
+    """The step to subtract from `ref`, or None (recorded in state) when the gradient is not
+    finite; per-sample steps larger than MAX_DISPLACEMENT * rms(ref) are clipped."""
+    loss = loss.detach().float()
+    if not torch.isfinite(g).all() or not torch.isfinite(loss):
+        state["skipped_nonfinite"] = state.get("skipped_nonfinite", 0) + 1
+        return None
+    if normalize:
+        step = scale * loss.clamp(min=0) * g / (g.float().pow(2).sum() + 1e-20)
+    else:
+        step = scale * g
+    limit = MAX_DISPLACEMENT * rms(ref)
+    per_sample = step.flatten(1).pow(2).mean(1).sqrt().clamp(min=1e-12)
+    factor = (limit / per_sample).clamp(max=1.0)
+    clipped = int((factor < 1).sum())
+    if clipped:
+        state["clipped_steps"] = state.get("clipped_steps", 0) + clipped
+    return (step * factor.view(-1, *[1] * (step.dim() - 1))).to(ref.dtype)
+
+
+def batch_distribution_loss(probes: list[Probe], h: torch.Tensor, t: int, target: torch.Tensor,
+                            loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, p_hat) of the batch's probe-predicted joint distribution against the target."""
+    p_hat = joint_probs(probes, h, t).mean(0)
+    return LOSSES[loss](p_hat, target), p_hat
+
+
+def per_sample_loss(probes: list[Probe], h: torch.Tensor, t: int, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each sample's joint probe prediction to its allocated class."""
+    logp = joint_probs(probes, h, t).clamp(min=1e-12).log()
+    return torch.nn.functional.nll_loss(logp, labels)
+
+
+def encode_h(batch, x: torch.Tensor) -> torch.Tensor:
+    """h of x_t through the encoder half only (differentiable); under CFG, the conditional h."""
+    adapter, scheduler = batch.adapter, batch.scheduler
+    model_in = scheduler.scale_model_input(x, batch.t)
+    if batch.context is None:
+        return adapter.hspace().encode(model_in, batch.t)
+    cond = batch.context[-len(x):]
+    return adapter.hspace().encode(model_in, batch.t, encoder_hidden_states=cond)
+
+
+def joint_target(targets: list[np.ndarray]) -> np.ndarray:
+    joint = np.asarray(targets[0], dtype=float)
+    for t in targets[1:]:
+        joint = np.outer(joint, np.asarray(t, dtype=float)).ravel()
+    return joint

@@ -1,0 +1,52 @@
+"""Universal guidance (baseline, Bansal et al. 2023, forward guidance): a differentiable image
+classifier judges the predicted x0; the gradient of each sample's cross-entropy to its allocated
+class, taken w.r.t. x_t through the whole UNet, moves x_t. It needs a full UNet backward per
+step, so it is by far the most expensive method."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from audit.methods.base import AllocatingMethod, BatchContext
+from audit.methods.guidance import displacement
+
+
+class UniversalGuidance(AllocatingMethod):
+    name = "universal_guidance"
+
+    def __init__(self, labeler, attributes: list[str], target, scale: float = 1.0, start: float = 0.0,
+                 stop: float = 1.0, normalize: bool = True):
+        if not getattr(labeler, "differentiable", False):
+            raise ValueError(f"universal guidance needs a differentiable labeler; {labeler.name} is not")
+        self.labeler, self.attributes = labeler, list(attributes)
+        self.target = np.asarray(target, dtype=float)
+        self.scale, self.start, self.stop, self.normalize = float(scale), start, stop, normalize
+
+    def joint_logp(self, images01: torch.Tensor) -> torch.Tensor:
+        logits = self.labeler.logits(images01)
+        logp = logits[self.attributes[0]].log_softmax(-1)
+        for a in self.attributes[1:]:
+            logp = (logp[:, :, None] + logits[a].log_softmax(-1)[:, None, :]).flatten(1)
+        return logp
+
+    def on_x(self, x: torch.Tensor, batch: BatchContext) -> torch.Tensor:
+        if not (self.start <= batch.progress < self.stop) or self.scale <= 0:
+            return x
+        adapter, scheduler = batch.adapter, batch.scheduler
+        with torch.enable_grad():
+            x_ = x.detach().requires_grad_(True)
+            out = adapter.unet_output(scheduler.scale_model_input(x_, batch.t), batch.t, batch.context,
+                                      batch.guidance_scale)
+            x0 = adapter.predict_x0(scheduler, x_, batch.t, out).clamp(-1, 1)
+            if adapter.vae is not None:
+                x0 = adapter.vae.decode(x0 / adapter.vae.config.scaling_factor).sample
+            loss = torch.nn.functional.nll_loss(self.joint_logp(x0 / 2 + 0.5), batch.state["allocated"])
+            (g,) = torch.autograd.grad(loss, x_)
+        step = displacement(g, x, self.scale, loss, self.normalize, batch.state)
+        return x if step is None else (x - step).detach()
+
+    def config(self) -> dict:
+        return {"name": self.name, "labeler": self.labeler.name, "attributes": self.attributes,
+                "target": self.target.tolist(), "scale": self.scale, "start": self.start, "stop": self.stop,
+                "normalize": self.normalize}

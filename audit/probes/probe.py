@@ -1,0 +1,72 @@
+"""h-space probes: the paper's "Attribute Distribution Predictor".
+
+One linear head per sampling timestep on the flattened, standardised h, K classes, logits
+divided by a temperature tau (8 in the paper) so that guidance gradients do not vanish in a
+saturated softmax. Saved as safetensors + JSON meta.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class Probe(nn.Module):
+    def __init__(self, attribute: str, classes: list[str], timesteps: list[int], dim: int, tau: float = 8.0,
+                 meta: dict | None = None):
+        super().__init__()
+        self.attribute, self.classes, self.tau = attribute, list(classes), float(tau)
+        self.timesteps = [int(t) for t in timesteps]
+        self.meta = dict(meta or {})
+        steps, k = len(self.timesteps), len(self.classes)
+        self.weight = nn.Parameter(torch.zeros(steps, k, dim))
+        self.bias = nn.Parameter(torch.zeros(steps, k))
+        self.register_buffer("mean", torch.zeros(steps, dim))
+        self.register_buffer("std", torch.ones(steps, dim))
+
+    def index(self, t: int | torch.Tensor) -> int:
+        """Head of the trained timestep nearest to t (sampling may use other step counts)."""
+        t = int(t)
+        return min(range(len(self.timesteps)), key=lambda i: abs(self.timesteps[i] - t))
+
+    def logits(self, h: torch.Tensor, t: int | torch.Tensor, tempered: bool = True) -> torch.Tensor:
+        i = self.index(t)
+        z = (h.flatten(1).float() - self.mean[i]) / self.std[i]
+        logits = z @ self.weight[i].T + self.bias[i]
+        return logits / self.tau if tempered else logits
+
+    def probs(self, h: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        return self.logits(h, t).softmax(-1)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, directory / "probe.safetensors")
+        meta = {**self.meta, "attribute": self.attribute, "classes": self.classes, "tau": self.tau,
+                "timesteps": self.timesteps, "dim": int(self.weight.shape[-1])}
+        (directory / "probe.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Probe:
+        directory = Path(directory)
+        meta_file = directory / "probe.json"
+        if not meta_file.exists():
+            raise FileNotFoundError(f"no probe at {directory}: train one with `diffaudit probe train`")
+        meta = json.loads(meta_file.read_text())
+        probe = cls(meta["attribute"], meta["classes"], meta["timesteps"], meta["dim"], meta["tau"], meta)
+        probe.load_state_dict(load_file(directory / "probe.safetensors"))
+        return probe.eval().requires_grad_(False)
+
+
+def joint_probs(probes: list[Probe], h: torch.Tensor, t) -> torch.Tensor:
+    """Per-sample joint class probabilities over the product space of several attributes
+    ([B, K1*K2*...], first attribute most significant), from per-attribute probes."""
+    joint = probes[0].probs(h, t)
+    for probe in probes[1:]:
+        joint = (joint[:, :, None] * probe.probs(h, t)[:, None, :]).flatten(1)
+    return joint

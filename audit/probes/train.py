@@ -1,0 +1,90 @@
+"""Train h-space probes: sample without guidance, record h at every step, pseudo-label the
+final images with a labeler, fit one linear head per step (all steps at once, full batch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from audit.probes.probe import Probe
+
+
+def collect(adapter, seeds: list[int], steps: int, batch_size: int, prompts: list[str] | None = None,
+            guidance_scale: float = 1.0, progress=None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(H [steps, N, D], images [N, 3, H, W] in [0, 1], timesteps) from unguided sampling."""
+    hs, images = [], []
+    for i in range(0, len(seeds), batch_size):
+        batch_prompts = None if prompts is None else prompts[i:i + batch_size]
+        out = adapter.generate(seeds[i:i + batch_size], prompts=batch_prompts, steps=steps,
+                               guidance_scale=guidance_scale, record_h=True)
+        hs.append(torch.stack(out.h))
+        images.append(out.images)
+        if progress is not None:
+            progress(len(out.images))
+    return torch.cat(hs, dim=1), torch.cat(images), adapter.timesteps(steps)
+
+
+def fit_heads(H: torch.Tensor, labels: torch.Tensor, k: int, val_fraction: float = 0.2,
+              epochs: int = 300, lr: float = 1e-2, weight_decay: float = 1e-2, seed: int = 0):
+    """Fit per-step multinomial logistic regressions on standardised h.
+
+    Returns (weight [S, K, D], bias [S, K], mean [S, D], std [S, D], val_accuracy [S])."""
+    steps, n, dim = H.shape
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    n_val = max(1, int(round(n * val_fraction))) if n > 4 else 0
+    val, train = order[:n_val], order[n_val:]
+    mean = H[:, train].mean(1)
+    std = H[:, train].std(1).clamp(min=1e-4)
+    Z = (H - mean[:, None]) / std[:, None]
+    weight = torch.zeros(steps, k, dim, requires_grad=True)
+    bias = torch.zeros(steps, k, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=lr)
+    y_train = labels[train].repeat(steps)
+    for _ in range(epochs):
+        logits = torch.einsum("snd,skd->snk", Z[:, train], weight) + bias[:, None]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, k), y_train)
+        loss = loss + weight_decay * weight.pow(2).sum(dim=(1, 2)).mean() / dim
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        if n_val:
+            logits = torch.einsum("snd,skd->snk", Z[:, val], weight) + bias[:, None]
+            accuracy = (logits.argmax(-1) == labels[val]).float().mean(1)
+        else:
+            accuracy = torch.full((steps,), float("nan"))
+    return weight.detach(), bias.detach(), mean, std, accuracy
+
+
+def train_probes(adapter, labeler, attributes: list[str], n: int = 1000, steps: int = 50,
+                 batch_size: int = 64, seed_offset: int = 10_000_000, prompts: list[str] | None = None,
+                 guidance_scale: float = 1.0, tau: float = 8.0, progress=None) -> dict[str, Probe]:
+    """One probe per attribute, trained on the same sampled h. Probe seeds start at
+    `seed_offset` so they never overlap the seeds of evaluation cells."""
+    for a in attributes:
+        if a not in labeler.attributes:
+            raise ValueError(f"labeler {labeler.name} has no attribute {a!r}; it labels "
+                             f"{', '.join(labeler.attributes)}")
+    seeds = list(range(seed_offset, seed_offset + n))
+    H, images, timesteps = collect(adapter, seeds, steps, batch_size, prompts, guidance_scale, progress)
+    result = labeler.label(images)
+    probes = {}
+    for a in attributes:
+        classes = list(labeler.attributes[a])
+        keep = torch.from_numpy(result.valid)
+        y = torch.from_numpy(result.hard(a)).long()[keep]
+        weight, bias, mean, std, accuracy = fit_heads(H[:, keep], y, len(classes))
+        counts = np.bincount(y.numpy(), minlength=len(classes))
+        meta = {"model_id": adapter.model_id, "revision": adapter.revision, "labeler": labeler.name,
+                "n": int(keep.sum()), "steps": steps, "guidance_scale": guidance_scale,
+                "seed_offset": seed_offset, "label_counts": counts.tolist(),
+                "val_accuracy": [round(float(v), 4) for v in accuracy]}
+        probe = Probe(a, classes, timesteps, H.shape[-1], tau, meta)
+        with torch.no_grad():
+            probe.weight.copy_(weight)
+            probe.bias.copy_(bias)
+            probe.mean.copy_(mean)
+            probe.std.copy_(std)
+        probes[a] = probe.eval().requires_grad_(False)
+    return probes
