@@ -1,0 +1,54 @@
+"""Name -> factory registries for models, methods, labelers and FID extractors.
+
+Entries are "module:attribute" strings imported on first use, so optional backends (onnx,
+deepface, CLIP) cost nothing until a suite names them. `register_*` adds user components.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+LABELERS: dict[str, str | Callable] = {
+    "synthfaces-eval": "audit.labelers.synthfaces:SynthFacesLabeler",
+    "synthfaces-pseudo": "audit.labelers.synthfaces:SynthFacesLabeler",
+    "age_gender": "audit.labelers.age_gender:AgeGenderLabeler",
+    "nudenet": "audit.labelers.nudenet:NudeNetLabeler",
+    "skin_tone": "audit.labelers.skin_tone:SkinToneLabeler",
+    "deepface": "audit.labelers.deepface:DeepFaceLabeler",
+    "clip_zeroshot": "audit.labelers.clip_zeroshot:ClipZeroShotLabeler",
+}
+
+METHODS: dict[str, str | Callable] = {
+    "none": "audit.methods.base:Method",
+    "prompt": "audit.methods.prompt:PromptDebiasing",
+    "sample_guidance": "audit.methods.sample_guidance:SampleGuidance",
+    "universal_guidance": "audit.methods.universal_guidance:UniversalGuidance",
+    "distribution_guidance": "audit.methods.distribution_guidance:DistributionGuidance",
+}
+
+
+def resolve(registry: dict[str, str | Callable], name: str, kind: str) -> Callable:
+    if name not in registry:
+        raise KeyError(f"unknown {kind} {name!r}; available: {', '.join(sorted(registry))}")
+    entry = registry[name]
+    if isinstance(entry, str):
+        module, attribute = entry.split(":")
+        entry = getattr(importlib.import_module(module), attribute)
+    return entry
+
+
+def make_labeler(name: str, **options):
+    """Instantiate a registered labeler; zoo labelers get their zoo name."""
+    factory = resolve(LABELERS, name, "labeler")
+    if name.startswith("synthfaces-"):
+        return factory(name=name, **options)
+    return factory(**options)
+
+
+def register_labeler(name: str, factory: Callable) -> None:
+    LABELERS[name] = factory
+
+
+def register_method(name: str, factory: Callable) -> None:
+    METHODS[name] = factory
