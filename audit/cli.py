@@ -12,6 +12,74 @@ zoo_app = typer.Typer(help="The bundled SynthFaces zoo.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
 
+def fail(message: str) -> None:
+    """A user mistake: one line on stderr, exit code 2, no traceback."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from audit.models.loading import ModelNotAvailable
+    from audit.spec import SuiteError
+    from audit.store import UnsafePathError
+
+    return (SuiteError, ModelNotAvailable, UnsafePathError)
+
+
+@app.command("run")
+def run(
+    suite_file: Path = typer.Argument(..., help="Suite YAML file."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Output directory (default runs/<suite name>)."),
+    n: int | None = typer.Option(None, "--n", help="Override samples per cell."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    executor: str = typer.Option("local", help="local or ray."),
+    address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cell plan and estimated cost only."),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+):
+    """Run a suite: generate, label, measure every cell; write results.csv and the report."""
+    from rich.console import Console
+
+    from audit.spec import load_suite
+
+    if device not in ("cpu", "cuda"):
+        fail(f"--device must be cpu or cuda, got {device!r}")
+    if executor not in ("local", "ray"):
+        fail(f"--executor must be local or ray, got {executor!r}")
+    console = Console(stderr=False)
+    try:
+        suite = load_suite(suite_file, samples=n)
+        out = out or Path("runs") / suite.name
+        if dry_run:
+            from audit.plan_view import print_plan
+
+            print_plan(suite, console)
+            return
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        if device == "cuda" and not torch.cuda.is_available():
+            fail("--device cuda but no CUDA device is visible to torch; use --device cpu")
+        from audit.runner import run_suite
+
+        frame = run_suite(suite, out, device=device, executor=executor, address=address, console=console,
+                          suite_path=str(suite_file))
+    except _user_errors() as e:
+        fail(str(e))
+    from audit.plan_view import print_summary
+
+    print_summary(frame, console)
+    try:
+        from audit.report.html import write_report
+
+        path = write_report(out)
+        console.print(f"report: {path}")
+    except ImportError:
+        pass
+    console.print(f"results: {Path(out) / 'results.csv'}")
+
+
 @zoo_app.command("train")
 def zoo_train(
     name: str,

@@ -6,6 +6,8 @@ different extractors are different metrics and are never compared.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -55,3 +57,62 @@ def fid_between(a: torch.Tensor, b: torch.Tensor, extractor: str = "synthfaces",
     for i in range(0, len(b), batch):
         metric.update(b[i:i + batch], real=False)
     return float(metric.compute())
+
+
+REFERENCE_SEED = 31_337  # ground-truth reference sets never share seeds with training data
+
+
+def reference_images(reference: str, n: int, base_dir: Path | None = None) -> torch.Tensor:
+    """[n, 3, H, W] in [0, 1] from 'synthfaces:WORLD' or a directory of image files."""
+    if reference.startswith("synthfaces:"):
+        from audit.zoo.synthfaces import WORLDS, generate
+
+        world = reference.split(":", 1)[1]
+        if world not in WORLDS:
+            raise ValueError(f"unknown SynthFaces world {world!r}; allowed: {', '.join(WORLDS)}")
+        return generate(n, WORLDS[world], seed=REFERENCE_SEED).tensor() / 2 + 0.5
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(reference) if base_dir is None else base_dir / reference
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))[:n]
+    if len(files) < 2:
+        raise FileNotFoundError(f"FID reference {folder} holds {len(files)} images; need at least 2")
+    arrays = [np.asarray(Image.open(f).convert("RGB").resize((32, 32), Image.BICUBIC)) for f in files]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+
+def reference_state(out: Path, extractor: str, reference: str, n: int) -> dict[str, torch.Tensor]:
+    """The reference set's feature statistics, cached under a name that says how they were made."""
+    from safetensors.torch import load_file, save_file
+
+    from audit.store import inside
+
+    safe_ref = "".join(c if c.isalnum() or c in "-_." else "_" for c in reference)
+    cache = inside(out, Path("fid") / f"{extractor}__{safe_ref}__n{n}.safetensors")
+    if cache.exists():
+        return load_file(cache)
+    metric = make_fid(extractor)
+    images = reference_images(reference, n)
+    for i in range(0, len(images), 500):
+        metric.update(images[i:i + 500], real=True)
+    state = {k: getattr(metric, k).detach().clone() for k in
+             ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    save_file(state, tmp)
+    tmp.replace(cache)
+    return state
+
+
+def cell_fid(ctx, cell) -> dict:
+    """FID[extractor] of a cell's images against the suite's reference set."""
+    spec = ctx.suite.fid
+    metric = make_fid(spec.extractor)
+    for name, value in reference_state(ctx.store.out, spec.extractor, spec.reference, spec.n).items():
+        setattr(metric, name, value)
+    seeds = cell.seeds
+    for i in range(0, len(seeds), 500):
+        metric.update(ctx.store.load_images(cell.cell_id, seeds[i:i + 500]), real=False)
+    return {"value": float(metric.compute()), "extractor": spec.extractor, "reference": spec.reference,
+            "n_reference": spec.n, "n": len(seeds)}

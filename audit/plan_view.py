@@ -1,0 +1,68 @@
+"""Terminal views of a suite: the cell plan with its estimated cost, and the run summary."""
+
+from __future__ import annotations
+
+import pandas as pd
+from rich.table import Table
+
+from audit.spec import Suite, plan
+
+# UNet evaluations per image and step, relative to one plain forward pass.
+METHOD_COST = {"none": 1.0, "prompt": 1.0, "distribution_guidance": 1.05, "sample_guidance": 1.05,
+               "universal_guidance": 3.5}
+X_PATH_COST = 2.2
+# Measured on 2 CPU cores: seconds per image per step for the zoo models (batch 50).
+ZOO_SECONDS_PER_IMAGE_STEP = {"zoo:synthfaces-ddpm": 0.0035, "zoo:synthfaces-t2i": 0.006}
+
+
+def cell_cost(cell) -> tuple[float, float | None]:
+    """(UNet image-evaluations, estimated seconds or None when the model's speed is unknown)."""
+    factor = METHOD_COST.get(cell.method.name, 1.0)
+    if cell.method.params.get("path") == "x":
+        factor = X_PATH_COST
+    cfg = 2.0 if cell.model.guidance_scale != 1.0 else 1.0
+    nfe = cell.samples * cell.model.steps * factor * cfg
+    per = ZOO_SECONDS_PER_IMAGE_STEP.get(cell.model.source)
+    return nfe, (nfe * per if per else None)
+
+
+def print_plan(suite: Suite, console) -> None:
+    cells = plan(suite)
+    table = Table(title=f"suite {suite.name}: {len(cells)} cells")
+    for column in ("#", "model", "method", "attributes", "target", "prompt", "samples", "UNet evals", "est. time"):
+        table.add_column(column)
+    total_nfe, total_s, unknown = 0.0, 0.0, False
+    for i, cell in enumerate(cells):
+        if cell.skip_reason:
+            table.add_row(str(i), cell.model.name, cell.method.display, cell.setting.key,
+                          cell.setting.target_label, cell.prompt or "", "-", "-", f"skipped: {cell.skip_reason}")
+            continue
+        nfe, seconds = cell_cost(cell)
+        total_nfe += nfe
+        if seconds is None:
+            unknown = True
+        else:
+            total_s += seconds
+        table.add_row(str(i), cell.model.name, cell.method.display, cell.setting.key, cell.setting.target_label,
+                      cell.prompt or "", str(cell.samples), f"{nfe:,.0f}",
+                      "?" if seconds is None else f"{seconds / 60:.1f} min")
+    console.print(table)
+    applicable = sum(not c.skip_reason for c in cells)
+    estimate = f"~{total_s / 60:.1f} min on 2 CPU cores" + (" + models of unknown speed" if unknown else "")
+    console.print(f"{applicable} cells to run, {len(cells) - applicable} not applicable; "
+                  f"{total_nfe:,.0f} UNet image-evaluations; {estimate} (plus probe training and labeling)")
+
+
+def print_summary(frame: pd.DataFrame, console) -> None:
+    table = Table(title="results")
+    for column in ("model", "method", "attributes", "target", "labeler", "n", "FD [95% CI]", "KL", "FID", "img/s"):
+        table.add_column(column)
+    for row in frame.itertuples():
+        if row.status != "done":
+            table.add_row(row.model, row.method, row.attributes, row.target, "", "", row.status, "", "", "")
+            continue
+        fid = "" if pd.isna(row.fid) else f"{row.fid:.2f}"
+        table.add_row(row.model, row.method, row.attributes, row.target, row.labeler, f"{row.n_valid}/{row.n}",
+                      f"{row.fd:.3f} [{row.fd_lo:.3f}, {row.fd_hi:.3f}]", f"{row.kl:.3f}", fid,
+                      f"{row.images_per_s:.1f}")
+    console.print(table)

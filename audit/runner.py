@@ -1,0 +1,347 @@
+"""Suite -> cells -> generate -> label -> measure -> index, locally or on Ray.
+
+A cell is done when its metrics.json exists (HELM-style); generation resumes batch by batch,
+labels are cached per (image, labeler), so re-running a suite after a crash or with an added
+labeler redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from audit.spec import Cell, Suite, SuiteError, plan
+from audit.store import RunStore, atomic_write_json, inside
+
+RESULT_COLUMNS = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "n", "n_valid",
+                  "fd", "fd_lo", "fd_hi", "fd_soft", "kl", "chi2_p", "tost_p", "equivalent",
+                  "error_aware_fd", "fid", "fid_extractor", "clip_score", "seconds", "images_per_s", "cell_id"]
+
+
+@dataclass
+class RunContext:
+    suite: Suite
+    store: RunStore
+    device: str = "cpu"
+    adapters: dict = field(default_factory=dict)
+    labelers: dict = field(default_factory=dict)
+    probes: dict = field(default_factory=dict)
+    fid_refs: dict = field(default_factory=dict)
+    progress: object | None = None
+    log: object = print
+
+    def adapter(self, cell: Cell):
+        from audit.models.loading import load_model
+
+        if cell.model.name not in self.adapters:
+            self.adapters[cell.model.name] = load_model(cell.model, device=self.device)
+        return self.adapters[cell.model.name]
+
+    def labeler(self, name: str):
+        from audit.registry import make_labeler
+
+        if name not in self.labelers:
+            options = {"device": self.device} if name.startswith("synthfaces-") else {}
+            self.labelers[name] = make_labeler(name, **options)
+        return self.labelers[name]
+
+
+# -- probes and methods ------------------------------------------------------------------------
+
+def probe_dir(ctx: RunContext, cell: Cell, attribute: str) -> Path:
+    """Zoo models ship probes; others are trained on demand and cached in OUT/probes."""
+    model, labeler = cell.model, ctx.suite.probe_labeler
+    if model.source.startswith("zoo:"):
+        from audit.zoo import WEIGHTS_DIR
+
+        shipped = WEIGHTS_DIR / "probes" / model.source[4:] / labeler / attribute
+        if (shipped / "probe.json").exists():
+            return shipped
+    key = f"{model.name}/{labeler}/steps{model.steps}-cfg{model.guidance_scale:g}/{attribute}"
+    return inside(ctx.store.out, Path("probes") / key)
+
+
+def get_probes(ctx: RunContext, cell: Cell) -> list:
+    from audit.probes.probe import Probe
+    from audit.probes.train import train_probes
+
+    attributes = cell.setting.attributes
+    dirs = {a: probe_dir(ctx, cell, a) for a in attributes}
+    missing = [a for a, d in dirs.items() if not (d / "probe.json").exists()]
+    if missing:
+        adapter = ctx.adapter(cell)
+        labeler = ctx.labeler(ctx.suite.probe_labeler)
+        ctx.log(f"training probes for {cell.model.name}: {', '.join(missing)} "
+                f"({ctx.suite.probe.n} samples, labeled by {labeler.name})")
+        prompts = None
+        if adapter.conditional:
+            prompts = [cell.prompt or "a photo of a person"] * ctx.suite.probe.n
+        trained = train_probes(adapter, labeler, missing, n=ctx.suite.probe.n, steps=cell.model.steps,
+                               batch_size=ctx.suite.probe.batch_size, prompts=prompts,
+                               guidance_scale=cell.model.guidance_scale)
+        for a, probe in trained.items():
+            probe.save(dirs[a])
+            ctx.log(f"probe {a}: validation accuracy per step min {min(probe.meta['val_accuracy']):.3f} "
+                    f"max {max(probe.meta['val_accuracy']):.3f}")
+    return [Probe.load(dirs[a]) for a in attributes]
+
+
+def build_method(ctx: RunContext, cell: Cell):
+    from audit.registry import METHODS, resolve
+
+    spec, setting, params = cell.method, cell.setting, dict(cell.method.params)
+    target = setting.target_vector()
+    factory = resolve(METHODS, spec.name, "method")
+    try:
+        if spec.name == "none":
+            return factory(**params)
+        if spec.name == "prompt":
+            phrases = [" and ".join(ctx.suite.phrase(a, c) for a, c in zip(setting.attributes, combo.split("&"),
+                                                                              strict=True))
+                       for combo in setting.joint_classes()]
+            return factory(phrases=phrases, target=target,
+                           attribute_names=" and ".join(a.replace("_", " ") for a in setting.attributes), **params)
+        if spec.name == "universal_guidance":
+            labeler = ctx.labeler(params.pop("labeler", ctx.suite.probe_labeler))
+            return factory(labeler=labeler, attributes=setting.attributes, target=target, **params)
+        probes = get_probes(ctx, cell)
+        scale = params.get("scale", "auto")
+        if scale == "auto":
+            from audit.methods.calibration import calibrated_scale
+
+            params["scale"] = calibrated_scale(ctx, cell, factory, probes, target, params)
+        return factory(probes=probes, target=target, **params)
+    except TypeError as e:
+        raise SuiteError(f"methods '{spec.display}': bad params: {e}") from None
+
+
+# -- one cell -----------------------------------------------------------------------------------
+
+def generate_cell(ctx: RunContext, cell: Cell, method) -> None:
+    adapter = ctx.adapter(cell)
+    seeds = cell.seeds
+    method.start_cell(seeds)
+    prompts_all = None
+    if adapter.conditional:
+        prompts_all = method.prompts([cell.prompt or "a photo of a person"] * len(seeds), seeds)
+    for b, start in enumerate(range(0, len(seeds), cell.batch_size)):
+        batch_seeds = seeds[start:start + cell.batch_size]
+        if ctx.store.batch_done(cell.cell_id, b):
+            if ctx.progress:
+                ctx.progress(len(batch_seeds))
+            continue
+        prompts = None if prompts_all is None else prompts_all[start:start + cell.batch_size]
+        t0 = time.perf_counter()
+        out = adapter.generate(batch_seeds, prompts=prompts, steps=cell.model.steps,
+                               guidance_scale=cell.model.guidance_scale,
+                               negative_prompt=cell.model.negative_prompt, method=method)
+        seconds = time.perf_counter() - t0
+        ctx.store.write_batch(cell.cell_id, b, batch_seeds, prompts, out.images, seconds, out.stats)
+        if ctx.progress:
+            ctx.progress(len(batch_seeds))
+    ctx.store.write_samples(cell.cell_id)
+
+
+def label_cell(ctx: RunContext, cell: Cell, labeler_name: str) -> pd.DataFrame:
+    """Labels of every image of the cell, reusing what is cached for this labeler."""
+    cached = ctx.store.read_labels(cell.cell_id, labeler_name)
+    seeds = cell.seeds
+    have = set() if cached is None else set(cached["seed"].tolist())
+    todo = [s for s in seeds if s not in have]
+    if not todo:
+        return cached[cached["seed"].isin(seeds)].sort_values("seed").reset_index(drop=True)
+    labeler = ctx.labeler(labeler_name)
+    frames = [] if cached is None else [cached]
+    for i in range(0, len(todo), 256):
+        chunk = todo[i:i + 256]
+        result = labeler.label(ctx.store.load_images(cell.cell_id, chunk))
+        columns = {"seed": chunk, "valid": result.valid.astype(bool),
+                   "reason": [r or "" for r in (result.reasons or [None] * len(chunk))]}
+        for attribute, probs in result.probs.items():
+            for k, cls in enumerate(labeler.attributes[attribute]):
+                columns[f"p:{attribute}:{cls}"] = probs[:, k].astype(np.float32)
+        frames.append(pd.DataFrame(columns))
+    frame = pd.concat(frames).drop_duplicates("seed", keep="last").sort_values("seed").reset_index(drop=True)
+    ctx.store.write_labels(cell.cell_id, labeler_name, frame)
+    return frame[frame["seed"].isin(seeds)].reset_index(drop=True)
+
+
+def measure_cell(ctx: RunContext, cell: Cell) -> dict:
+    from audit.metrics.cell import fairness_metrics
+
+    suite, results = ctx.suite, {"labelers": {}}
+    for name in suite.labelers:
+        labels = label_cell(ctx, cell, name)
+        labeler = ctx.labeler(name)
+        results["labelers"][name] = fairness_metrics(labels, labeler, cell.setting, suite.tolerance)
+    if "fid" in suite.metrics:
+        from audit.metrics.fid import cell_fid
+
+        results["fid"] = cell_fid(ctx, cell)
+    if "clip" in suite.metrics:
+        from audit.metrics.clip import cell_clip_score
+
+        results["clip_score"] = cell_clip_score(ctx, cell)
+    batches = ctx.store.batches(cell.cell_id)
+    seconds = float(sum(b["seconds"] for b in batches))
+    results["cost"] = {"seconds": seconds, "images": cell.samples,
+                       "images_per_s": cell.samples / seconds if seconds else None}
+    results["guidance"] = _guidance_summary(batches)
+    return results
+
+
+def _guidance_summary(batches: list[dict]) -> dict:
+    out = {"clipped_steps": 0, "skipped_nonfinite": 0}
+    for b in batches:
+        for key in out:
+            out[key] += int(b["stats"].get(key, 0))
+    return out
+
+
+def manifest(ctx: RunContext, cell: Cell, method) -> dict:
+    import diffusers
+    import transformers
+
+    import audit
+
+    adapter = ctx.adapter(cell)
+    return {
+        "cell_id": cell.cell_id, "suite": ctx.suite.name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": {"name": cell.model.name, "source": cell.model.source, "id": adapter.model_id,
+                  "revision": adapter.revision, "dtype": cell.model.dtype, "info": adapter.info},
+        "scheduler": {"class": type(adapter.scheduler).__name__, **dict(adapter.scheduler.config)},
+        "steps": cell.model.steps, "guidance_scale": cell.model.guidance_scale, "device": ctx.device,
+        "prompt": cell.prompt, "negative_prompt": cell.model.negative_prompt,
+        "seeds": {"first": cell.seed, "count": cell.samples, "rule": "image i uses seed first+i"},
+        "batch_size": cell.batch_size, "method": method.config(),
+        "setting": {"attributes": cell.setting.attributes, "classes": cell.setting.joint_classes(),
+                    "target": cell.setting.target_vector()},
+        "labelers": {name: ctx.labeler(name).describe() for name in ctx.suite.labelers},
+        "probe_labeler": ctx.suite.probe_labeler,
+        "versions": {"diffaudit": getattr(audit, "__version__", "0"), "torch": torch.__version__,
+                     "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version(), "platform": platform.platform()},
+    }
+
+
+def run_cell(ctx: RunContext, cell: Cell) -> dict:
+    cell_dir = ctx.store.cell_dir(cell.cell_id)
+    if cell.skip_reason:
+        return {"status": "not_applicable", "reason": cell.skip_reason}
+    metrics_file = cell_dir / "metrics.json"
+    if metrics_file.exists():
+        done = json.loads(metrics_file.read_text())
+        if set(done.get("labelers", {})) >= set(ctx.suite.labelers):
+            if ctx.progress:
+                ctx.progress(cell.samples)
+            return done
+    method = build_method(ctx, cell)
+    reason = method.not_applicable(ctx.adapter(cell))
+    if reason:
+        return {"status": "not_applicable", "reason": reason}
+    manifest_file = cell_dir / "manifest.json"
+    atomic_write_json(manifest_file, manifest(ctx, cell, method))
+    generate_cell(ctx, cell, method)
+    results = {"status": "done", **measure_cell(ctx, cell)}
+    atomic_write_json(metrics_file, results)
+    return results
+
+
+# -- the suite ----------------------------------------------------------------------------------
+
+def result_rows(cell: Cell, results: dict) -> list[dict]:
+    base = {"model": cell.model.name, "method": cell.method.display, "attributes": cell.setting.key,
+            "target": cell.setting.target_label, "prompt": cell.prompt, "status": results.get("status"),
+            "n": cell.samples, "cell_id": cell.cell_id}
+    if results.get("status") != "done":
+        return [{**base, "labeler": None}]
+    fid = results.get("fid") or {}
+    cost = results["cost"]
+    rows = []
+    for labeler, m in results["labelers"].items():
+        rows.append({**base, "labeler": labeler, "n_valid": m["n_valid"], "fd": m["fd"], "fd_lo": m["fd_lo"],
+                     "fd_hi": m["fd_hi"], "fd_soft": m["fd_soft"], "kl": m["kl"], "chi2_p": m["chi2_p"],
+                     "tost_p": m["tost_p"], "equivalent": m["equivalent"],
+                     "error_aware_fd": m.get("error_aware", {}).get("fd"),
+                     "fid": fid.get("value"), "fid_extractor": fid.get("extractor"),
+                     "clip_score": (results.get("clip_score") or {}).get("value"),
+                     "seconds": cost["seconds"], "images_per_s": cost["images_per_s"]})
+    return rows
+
+
+def index_rows(store: RunStore, suite: Suite, cell: Cell, results: dict) -> None:
+    row = {"cell_id": cell.cell_id, "suite": suite.name, "model": cell.model.name, "method": cell.method.display,
+           "attributes": cell.setting.key, "target": cell.setting.target_label, "prompt": cell.prompt,
+           "status": results.get("status"), "reason": results.get("reason"), "n": cell.samples,
+           "seconds": (results.get("cost") or {}).get("seconds"),
+           "images_per_s": (results.get("cost") or {}).get("images_per_s")}
+    metrics = []
+    for labeler, m in (results.get("labelers") or {}).items():
+        metrics.append((labeler, "fd", m["fd"], m["fd_lo"], m["fd_hi"]))
+        metrics.append((labeler, "kl", m["kl"], None, None))
+        metrics.append((labeler, "chi2_p", m["chi2_p"], None, None))
+    if results.get("fid"):
+        metrics.append(("", f"fid[{results['fid']['extractor']}]", results["fid"]["value"], None, None))
+    store.index_cell(row, metrics)
+
+
+def run_suite(suite: Suite, out: str | Path, device: str = "cpu", executor: str = "local",
+              address: str | None = None, console=None, suite_path: str | None = None) -> pd.DataFrame:
+    """Run every cell (resuming what exists) and write results.csv / results.json / report."""
+    store = RunStore(out)
+    cells = plan(suite)
+    atomic_write_json(store.out / "suite.json", {"path": suite_path, **suite.model_dump()})
+    if executor == "ray":
+        from audit.executors.ray_executor import run_cells_on_ray
+
+        all_results = run_cells_on_ray(suite, store.out, cells, device=device, address=address, console=console)
+    else:
+        all_results = _run_local(suite, store, cells, device, console)
+    rows = []
+    for cell, results in zip(cells, all_results, strict=True):
+        index_rows(store, suite, cell, results)
+        rows.extend(result_rows(cell, results))
+    frame = pd.DataFrame(rows).reindex(columns=RESULT_COLUMNS)
+    frame.to_csv(store.out / "results.csv.tmp", index=False)
+    Path(store.out / "results.csv.tmp").replace(store.out / "results.csv")
+    atomic_write_json(store.out / "results.json", json.loads(frame.to_json(orient="records")))
+    return frame
+
+
+def _run_local(suite: Suite, store: RunStore, cells: list[Cell], device: str, console) -> list[dict]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    progress = Progress(*columns, console=console, transient=False) if console is not None else None
+    results = []
+    with progress or nullcontext():
+        cell_task = progress.add_task("cells", total=len(cells)) if progress else None
+        image_task = progress.add_task("images", total=sum(c.samples for c in cells if not c.skip_reason)) \
+            if progress else None
+        ctx = RunContext(suite=suite, store=store, device=device,
+                         progress=(lambda n: progress.advance(image_task, n)) if progress else None,
+                         log=(progress.console.log if progress else (lambda *a: None)))
+        for cell in cells:
+            if progress:
+                progress.update(cell_task, description=f"cells ({cell.model.name} / {cell.method.display} / "
+                                                       f"{cell.setting.key})")
+            results.append(run_cell(ctx, cell))
+            if progress:
+                progress.advance(cell_task)
+    return results

@@ -1,0 +1,321 @@
+"""Suite files: pydantic models, YAML loading with one-line errors, and the cell plan.
+
+A suite names models, methods, attribute settings with targets, and how many samples to
+draw; its cells are model x method x setting (x prompt). Every user mistake becomes a
+`SuiteError` whose message names the file, the YAML path, the problem and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from audit.registry import LABELERS, METHODS
+from audit.zoo.synthfaces import ATTRIBUTE_PHRASES, ATTRIBUTES
+
+
+class SuiteError(ValueError):
+    """A mistake in a suite file; the message is one line meant for the user."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(Strict):
+    name: str = Field(min_length=1, max_length=100)
+    source: str = Field(description="zoo:NAME, a local diffusers directory, or hf:ORG/REPO")
+    revision: str | None = None
+    steps: int = Field(50, ge=1, le=1000)
+    guidance_scale: float = Field(1.0, ge=0, description="classifier-free guidance (text models)")
+    negative_prompt: str = ""
+    prompts: list[str] | None = None
+    prompts_file: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names directories)")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if v.startswith("zoo:"):
+            from audit.zoo.recipes import RECIPES
+
+            name = v[4:]
+            if name not in RECIPES or not RECIPES[name].__class__.__name__.startswith("Diffusion"):
+                allowed = [n for n, r in RECIPES.items() if r.__class__.__name__.startswith("Diffusion")]
+                raise ValueError(f"unknown zoo model {name!r}; allowed: {', '.join(allowed)}")
+        return v
+
+
+class MethodSpec(Strict):
+    name: str
+    label: str | None = Field(None, description="display name when a method appears twice")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; allowed: {', '.join(sorted(METHODS))}")
+        return v
+
+    @field_validator("label")
+    @classmethod
+    def _safe_label(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names directories)")
+        return v
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class SettingSpec(Strict):
+    attributes: list[str] = Field(min_length=1, max_length=4)
+    target: Literal["uniform"] | list[float] | dict[str, float] = "uniform"
+    classes: dict[str, list[str]] | None = Field(None, description="classes per attribute (non-zoo labelers)")
+
+    def class_lists(self) -> list[list[str]]:
+        known = {**{k: list(v) for k, v in ATTRIBUTES.items()}, **(self.classes or {})}
+        return [known[a] for a in self.attributes]
+
+    def joint_classes(self) -> list[str]:
+        names = [""]
+        for classes in self.class_lists():
+            names = [f"{a}&{c}" if a else c for a in names for c in classes]
+        return names
+
+    def target_vector(self) -> list[float]:
+        joint = self.joint_classes()
+        if self.target == "uniform":
+            return [1 / len(joint)] * len(joint)
+        if isinstance(self.target, dict):
+            return [float(self.target.get(c, 0.0)) for c in joint]
+        return [float(v) for v in self.target]
+
+    @property
+    def key(self) -> str:
+        return "x".join(self.attributes)
+
+    @property
+    def target_label(self) -> str:
+        if self.target == "uniform":
+            return "uniform"
+        return "/".join(f"{v:g}" for v in self.target_vector())
+
+    @model_validator(mode="after")
+    def _check(self) -> SettingSpec:
+        known = {**ATTRIBUTES, **(self.classes or {})}
+        for a in self.attributes:
+            if a not in known:
+                raise ValueError(f"unknown attribute {a!r}; allowed: {', '.join(known)} "
+                                 "(or declare its classes under 'classes')")
+        joint = self.joint_classes()
+        if isinstance(self.target, dict):
+            unknown = sorted(set(self.target) - set(joint))
+            if unknown:
+                raise ValueError(f"target names unknown classes {unknown}; allowed: {', '.join(joint)}")
+        vector = self.target_vector()
+        if len(vector) != len(joint):
+            raise ValueError(f"target has {len(vector)} proportions but {'x'.join(self.attributes)} has "
+                             f"{len(joint)} classes ({', '.join(joint)})")
+        if min(vector) < 0 or not math.isclose(sum(vector), 1.0, abs_tol=1e-6):
+            raise ValueError(f"target proportions must be >= 0 and sum to 1, got sum {sum(vector):.4g}")
+        return self
+
+
+class ProbeSpec(Strict):
+    n: int = Field(1000, ge=16)
+    batch_size: int = Field(64, ge=1)
+
+
+class FidSpec(Strict):
+    extractor: str = "synthfaces"
+    reference: str = Field("synthfaces:biased", description="synthfaces:WORLD or a directory of images")
+    n: int = Field(1000, ge=2)
+
+
+class Suite(Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    models: list[ModelSpec] = Field(min_length=1)
+    methods: list[MethodSpec] = Field(min_length=1)
+    settings: list[SettingSpec] = Field(min_length=1)
+    samples: int = Field(100, ge=1, le=10_000_000)
+    batch_size: int = Field(50, ge=1, le=4096)
+    seed: int = Field(0, ge=0)
+    labelers: list[str] = Field(default_factory=lambda: ["synthfaces-eval"], min_length=1)
+    probe_labeler: str = "synthfaces-pseudo"
+    probe: ProbeSpec = Field(default_factory=ProbeSpec)
+    metrics: list[Literal["fairness", "fid", "clip"]] = Field(default_factory=lambda: ["fairness", "fid"])
+    fid: FidSpec = Field(default_factory=FidSpec)
+    tolerance: float = Field(0.05, gt=0, lt=1, description="TOST equivalence margin per class")
+    phrases: dict[str, dict[str, str]] = Field(default_factory=dict)
+    clip_model: str | None = None
+
+    @field_validator("labelers")
+    @classmethod
+    def _known_labelers(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in LABELERS:
+                raise ValueError(f"unknown labeler {name!r}; allowed: {', '.join(sorted(LABELERS))}")
+        return v
+
+    @field_validator("probe_labeler")
+    @classmethod
+    def _known_probe_labeler(cls, v: str) -> str:
+        if v not in LABELERS:
+            raise ValueError(f"unknown labeler {v!r}; allowed: {', '.join(sorted(LABELERS))}")
+        return v
+
+    @model_validator(mode="after")
+    def _independent_labelers(self) -> Suite:
+        if self.probe_labeler in self.labelers and any(m.name.endswith("guidance") for m in self.methods):
+            raise ValueError(f"probe_labeler {self.probe_labeler!r} is also an evaluation labeler: the "
+                             "labeler that trains the guiding probes must not judge the result")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("model names must be unique")
+        displays = [m.display for m in self.methods]
+        if len(set(displays)) != len(displays):
+            raise ValueError("a method listed twice needs a distinct 'label'")
+        return self
+
+    def phrase(self, attribute: str, cls: str) -> str:
+        if attribute in self.phrases and cls in self.phrases[attribute]:
+            return self.phrases[attribute][cls]
+        if attribute in ATTRIBUTE_PHRASES and cls in ATTRIBUTE_PHRASES[attribute]:
+            return ATTRIBUTE_PHRASES[attribute][cls][0]
+        return f"with {cls} {attribute.replace('_', ' ')}"
+
+
+class Cell(BaseModel):
+    """One unit of work: a model under a method for an attribute setting (and prompt)."""
+
+    model: ModelSpec
+    method: MethodSpec
+    setting: SettingSpec
+    prompt: str | None
+    samples: int
+    batch_size: int
+    seed: int
+    skip_reason: str | None = None
+
+    @property
+    def cell_id(self) -> str:
+        payload = json.dumps([self.model.model_dump(), self.method.model_dump(), self.setting.model_dump(),
+                              self.prompt, self.seed], sort_keys=True)
+        digest = hashlib.sha256(payload.encode()).hexdigest()[:8]
+        prompt = "" if self.prompt is None else "__" + re.sub(r"[^a-z0-9]+", "-", self.prompt.lower())[:40]
+        return f"{self.model.name}__{self.method.display}__{self.setting.key}{prompt}__{digest}"
+
+    @property
+    def seeds(self) -> list[int]:
+        """Image i uses seed + i in every cell of the suite, so methods compare on the same noise."""
+        return list(range(self.seed, self.seed + self.samples))
+
+
+def _format_location(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def load_suite(path: str | Path, samples: int | None = None) -> Suite:
+    """Parse and validate a suite file; every problem becomes a one-line SuiteError."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"{path}: no such suite file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SuiteError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise SuiteError(f"{path}: a suite must be a YAML mapping with keys name, models, methods, settings")
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parent = err["loc"][:-1]
+            model = _model_at(parent)
+            allowed = ", ".join(model.model_fields) if model else ""
+            message = f"unknown key {err['loc'][-1]!r}" + (f"; allowed: {allowed}" if allowed else "")
+        elif err["type"] == "literal_error":
+            message = f"{message} (got {err.get('input')!r})"
+        raise SuiteError(f"{path}: {_format_location(err['loc'])}: {message}") from None
+    for i, model in enumerate(suite.models):
+        if model.prompts_file:
+            prompt_path = (path.parent / model.prompts_file).resolve()
+            if not prompt_path.is_file():
+                raise SuiteError(f"{path}: models[{i}].prompts_file: {model.prompts_file} not found "
+                                 f"(relative to the suite file)")
+            lines = [ln.strip() for ln in prompt_path.read_text().splitlines()]
+            model.prompts = (model.prompts or []) + [ln for ln in lines if ln and not ln.startswith("#")]
+    if samples is not None:
+        if samples < 1:
+            raise SuiteError(f"--n must be a positive number of samples per cell, got {samples}")
+        suite.samples = samples
+    return suite
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Suite
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", (annotation,))
+        model = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return model
+
+
+def plan(suite: Suite) -> list[Cell]:
+    """All cells of the suite, those that do not apply marked with the reason."""
+    cells = []
+    for model in suite.models:
+        is_text = _is_text_model(model)
+        prompts = (model.prompts or ["a photo of a person"]) if is_text else [None]
+        for method in suite.methods:
+            for setting in suite.settings:
+                for prompt in prompts:
+                    reason = None
+                    if method.name == "prompt" and not is_text:
+                        reason = "prompt debiasing needs a text-conditioned model"
+                    cells.append(Cell(model=model, method=method, setting=setting, prompt=prompt,
+                                      samples=suite.samples, batch_size=suite.batch_size, seed=suite.seed,
+                                      skip_reason=reason))
+    return cells
+
+
+def _is_text_model(model: ModelSpec) -> bool:
+    if model.source.startswith("zoo:"):
+        from audit.zoo.recipes import RECIPES
+
+        return bool(getattr(RECIPES[model.source[4:]], "conditional", False))
+    index = Path(model.source.removeprefix("hf:")) / "model_index.json"
+    if index.is_file():
+        return "text_encoder" in json.loads(index.read_text())
+    return bool(model.prompts or model.prompts_file)

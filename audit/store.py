@@ -1,0 +1,175 @@
+"""The results store: run directories, atomic writes, batch-level resume, label cache, index.
+
+Layout: OUT/cells/<cell_id>/{images/<seed>.png, batches/<b>.json, samples.parquet,
+labels-<labeler>.parquet, metrics.json, manifest.json} and OUT/index.sqlite. Every file is
+written to a temporary name and renamed into place, so a kill at any moment leaves either the
+old file or the new one, never a torn one. A batch counts as generated only once its marker
+(batches/<b>.json) exists, and the marker is written after all of its images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+
+class UnsafePathError(ValueError):
+    pass
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=_json_default).encode())
+
+
+def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray | torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def inside(root: Path, relative: str | Path) -> Path:
+    """root/relative, refusing anything that resolves outside root (.., absolute, symlinks)."""
+    root = root.resolve()
+    candidate = (root / relative).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise UnsafePathError(f"path {str(relative)!r} escapes the output directory {root}")
+    return candidate
+
+
+class RunStore:
+    def __init__(self, out: str | Path):
+        self.out = Path(out).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    # -- cells -------------------------------------------------------------------------------
+    def cell_dir(self, cell_id: str) -> Path:
+        return inside(self.out, Path("cells") / cell_id)
+
+    def batch_marker(self, cell_id: str, index: int) -> Path:
+        return self.cell_dir(cell_id) / "batches" / f"{index:06d}.json"
+
+    def batch_done(self, cell_id: str, index: int) -> bool:
+        return self.batch_marker(cell_id, index).exists()
+
+    def image_path(self, cell_id: str, seed: int) -> Path:
+        return self.cell_dir(cell_id) / "images" / f"{seed:08d}.png"
+
+    def write_batch(self, cell_id: str, index: int, seeds: list[int], prompts: list[str] | None,
+                    images: torch.Tensor, seconds: float, stats: dict) -> None:
+        """Images first, then the marker that declares the batch finished."""
+        for seed, image in zip(seeds, images, strict=True):
+            array = (image.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+            path = self.image_path(cell_id, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            try:
+                Image.fromarray(array).save(tmp, format="PNG")
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        atomic_write_json(self.batch_marker(cell_id, index), {
+            "index": index, "seeds": seeds, "prompts": prompts, "seconds": seconds, "stats": stats})
+
+    def batches(self, cell_id: str) -> list[dict]:
+        folder = self.cell_dir(cell_id) / "batches"
+        if not folder.exists():
+            return []
+        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+    def write_samples(self, cell_id: str) -> pd.DataFrame:
+        """samples.parquet: one row per image (seed, prompt, batch, file), from the markers."""
+        rows = []
+        for batch in self.batches(cell_id):
+            prompts = batch["prompts"] or [None] * len(batch["seeds"])
+            for seed, prompt in zip(batch["seeds"], prompts, strict=True):
+                rows.append({"seed": seed, "prompt": prompt, "batch": batch["index"],
+                             "image": f"images/{seed:08d}.png"})
+        frame = pd.DataFrame(rows, columns=["seed", "prompt", "batch", "image"]).sort_values("seed")
+        atomic_write_parquet(self.cell_dir(cell_id) / "samples.parquet", frame)
+        return frame
+
+    def load_images(self, cell_id: str, seeds: list[int]) -> torch.Tensor:
+        arrays = [np.asarray(Image.open(self.image_path(cell_id, s)).convert("RGB")) for s in seeds]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+    # -- labels ------------------------------------------------------------------------------
+    def labels_path(self, cell_id: str, labeler: str) -> Path:
+        return self.cell_dir(cell_id) / f"labels-{labeler}.parquet"
+
+    def read_labels(self, cell_id: str, labeler: str) -> pd.DataFrame | None:
+        path = self.labels_path(cell_id, labeler)
+        return pd.read_parquet(path) if path.exists() else None
+
+    def write_labels(self, cell_id: str, labeler: str, frame: pd.DataFrame) -> None:
+        atomic_write_parquet(self.labels_path(cell_id, labeler), frame)
+
+    # -- index -------------------------------------------------------------------------------
+    @property
+    def index_path(self) -> Path:
+        return self.out / "index.sqlite"
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.index_path, timeout=30)
+        con.execute("""CREATE TABLE IF NOT EXISTS cells (
+            cell_id TEXT PRIMARY KEY, suite TEXT, model TEXT, method TEXT, attributes TEXT, target TEXT,
+            prompt TEXT, status TEXT, reason TEXT, n INTEGER, seconds REAL, images_per_s REAL,
+            updated TEXT DEFAULT CURRENT_TIMESTAMP)""")
+        con.execute("""CREATE TABLE IF NOT EXISTS metrics (
+            cell_id TEXT, labeler TEXT, metric TEXT, value REAL, lo REAL, hi REAL,
+            PRIMARY KEY (cell_id, labeler, metric))""")
+        return con
+
+    def index_cell(self, row: dict, metrics: list[tuple] = ()) -> None:
+        """Upsert one cell and its metrics in a single transaction."""
+        with self._connect() as con:
+            con.execute("""INSERT OR REPLACE INTO cells (cell_id, suite, model, method, attributes, target,
+                prompt, status, reason, n, seconds, images_per_s) VALUES (:cell_id, :suite, :model, :method,
+                :attributes, :target, :prompt, :status, :reason, :n, :seconds, :images_per_s)""", row)
+            con.execute("DELETE FROM metrics WHERE cell_id = ?", (row["cell_id"],))
+            con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
+                            [(row["cell_id"], *m) for m in metrics])
+        con.close()
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._connect() as con:
+            rows = con.execute(sql, params).fetchall()
+        con.close()
+        return rows

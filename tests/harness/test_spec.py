@@ -1,0 +1,125 @@
+"""Suite files: valid ones plan their cells; each malformed one gives one line and exit code 2."""
+
+import textwrap
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from audit.cli import app
+from audit.spec import SuiteError, load_suite, plan
+
+VALID = {
+    "name": "unit",
+    "models": [{"name": "ddpm", "source": "zoo:synthfaces-ddpm", "steps": 5},
+               {"name": "t2i", "source": "zoo:synthfaces-t2i", "steps": 5, "guidance_scale": 3.0}],
+    "methods": [{"name": "none"}, {"name": "prompt"}, {"name": "distribution_guidance", "params": {"scale": 1.0}}],
+    "settings": [{"attributes": ["skin_tone"], "target": "uniform"},
+                 {"attributes": ["skin_tone", "eyeglasses"], "target": [0.4, 0.1, 0.4, 0.1]},
+                 {"attributes": ["skin_tone"], "target": {"dark": 0.9, "light": 0.1}}],
+    "samples": 8,
+    "batch_size": 4,
+}
+
+
+def write(tmp_path, data, name="suite.yaml"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def test_valid_suite_plans_every_cell_and_marks_inapplicable_ones(tmp_path):
+    suite = load_suite(write(tmp_path, VALID))
+    cells = plan(suite)
+    assert len(cells) == 2 * 3 * 3
+    skipped = [c for c in cells if c.skip_reason]
+    assert len(skipped) == 3 and all(c.model.name == "ddpm" and c.method.name == "prompt" for c in skipped)
+    assert cells[0].seeds == list(range(8))
+    assert suite.settings[2].target_vector() == [0.1, 0.9]
+    assert suite.settings[1].joint_classes() == ["light&no", "light&yes", "dark&no", "dark&yes"]
+    assert len({c.cell_id for c in cells}) == len(cells)
+
+
+def variant(**changes):
+    data = yaml.safe_load(yaml.safe_dump(VALID))
+    for dotted, value in changes.items():
+        node = data
+        keys = dotted.split(".")
+        for k in keys[:-1]:
+            node = node[int(k)] if k.isdigit() else node[k]
+        last = keys[-1]
+        if value is DELETE:
+            del node[last]
+        elif last.isdigit():
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+DELETE = object()
+
+MALFORMED = {
+    "bad yaml": ("name: x\nmodels: [unclosed\n", "invalid YAML"),
+    "not a mapping": ("- just\n- a list\n", "must be a YAML mapping"),
+    "unknown model": (variant(**{"models.0.source": "zoo:nope"}), "models[0].source: unknown zoo model 'nope'"),
+    "unknown method": (variant(**{"methods.1.name": "magic"}), "methods[1].name: unknown method 'magic'"),
+    "unknown labeler": (variant(labelers=["oracle"]), "labelers: unknown labeler 'oracle'"),
+    "unknown attribute": (variant(**{"settings.0.attributes": ["height"]}), "unknown attribute 'height'"),
+    "target does not sum to 1": (variant(**{"settings.1.target": [0.5, 0.5, 0.5, 0.5]}), "sum to 1"),
+    "target wrong length": (variant(**{"settings.0.target": [0.2, 0.3, 0.5]}), "has 3 proportions"),
+    "negative target": (variant(**{"settings.0.target": [1.5, -0.5]}), "must be >= 0"),
+    "target unknown class": (variant(**{"settings.2.target": {"purple": 1.0}}), "unknown classes ['purple']"),
+    "negative samples": (variant(samples=-5), "samples: Input should be greater than or equal to 1"),
+    "zero batch": (variant(batch_size=0), "batch_size: Input should be greater than or equal to 1"),
+    "unknown key": (variant(sampels=10), "unknown key 'sampels'; allowed: name, description, models"),
+    "unknown nested key": (variant(**{"models.0.stepz": 3}), "models[0].stepz: unknown key 'stepz'"),
+    "missing models": (variant(models=DELETE), "models: Field required"),
+    "empty methods": (variant(methods=[]), "methods: List should have at least 1 item"),
+    "path escaping OUT": (variant(**{"models.0.name": "../../etc"}), "models[0].name: use letters"),
+    "method label escaping OUT": (variant(**{"methods.0.label": "../x"}), "methods[0].label: use letters"),
+    "probe labeler judges": (variant(labelers=["synthfaces-pseudo"]), "must not judge the result"),
+    "bad dtype": (variant(**{"models.0.dtype": "float8"}), "models[0].dtype"),
+    "steps wrong type": (variant(**{"models.0.steps": "many"}), "models[0].steps: Input should be a valid integer"),
+    "duplicate model names": (variant(**{"models.1.name": "ddpm"}), "model names must be unique"),
+    "missing prompts file": (variant(**{"models.1.prompts_file": "nope.txt"}), "prompts_file: nope.txt not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_suite_gives_one_line_and_exit_2(tmp_path, case):
+    data, expected = MALFORMED[case]
+    path = write(tmp_path, data)
+    with pytest.raises(SuiteError) as error:
+        load_suite(path)
+    message = str(error.value)
+    assert message.startswith(str(path)) and expected in message, message
+    assert "\n" not in message
+    result = CliRunner().invoke(app, ["run", str(path), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.output.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
+
+
+def test_n_override_must_be_positive(tmp_path):
+    result = CliRunner().invoke(app, ["run", str(write(tmp_path, VALID)), "--n", "0", "--dry-run"])
+    assert result.exit_code == 2 and "--n must be a positive" in result.output
+
+
+def test_dry_run_prints_plan_and_cost(tmp_path):
+    result = CliRunner().invoke(app, ["run", str(write(tmp_path, VALID)), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "18 cells" in result.output and "not applicable" in result.output
+    assert "UNet image-evaluations" in result.output
+
+
+def test_prompts_file_is_read_relative_to_the_suite(tmp_path):
+    (tmp_path / "prompts.txt").write_text(textwrap.dedent("""\
+        # occupations
+        a photo of a doctor
+        a photo of a nurse
+        """))
+    suite = load_suite(write(tmp_path, variant(**{"models.1.prompts_file": "prompts.txt"})))
+    assert suite.models[1].prompts == ["a photo of a doctor", "a photo of a nurse"]
+    t2i_cells = [c for c in plan(suite) if c.model.name == "t2i"]
+    assert {c.prompt for c in t2i_cells} == {"a photo of a doctor", "a photo of a nurse"}
