@@ -168,6 +168,61 @@ def zoo_check(
         raise typer.Exit(1)
 
 
+probe_app = typer.Typer(help="h-space attribute probes.", no_args_is_help=True)
+app.add_typer(probe_app, name="probe")
+
+
+@probe_app.command("train")
+def probe_train(
+    model: str = typer.Option(..., help="zoo:NAME, a diffusers directory, or hf:ORG/REPO."),
+    labeler: str = typer.Option("synthfaces-pseudo", help="Labeler giving the pseudo-labels."),
+    attribute: list[str] = typer.Option(..., help="Attribute(s) to probe (repeat the option)."),
+    n: int = typer.Option(1000, help="Samples to draw and label."),
+    steps: int = typer.Option(50, help="Sampling steps (one head per step)."),
+    batch_size: int = typer.Option(64),
+    prompt: str = typer.Option("a photo of a person", help="Prompt (text models)."),
+    guidance_scale: float = typer.Option(1.0, help="Classifier-free guidance (text models)."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Directory (default: the zoo's probes for zoo models)."),
+    device: str = typer.Option("cpu"),
+):
+    """Sample, record h at every step, pseudo-label the images, fit per-step heads, save."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from audit.models.loading import load_model
+    from audit.probes.train import train_probes
+    from audit.registry import make_labeler
+    from audit.spec import ModelSpec
+
+    console = Console()
+    try:
+        adapter = load_model(ModelSpec(name="probe-model", source=model, steps=steps), device=device)
+        judge = make_labeler(labeler)
+    except (_user_errors() + (KeyError, ValueError)) as e:
+        fail(str(e).strip("'\""))
+    if out is None:
+        if not model.startswith("zoo:"):
+            fail("--out is required for models outside the zoo")
+        from audit.zoo import WEIGHTS_DIR
+
+        out = WEIGHTS_DIR / "probes" / model[4:] / labeler
+    prompts = [prompt] * n if adapter.conditional else None
+    with Progress(console=console) as progress:
+        task = progress.add_task("sampling", total=n)
+        try:
+            probes = train_probes(adapter, judge, attribute, n=n, steps=steps, batch_size=batch_size,
+                                  prompts=prompts, guidance_scale=guidance_scale,
+                                  progress=lambda k: progress.advance(task, k))
+        except ValueError as e:
+            fail(str(e))
+    for name, probe in probes.items():
+        probe.save(out / name)
+        accuracy = probe.meta["val_accuracy"]
+        shown = " ".join(f"{a:.2f}" for a in accuracy)
+        console.print(f"{name}: validation accuracy per step (t={probe.timesteps[0]}..{probe.timesteps[-1]}): {shown}")
+        console.print(f"saved {out / name}")
+
+
 def main() -> None:
     app()
 

@@ -145,6 +145,7 @@ def generate_cell(ctx: RunContext, cell: Cell, method) -> None:
                                negative_prompt=cell.model.negative_prompt, method=method)
         seconds = time.perf_counter() - t0
         ctx.store.write_batch(cell.cell_id, b, batch_seeds, prompts, out.images, seconds, out.stats)
+        ctx.store.log_event(f"generated {cell.cell_id} batch {b} ({len(batch_seeds)} images, {seconds:.2f}s)")
         if ctx.progress:
             ctx.progress(len(batch_seeds))
     ctx.store.write_samples(cell.cell_id)

@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,11 @@ class RunStore:
                 raise
         atomic_write_json(self.batch_marker(cell_id, index), {
             "index": index, "seeds": seeds, "prompts": prompts, "seconds": seconds, "stats": stats})
+
+    def log_event(self, message: str) -> None:
+        """Append one line to OUT/events.log, the run's audit trail (generation events)."""
+        with open(self.out / "events.log", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
 
     def batches(self, cell_id: str) -> list[dict]:
         folder = self.cell_dir(cell_id) / "batches"

@@ -66,3 +66,13 @@ def tiny_text_adapter(tiny_ddim, tmp_path_factory):
                                 cross_attention_dim=16).eval()
     return ModelAdapter(unet=unet, scheduler=tiny_ddim, text_encoder=CLIPTextModel(config).eval(),
                         tokenizer=tokenizer, model_id="tiny-text")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_unet, tiny_ddim, tmp_path_factory):
+    """The tiny unconditional model saved as a diffusers pipeline directory."""
+    from diffusers import DDIMPipeline
+
+    path = tmp_path_factory.mktemp("tiny-ddpm")
+    DDIMPipeline(unet=tiny_unet, scheduler=tiny_ddim).save_pretrained(path)
+    return path
