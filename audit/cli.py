@@ -141,6 +141,8 @@ def zoo_check(
     n: int = typer.Option(1000, help="Samples per model."),
     steps: int = typer.Option(50, help="DDIM steps."),
     heldout: int = typer.Option(10_000, help="Held-out ground-truth images for the labelers."),
+    n_prompt: int = typer.Option(200, help="Samples per attribute prompt (synthfaces-t2i)."),
+    only: list[str] = typer.Option([], help="Check only these (labelers, synthfaces-ddpm, synthfaces-t2i)."),
     threads: int = typer.Option(2, help="torch CPU threads."),
 ):
     """Measure every zoo model against its bars and print the table."""
@@ -153,7 +155,8 @@ def zoo_check(
     from audit.zoo.check import rows_to_json, run_check
 
     torch.set_num_threads(threads)
-    rows = run_check(n=n, steps=steps, n_heldout=heldout)
+    models = tuple(only) or ("labelers", "synthfaces-ddpm", "synthfaces-t2i")
+    rows = run_check(n=n, steps=steps, n_heldout=heldout, n_prompt=n_prompt, models=models)
     table = Table(title="diffaudit zoo check")
     for column in ("model", "check", "value", "bar", "pass", "detail"):
         table.add_column(column)

@@ -100,13 +100,46 @@ def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int) -> Non
     rows.append(CheckRow(name, "samples", float(n), f"{steps} DDIM steps", True, "judged by synthfaces-eval"))
 
 
-def run_check(n: int = 1000, steps: int = 50, batch_size: int = 100, n_heldout: int = 10_000,
-              models: tuple[str, ...] = ("labelers", "synthfaces-ddpm")) -> list[CheckRow]:
+T2I_GUIDANCE = 2.0  # the classifier-free guidance scale the t2i bars are measured at
+
+
+def check_t2i(rows: list[CheckRow], n: int, n_prompt: int, steps: int, batch_size: int) -> None:
+    from audit.models.adapter import ModelAdapter
+    from audit.zoo.synthfaces import ATTRIBUTE_PHRASES
+
+    name = "synthfaces-t2i"
+    if not is_trained(name) or not is_trained_classifier("synthfaces-eval"):
+        rows.append(CheckRow(name, "trained", None, "weights present", None, "model or labeler not trained"))
+        return
+    adapter = ModelAdapter.from_zoo(name)
+
+    def sample(prompt: str, count: int, seed0: int) -> torch.Tensor:
+        return torch.cat([adapter.generate(list(range(i, min(i + batch_size, count))),
+                                           prompts=[prompt] * min(batch_size, count - i), steps=steps,
+                                           guidance_scale=T2I_GUIDANCE).images
+                          for i in range(seed0, seed0 + count, batch_size)])
+
+    neutral = "a photo of a person"
+    probs = label_probabilities(sample(neutral, n, 0))
+    rows.extend(marginal_rows(name, probs, BIASED_WORLD.marginals, 0.07, prefix=f"'{neutral}' "))
+    for attribute, per_class in ATTRIBUTE_PHRASES.items():
+        for index, cls in enumerate(ATTRIBUTES[attribute]):
+            phrase = per_class[cls][0]
+            share = float((label_probabilities(sample(f"{neutral} {phrase}", n_prompt, 0))[attribute].argmax(1)
+                           == index).mean())
+            rows.append(CheckRow(name, f"'{phrase}' gives {attribute}={cls}", share, ">= 0.90", share >= 0.9,
+                                 f"{n_prompt} samples, CFG {T2I_GUIDANCE}"))
+
+
+def run_check(n: int = 1000, steps: int = 50, batch_size: int = 100, n_heldout: int = 10_000, n_prompt: int = 200,
+              models: tuple[str, ...] = ("labelers", "synthfaces-ddpm", "synthfaces-t2i")) -> list[CheckRow]:
     rows: list[CheckRow] = []
     if "labelers" in models:
         check_labelers(rows, n_heldout)
     if "synthfaces-ddpm" in models:
         check_ddpm(rows, n, steps, batch_size)
+    if "synthfaces-t2i" in models:
+        check_t2i(rows, n, n_prompt, steps, batch_size)
     return rows
 
 

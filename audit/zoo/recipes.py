@@ -94,7 +94,7 @@ TEXT_ENCODER = {
 RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
     "synthfaces-ddpm": DiffusionRecipe(
         name="synthfaces-ddpm", conditional=False, unet=DDPM_UNET, scheduler=SCHEDULER,
-        steps=8_000,
+        steps=6_000,
         description="Unconditional UNet2DModel (4.3M params, v-prediction, DDIM) trained on "
                     "the biased SynthFaces world.",
     ),

@@ -1,0 +1,78 @@
+"""Run cells as Ray tasks on an existing cluster (or a local Ray instance).
+
+Every task writes into the same store, so OUT must be on a filesystem all workers share.
+Probes are trained first, one task per model, so that no two cell tasks race to train the
+same probe; then every cell is a task (requesting a GPU when the device is cuda).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _context(suite_data: dict, out: str, device: str, threads: int):
+    import torch
+
+    from audit.runner import RunContext
+    from audit.spec import Suite
+    from audit.store import RunStore
+
+    torch.set_num_threads(threads)
+    return RunContext(suite=Suite.model_validate(suite_data), store=RunStore(out), device=device,
+                      log=lambda *a: None)
+
+
+def _train_probes(suite_data: dict, out: str, device: str, threads: int, cells_data: list[dict]) -> int:
+    from audit.runner import get_probes
+    from audit.spec import Cell
+
+    ctx = _context(suite_data, out, device, threads)
+    for data in cells_data:
+        get_probes(ctx, Cell.model_validate(data))
+    return len(cells_data)
+
+
+def _run_cell(suite_data: dict, out: str, device: str, threads: int, cell_data: dict) -> dict:
+    from audit.runner import run_cell
+    from audit.spec import Cell
+
+    return run_cell(_context(suite_data, out, device, threads), Cell.model_validate(cell_data))
+
+
+def run_cells_on_ray(suite, out: Path, cells: list, device: str = "cpu", address: str | None = None,
+                     console=None) -> list[dict]:
+    try:
+        import ray
+    except ImportError:
+        from audit.spec import SuiteError
+
+        raise SuiteError("--executor ray needs Ray: pip install 'diffaudit[ray]'") from None
+    import torch
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}} if address else None)
+    try:
+        threads = torch.get_num_threads()
+        gpus = 1 if device == "cuda" else 0
+        suite_data, out_str = suite.model_dump(), str(Path(out).resolve())
+        train = ray.remote(num_cpus=1, num_gpus=gpus)(_train_probes)
+        run = ray.remote(num_cpus=1, num_gpus=gpus)(_run_cell)
+        by_model: dict[str, dict[str, dict]] = {}
+        for cell in cells:
+            if not cell.skip_reason and cell.method.name in ("distribution_guidance", "sample_guidance"):
+                key = f"{cell.setting.key}|{cell.prompt}"
+                by_model.setdefault(cell.model.name, {}).setdefault(key, cell.model_dump())
+        ray.get([train.remote(suite_data, out_str, device, threads, list(group.values()))
+                 for group in by_model.values()])
+        futures = [run.remote(suite_data, out_str, device, threads, cell.model_dump()) for cell in cells]
+        results = []
+        for i, future in enumerate(futures):
+            results.append(ray.get(future))
+            if console is not None:
+                console.print(f"[ray] cell {i + 1}/{len(cells)} {cells[i].cell_id}: {results[-1].get('status')}")
+        return results
+    finally:
+        if started_here:
+            ray.shutdown()
