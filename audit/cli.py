@@ -80,6 +80,42 @@ def run(
     console.print(f"results: {Path(out) / 'results.csv'}")
 
 
+@app.command("report")
+def report(
+    out: Path = typer.Argument(..., help="Run directory (the output of `diffaudit run`)."),
+    tolerance: float | None = typer.Option(None, "--tolerance", help="TOST margin per class (default: the suite's)."),
+):
+    """Render OUT/report/index.html: verdicts, per-cell pages, trade-off, cost, methodology."""
+    from audit.report import ReportError
+    from audit.store import UnsafePathError
+
+    try:
+        from audit.report.html import write_report
+
+        path = write_report(out, tolerance=tolerance)
+    except (ReportError, UnsafePathError) as e:
+        fail(str(e))
+    typer.echo(f"report: {path}")
+
+
+@app.command("leaderboard")
+def leaderboard(
+    outs: list[Path] = typer.Argument(..., help="Run directories (any number of runs and suites)."),
+    dest: Path = typer.Option(Path("leaderboard.html"), "-o", "--output", help="The HTML page to write."),
+):
+    """One sortable page comparing runs: per attribute setting, every model and method."""
+    from audit.report import ReportError
+    from audit.store import UnsafePathError
+
+    try:
+        from audit.report.leaderboard import write_leaderboard
+
+        path = write_leaderboard(outs, dest)
+    except (ReportError, UnsafePathError) as e:
+        fail(str(e))
+    typer.echo(f"leaderboard: {path}")
+
+
 @zoo_app.command("train")
 def zoo_train(
     name: str,

@@ -1,0 +1,513 @@
+"""The HTML audit report of one run directory: OUT/report/index.html, one drill-down page per
+cell (OUT/report/cells/<key>.html) and OUT/report/assets/ (charts, thumbnails).
+
+Static and self-contained: inline CSS and JS, no network, images as relative files, opens from
+file://. Every user-supplied string goes through Jinja2 autoescaping; a Content-Security-Policy
+allows only the page's own script as a second line of defence. The report never loads a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from audit.report import plots
+from audit.report.load import CellData, ReportError, RunData, cell_key, load_run, number, text
+from audit.report.render import build_then_swap, render, url
+from audit.store import UnsafePathError, inside
+
+GALLERY_MAX = 48
+THUMB_MAX = 64  # images up to this size are copied as they are
+THUMB_SIZE = 96  # larger ones get a thumbnail of this size
+SCHEDULER_KEYS = ("timestep_spacing", "prediction_type", "beta_schedule", "num_train_timesteps", "clip_sample")
+
+
+def write_report(out: Path, tolerance: float | None = None) -> Path:
+    """Render the report of a finished run directory; returns OUT/report/index.html."""
+    run = load_run(out)
+    suite_tol = number(run.suite.get("tolerance"))
+    if tolerance is not None and not (0 < tolerance < 1):
+        raise ReportError(f"--tolerance must be between 0 and 1 (a proportion per class), got {tolerance:g}")
+    tol = tolerance if tolerance is not None else (suite_tol if suite_tol is not None else 0.05)
+    report = Report(run, tol, overridden=tolerance is not None and tolerance != suite_tol)
+    final = build_then_swap(run.out, "report", report.build)
+    return final / "index.html"
+
+
+# -- statistics the report may have to redo --------------------------------------------------------
+
+def tost(counts, target, tolerance: float) -> tuple[float | None, bool | None]:
+    """The TOST equivalence test of the cell's counts against the target within +-tolerance per
+    class (audit.metrics.functional, the same test the runner used). Only needed when the report's
+    tolerance differs from the one the metrics were computed with."""
+    from audit.metrics.functional import tost_equivalence
+
+    counts = np.asarray([number(c) or 0 for c in counts], dtype=float)
+    target = np.asarray([number(t) or 0 for t in target], dtype=float)
+    if counts.sum() <= 0 or len(counts) != len(target):
+        return None, None
+    result = tost_equivalence(counts.round().astype(int), target, tolerance)
+    return number(result["p_value"]), bool(result["equivalent"])
+
+
+# -- the report ------------------------------------------------------------------------------------
+
+def _setting_label(attributes: str | None, target: str | None) -> str:
+    return f"{attributes or '—'} ({target or '—'})"
+
+
+class Report:
+    def __init__(self, run: RunData, tolerance: float, overridden: bool = False):
+        self.run, self.tolerance, self.overridden = run, tolerance, overridden
+        taken: set[str] = set()
+        self.keys = {cid: cell_key(cid, taken) for cid in run.cells}
+        self.primary = run.labelers[0] if run.labelers else None
+
+    # entry point: builds the whole folder into `root` (a temporary folder swapped in afterwards)
+    def build(self, root: Path) -> None:
+        t0 = time.perf_counter()
+        self.root = root
+        self.final = self.run.out / "report"
+        cells = [self.cell_page(cid) for cid in self.run.cells]
+        verdicts = [self.verdict(row) for row in self.run.rows]
+        cost = self.cost_rows()
+        tradeoff = self.tradeoff()
+        context = {
+            "suite": self.suite_facts(), "verdicts": verdicts, "cells": cells, "tradeoff": tradeoff, "cost": cost,
+            "methodology": self.methodology(), "downloads": self.downloads(),
+            "tolerance": self.tolerance, "overridden": self.overridden, "root": "",
+            "has_prompts": any(r["prompt"] for r in self.run.rows),
+            "counts": {"done": len(self.run.cells),
+                       "not_applicable": len({r["cell_id"] for r in self.run.rows if r["status"] == "not_applicable"}),
+                       "pass": sum(1 for v in verdicts if v["equivalent"] is True),
+                       "fail": sum(1 for v in verdicts if v["equivalent"] is False)},
+            "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
+        for cell in cells:
+            cell["verdicts"] = [v for v in verdicts if v["cell_id"] == cell["cell_id"]]
+            render("cell.html.j2", root / "cells" / f"{cell['key']}.html", cell=cell, suite=context["suite"],
+                   tolerance=self.tolerance, root="../")
+        context["render_seconds"] = time.perf_counter() - t0
+        render("index.html.j2", root / "index.html", **context)
+
+    # -- suite facts and verdicts ----------------------------------------------------------------
+    def suite_facts(self) -> dict:
+        s = self.run.suite
+        return {"name": self.run.name, "description": text(s.get("description")) or "",
+                "samples": s.get("samples"), "seed": s.get("seed"), "labelers": self.run.labelers,
+                "probe_labeler": text(s.get("probe_labeler")), "tolerance": number(s.get("tolerance")),
+                "out": self.run.out.name}
+
+    def labeler_metrics(self, cell_id: str | None, labeler: str | None) -> dict | None:
+        cell = self.run.cells.get(cell_id or "")
+        if cell is None or not cell.metrics:
+            return None
+        m = (cell.metrics.get("labelers") or {}).get(labeler or "")
+        return m if isinstance(m, dict) else None
+
+    def verdict(self, row: dict) -> dict:
+        m = self.labeler_metrics(row["cell_id"], row["labeler"])
+        tost_p, equivalent = row["tost_p"], row["equivalent"]
+        stored_tol = number((m or {}).get("tolerance")) or number(self.run.suite.get("tolerance"))
+        if stored_tol is None or not math.isclose(stored_tol, self.tolerance, rel_tol=1e-9):
+            tost_p, equivalent = None, None
+            if m and m.get("counts") and m.get("target"):
+                tost_p, equivalent = tost(m["counts"], m["target"], self.tolerance)
+        if row["status"] != "done":
+            equivalent = None
+        error_aware = []
+        ea = (m or {}).get("error_aware") or {}
+        classes = (m or {}).get("classes") or []
+        for i, c in enumerate(classes):
+            p = _at(ea.get("p"), i)
+            if p is not None:
+                error_aware.append({"cls": c, "p": p, "lo": _at(ea.get("lo"), i), "hi": _at(ea.get("hi"), i)})
+        key = self.keys.get(row["cell_id"] or "")
+        return {**row, "tost_p": tost_p, "equivalent": equivalent,
+                "error_aware_fd": row["error_aware_fd"] if row["error_aware_fd"] is not None else number(ea.get("fd")),
+                "error_aware": error_aware, "href": f"cells/{key}.html" if key else None,
+                "reason": self.run.reasons.get(row["cell_id"] or ""),
+                "n_valid": row["n_valid"], "invalid_rate": number((m or {}).get("invalid_rate"))}
+
+    # -- one cell ----------------------------------------------------------------------------------
+    def cell_page(self, cell_id: str) -> dict:
+        cell = self.run.cells[cell_id]
+        key = self.keys[cell_id]
+        rows = [r for r in self.run.rows if r["cell_id"] == cell_id]
+        first = rows[0]
+        metrics = cell.metrics or {}
+        manifest = cell.manifest or {}
+        found = metrics.get("labelers") if isinstance(metrics.get("labelers"), dict) else {}
+        labelers = [name for name in self.run.labelers if name in found]
+        labelers += [str(n) for n in found if n not in labelers]
+        per = {name: found[name] for name in labelers if isinstance(found[name], dict)}
+        base = per.get(labelers[0]) if labelers else None
+        classes = list((base or {}).get("classes") or (manifest.get("setting") or {}).get("classes") or [])
+        target = list((base or {}).get("target") or (manifest.get("setting") or {}).get("target") or [])
+        page = {"cell_id": cell_id, "key": key, "model": first["model"], "method": first["method"],
+                "setting": first["setting"], "target_label": first["target"], "prompt": first["prompt"],
+                "n": first["n"], "problem": cell.problem, "labelers": labelers, "classes": classes,
+                "target": target, "chart": None, "heatmap": None, "small_cells": [], "gallery": [],
+                "gallery_note": "no cell directory", "invalid": [], "agreement": [], "class_rows": [],
+                "fid": _fields(metrics.get("fid"), "value", "extractor", "reference", "n_reference", "n"),
+                "clip": _fields(metrics.get("clip_score"), "value", "lo", "hi", "model", "reason"),
+                "cost": _fields(metrics.get("cost"), "seconds", "images", "images_per_s") or _fields({}, "seconds",
+                                                                                                  "images_per_s"),
+                "guidance": _fields(metrics.get("guidance"), "clipped_steps", "skipped_nonfinite")
+                or _fields({}, "clipped_steps", "skipped_nonfinite"),
+                "manifest": json.dumps(manifest, indent=2, default=str, sort_keys=True) if manifest else "",
+                "method_config": _method_summary(manifest.get("method")), "status": metrics.get("status")}
+        if not metrics and not cell.problem:
+            page["problem"] = "no metrics.json in the cell directory"
+        # class table and distribution chart
+        for i, c in enumerate(classes):
+            entry = {"cls": c, "target": _at(target, i), "by": []}
+            for name in labelers:
+                m = per.get(name) or {}
+                interval = _at(m.get("p_intervals"), i)
+                ea = m.get("error_aware") or {}
+                entry["by"].append({"labeler": name, "p": _at(m.get("p_hat"), i), "count": _at(m.get("counts"), i),
+                                    "lo": _at(interval, 0), "hi": _at(interval, 1), "soft": _at(m.get("p_soft"), i),
+                                    "ea": _at(ea.get("p"), i), "ea_lo": _at(ea.get("lo"), i),
+                                    "ea_hi": _at(ea.get("hi"), i)})
+            page["class_rows"].append(entry)
+        series = [(name, per[name].get("p_hat"), per[name].get("p_intervals")) for name in labelers
+                  if per.get(name) and per[name].get("p_hat") and len(per[name]["p_hat"]) == len(classes)]
+        if classes and series:
+            path = plots.distribution_chart(self.root / "assets" / "plots" / f"{key}-distribution.png", classes,
+                                            target, series)
+            page["chart"] = url(path.relative_to(self.root).as_posix())
+        # intersectional heatmap (joint settings), from the first labeler
+        attributes = (manifest.get("setting") or {}).get("attributes")
+        if not (isinstance(attributes, list) and attributes):
+            attributes = self.run.setting_attributes(first["attributes"])
+        attributes = [str(a) for a in attributes]
+        if base and len(attributes) > 1 and base.get("p_hat") and all("&" in c for c in classes):
+            class_lists = _class_lists(classes, len(attributes))
+            if class_lists and math.prod(len(c) for c in class_lists) == len(base["p_hat"]):
+                path = plots.heatmap(self.root / "assets" / "plots" / f"{key}-joint.png", attributes, class_lists,
+                                     base["p_hat"], target, base.get("small_cells"))
+                page["heatmap"] = url(path.relative_to(self.root).as_posix())
+                page["heatmap_labeler"] = labelers[0]
+                page["small_cells"] = [str(c) for c in base.get("small_cells") or []]
+        # invalid samples and agreement
+        for name in labelers:
+            m = per.get(name) or {}
+            reasons = m.get("invalid_reasons") if isinstance(m.get("invalid_reasons"), dict) else {}
+            page["invalid"].append({"labeler": name, "n": m.get("n"), "n_valid": m.get("n_valid"),
+                                    "rate": m.get("invalid_rate"),
+                                    "reasons": sorted(((str(k) or "(none given)", v) for k, v in reasons.items()),
+                                                      key=lambda kv: -(number(kv[1]) or 0))})
+        agreement = metrics.get("agreement") if isinstance(metrics.get("agreement"), dict) else {}
+        for attribute, pairs in agreement.items():
+            for pair, kappa in (pairs.items() if isinstance(pairs, dict) else []):
+                a, _, b = str(pair).partition("|")
+                page["agreement"].append({"attribute": attribute, "a": a, "b": b, "kappa": number(kappa)})
+        # gallery
+        page["attributes"] = attributes
+        if cell.dir is not None:
+            page["gallery"], page["gallery_note"] = self.gallery(cell, key, labelers, attributes)
+        return page
+
+    def gallery(self, cell: CellData, key: str, labelers: list[str], attributes: list[str]) -> tuple[list, str]:
+        samples = _read_parquet(cell, "samples.parquet")
+        labels = {name: _read_parquet(cell, f"labels-{name}.parquet") for name in labelers}
+        seeds: list[int] = []
+        for frame in [samples, *labels.values()]:
+            if frame is not None and "seed" in frame.columns:
+                seeds = sorted({int(s) for s in pd.to_numeric(frame["seed"], errors="coerce").dropna()})
+                break
+        if not seeds:
+            images = cell.dir / "images"
+            seeds = sorted(int(p.stem) for p in images.glob("*.png") if p.stem.isdigit()) if images.is_dir() else []
+        total = len(seeds)
+        if total > GALLERY_MAX:
+            picks = np.unique(np.linspace(0, total - 1, GALLERY_MAX).round().astype(int))
+            seeds = [seeds[i] for i in picks]
+        prompts = {}
+        if samples is not None and {"seed", "prompt"} <= set(samples.columns):
+            prompts = {int(s): text(p) for s, p in zip(samples["seed"], samples["prompt"], strict=True)
+                       if number(s) is not None}
+        by_seed = {name: _rows_by_seed(frame) for name, frame in labels.items()}
+        items = []
+        out_dir = self.root / "assets" / "thumbs" / key
+        for seed in seeds:
+            item = {"seed": seed, "prompt": prompts.get(seed), "thumb": None, "full": None, "labels": [],
+                    "invalid": False, "width": None, "height": None}
+            try:
+                source = inside(self.run.out, Path("cells") / cell.cell_id / "images" / f"{seed:08d}.png")
+            except UnsafePathError:
+                source = None
+            if source is not None and source.is_file():
+                thumb = _thumbnail(source, out_dir, seed)
+                if thumb is not None:
+                    name, item["width"], item["height"], copied = thumb
+                    item["thumb"] = url(f"assets/thumbs/{key}/{name}")
+                    item["full"] = (f"../{item['thumb']}" if copied else
+                                    url(os.path.relpath(source, self.final / "cells")))
+            for name in labelers:
+                row = by_seed[name].get(seed)
+                item["labels"].append(_image_labels(name, row, attributes))
+                if row is not None and row.get("valid") is False:
+                    item["invalid"] = True
+            items.append(item)
+        note = f"{len(items)} of {total} images, evenly spaced over the seeds" if total > len(items) else \
+            f"all {total} images"
+        return items, note
+
+    # -- across cells ------------------------------------------------------------------------------
+    def primary_row(self, cell_id: str) -> dict | None:
+        rows = [r for r in self.run.rows if r["cell_id"] == cell_id]
+        for r in rows:
+            if r["labeler"] == self.primary:
+                return r
+        return rows[0] if rows else None
+
+    def tradeoff(self) -> dict:
+        panels: dict[tuple, dict] = {}
+        table = []
+        for cid in self.run.cells:
+            row = self.primary_row(cid)
+            if row is None:
+                continue
+            spec = self.run.method_spec(row["method"])
+            manifest = self.run.cells[cid].manifest or {}
+            params = spec.get("params") if isinstance(spec.get("params"), dict) else {}
+            scale = number(params.get("scale"))
+            if scale is None:
+                scale = number((manifest.get("method") or {}).get("scale"))
+            base_name = spec.get("name") or (manifest.get("method") or {}).get("name") or row["method"]
+            point = {"cell_id": cid, "method": row["method"] or "—", "model": row["model"] or "—", "fd": row["fd"],
+                     "fd_lo": row["fd_lo"], "fd_hi": row["fd_hi"], "fid": row["fid"], "scale": scale,
+                     "clip": row["clip_score"], "setting": row["setting"], "target": row["target"],
+                     "prompt": row["prompt"], "extractor": row["fid_extractor"], "labeler": row["labeler"],
+                     "group": (row["model"], row["attributes"], row["target"], row["prompt"], str(base_name),
+                               json.dumps({k: v for k, v in params.items() if k != "scale"}, sort_keys=True,
+                                          default=str))}
+            title = _setting_label(row["setting"], row["target"])
+            panel = panels.setdefault((row["attributes"], row["target"]), {"title": title, "points": [], "curves": []})
+            if row["fid_extractor"]:
+                panel["xlabel"] = f"FID[{row['fid_extractor']}] (lower is better)"
+            panel["points"].append(point)
+            table.append(point)
+        curves = 0
+        for panel in panels.values():
+            groups = defaultdict(list)
+            for p in panel["points"]:
+                if p["scale"] is not None:
+                    groups[p["group"]].append(p)
+            for members in groups.values():
+                if len({m["scale"] for m in members}) >= 2:
+                    panel["curves"].append(sorted(members, key=lambda m: m["scale"]))
+                    curves += 1
+        chart = None
+        if panels:
+            path = plots.tradeoff_chart(self.root / "assets" / "plots" / "tradeoff.png", list(panels.values()))
+            chart = url(path.relative_to(self.root).as_posix())
+        return {"chart": chart, "points": table, "curves": curves, "labeler": self.primary,
+                "has_fid": any(p["fid"] is not None for p in table)}
+
+    def cost_rows(self) -> list[dict]:
+        rows = []
+        for cid in self.run.cells:
+            row = self.primary_row(cid)
+            if row is None:
+                continue
+            metrics = self.run.cells[cid].metrics or {}
+            cost = metrics.get("cost") if isinstance(metrics.get("cost"), dict) else {}
+            guidance = metrics.get("guidance") if isinstance(metrics.get("guidance"), dict) else {}
+            spec = self.run.method_spec(row["method"])
+            is_none = (spec.get("name") or row["method"]) == "none"
+            rows.append({"cell_id": cid, "model": row["model"], "method": row["method"], "setting": row["setting"],
+                         "target": row["target"], "prompt": row["prompt"], "is_none": is_none,
+                         "images": number(cost.get("images")) or row["n"],
+                         "seconds": number(cost.get("seconds")) if cost else row["seconds"],
+                         "images_per_s": number(cost.get("images_per_s")) if cost else row["images_per_s"],
+                         "clipped": guidance.get("clipped_steps"), "skipped": guidance.get("skipped_nonfinite"),
+                         "href": f"cells/{self.keys[cid]}.html"})
+        baseline = {(r["model"], r["setting"], r["target"], r["prompt"]): r["seconds"] for r in rows if r["is_none"]}
+        for r in rows:
+            base = baseline.get((r["model"], r["setting"], r["target"], r["prompt"]))
+            r["overhead"] = r["seconds"] / base if (base and r["seconds"] is not None) else None
+        return rows
+
+    def methodology(self) -> dict:
+        manifests = [c.manifest for c in self.run.cells.values() if isinstance(c.manifest, dict)]
+        models, labelers, probes, versions = {}, {}, [], defaultdict(set)
+        samplers, seeds, devices, created = set(), set(), set(), []
+        for m in manifests:
+            model = m.get("model") if isinstance(m.get("model"), dict) else {}
+            name = text(model.get("name")) or "—"
+            sched = m.get("scheduler") if isinstance(m.get("scheduler"), dict) else {}
+            sampler = ", ".join([str(sched.get("class") or "—")] + [f"{k}={sched[k]}" for k in SCHEDULER_KEYS
+                                                                     if k in sched])
+            entry = models.setdefault(name, {"name": name, "source": model.get("source"), "id": model.get("id"),
+                                             "revision": model.get("revision"), "dtype": model.get("dtype"),
+                                             "samplers": set(), "steps": set(), "guidance_scale": set()})
+            entry["samplers"].add(sampler)
+            entry["steps"].add(str(m.get("steps")))
+            entry["guidance_scale"].add(str(m.get("guidance_scale")))
+            samplers.add(sampler)
+            s = m.get("seeds") if isinstance(m.get("seeds"), dict) else {}
+            seeds.add(f"{s.get('rule', '—')} (first seed {s.get('first', '—')}, {s.get('count', '—')} images per "
+                      f"cell, batch size {m.get('batch_size', '—')})")
+            devices.add(str(m.get("device")))
+            if m.get("created"):
+                created.append(str(m["created"]))
+            for lname, desc in (m.get("labelers") or {}).items():
+                desc = desc if isinstance(desc, dict) else {}
+                attrs = desc.get("attributes") if isinstance(desc.get("attributes"), dict) else {}
+                labelers.setdefault(str(lname), {"name": str(lname), "source": desc.get("source"),
+                                                 "attributes": "; ".join(f"{a}: {', '.join(map(str, c))}"
+                                                                         for a, c in attrs.items())})
+            method = m.get("method") if isinstance(m.get("method"), dict) else {}
+            for probe in method.get("probes") or []:
+                if isinstance(probe, dict):
+                    acc = [x for x in (number(a) for a in probe.get("val_accuracy") or []) if x is not None]
+                    probes.append({"method": method.get("name"), "model": name, "attribute": probe.get("attribute"),
+                                   "labeler": probe.get("labeler"),
+                                   "accuracy": f"{min(acc):.2f}–{max(acc):.2f}" if acc else None})
+            for k, v in (m.get("versions") or {}).items():
+                versions[str(k)].add(str(v))
+        seen, unique_probes = set(), []
+        for p in probes:
+            k = (p["method"], p["model"], p["attribute"], p["labeler"])
+            if k not in seen:
+                seen.add(k)
+                unique_probes.append(p)
+        probe_labelers = {str(p["labeler"]) for p in unique_probes if p["labeler"]}
+        if self.run.suite.get("probe_labeler"):
+            probe_labelers.add(str(self.run.suite["probe_labeler"]))
+        clash = sorted(probe_labelers & set(self.run.labelers))
+        fid = _fields(self.run.suite.get("fid"), "extractor", "reference", "n")
+        return {"models": [{**e, "samplers": sorted(e["samplers"]), "steps": ", ".join(sorted(e["steps"])),
+                            "guidance_scale": ", ".join(sorted(e["guidance_scale"]))} for e in models.values()],
+                "seeds": sorted(seeds), "devices": sorted(devices), "labelers": list(labelers.values()),
+                "evaluation_labelers": self.run.labelers, "probes": unique_probes,
+                "probe_labeler": text(self.run.suite.get("probe_labeler")), "clash": clash,
+                "versions": {k: ", ".join(sorted(v)) for k, v in sorted(versions.items())},
+                "created": (min(created), max(created)) if created else None, "fid": fid,
+                "metrics": self.run.suite.get("metrics") or [], "n_manifests": len(manifests)}
+
+    def downloads(self) -> list[dict]:
+        files = []
+        for name in ("results.csv", "results.json", "suite.json"):
+            source = self.run.out / name
+            if source.is_file() and not source.is_symlink():
+                shutil.copyfile(source, self.root / name)
+                files.append({"name": name, "href": url(name), "size": source.stat().st_size})
+        return files
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+def _fields(value, *keys) -> dict | None:
+    """A dict from the run with exactly these keys (missing ones None); None if not a dict."""
+    return {k: value.get(k) for k in keys} if isinstance(value, dict) else None
+
+
+def _at(values, i):
+    if not isinstance(values, list | tuple) or i >= len(values):
+        return None
+    v = values[i]
+    return v if isinstance(v, list | tuple) else number(v)
+
+
+def _class_lists(classes: list[str], k: int) -> list[list[str]] | None:
+    """Per-attribute class lists from joint names 'a&b' (first attribute most significant)."""
+    parts = [c.split("&") for c in classes]
+    if any(len(p) != k for p in parts):
+        return None
+    lists: list[list[str]] = [[] for _ in range(k)]
+    for p in parts:
+        for i, c in enumerate(p):
+            if c not in lists[i]:
+                lists[i].append(c)
+    return lists
+
+
+def _method_summary(config) -> list[tuple[str, str]]:
+    if not isinstance(config, dict):
+        return []
+    out = []
+    for k, v in config.items():
+        if k == "probes":
+            v = f"{len(v)} probe(s)" if isinstance(v, list) else v
+        elif isinstance(v, dict | list):
+            v = json.dumps(v, default=str)
+        out.append((str(k), str(v)))
+    return out
+
+
+def _read_parquet(cell: CellData, name: str) -> pd.DataFrame | None:
+    try:
+        path = inside(cell.dir, name)
+    except UnsafePathError:
+        return None
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception:  # a torn or foreign file: the page says the labels are missing
+        return None
+
+
+def _rows_by_seed(frame: pd.DataFrame | None) -> dict[int, dict]:
+    if frame is None or "seed" not in frame.columns:
+        return {}
+    out = {}
+    for record in frame.to_dict("records"):
+        seed = number(record.get("seed"))
+        if seed is not None:
+            valid = record.get("valid")
+            record["valid"] = None if valid is None else bool(valid)
+            out[int(seed)] = record
+    return out
+
+
+def _image_labels(labeler: str, row: dict | None, attributes: list[str]) -> dict:
+    """Per labeler: the predicted class and its confidence (max probability) per attribute of the
+    setting, and every probability the labeler gave (for the drill-down)."""
+    if row is None:
+        return {"labeler": labeler, "missing": True, "valid": None, "reason": None, "pred": [], "all": []}
+    grouped: dict[str, list[tuple[str, float | None]]] = {}
+    for column, value in row.items():
+        if isinstance(column, str) and column.startswith("p:") and column.count(":") >= 2:
+            _, attribute, cls = column.split(":", 2)
+            grouped.setdefault(attribute, []).append((cls, number(value)))
+    pred = []
+    for a in attributes:
+        probs = [(c, p) for c, p in grouped.get(a, []) if p is not None]
+        if probs:
+            cls, p = max(probs, key=lambda cp: cp[1])
+            pred.append({"attribute": a, "cls": cls, "conf": p})
+    return {"labeler": labeler, "missing": False, "valid": row.get("valid"), "reason": text(row.get("reason")),
+            "pred": pred, "all": [{"attribute": a, "probs": probs} for a, probs in grouped.items()]}
+
+
+def _thumbnail(source: Path, out_dir: Path, seed: int) -> tuple[str, int, int, bool] | None:
+    """Small images are copied as they are; larger ones become a THUMB_SIZE JPEG thumbnail."""
+    try:
+        with Image.open(source) as image:
+            width, height = image.size
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if max(width, height) <= THUMB_MAX:
+                name = f"{seed:08d}.png"
+                shutil.copyfile(source, out_dir / name)
+                return name, width, height, True
+            image = image.convert("RGB")
+            image.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
+            name = f"{seed:08d}.jpg"
+            image.save(out_dir / name, format="JPEG", quality=85)
+            return name, image.width, image.height, False
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None

@@ -1,0 +1,138 @@
+"""Shared rendering: the Jinja2 environment (autoescape on everywhere), number filters, the
+inline CSS/JS and the Content-Security-Policy that lets only that script run."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import tempfile
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+
+from audit.report.load import ReportError, number
+from audit.store import UnsafePathError, inside
+
+DASH = "—"
+
+
+def fmt_num(value, digits: int = 3) -> str:
+    x = number(value)
+    if x is None:
+        return DASH
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def fmt_p(value) -> str:
+    x = number(value)
+    if x is None:
+        return DASH
+    if x < 0.001:
+        return "<0.001"
+    return f"{x:.3f}"
+
+
+def fmt_pct(value, digits: int = 1) -> str:
+    x = number(value)
+    return DASH if x is None else f"{100 * x:.{digits}f}%"
+
+
+def fmt_interval(lo, hi, digits: int = 3) -> str:
+    a, b = number(lo), number(hi)
+    if a is None and b is None:
+        return ""
+    return f"[{fmt_num(a, digits)}, {fmt_num(b, digits)}]"
+
+
+def sort_key(value) -> str:
+    """data-sort attribute: the number, or '' (missing: sorted last in both directions)."""
+    x = number(value)
+    return "" if x is None else repr(x)
+
+
+def fmt_count(value) -> str:
+    x = number(value)
+    return DASH if x is None else f"{int(round(x)):,}"
+
+
+@cache
+def static_text(name: str) -> str:
+    return resources.files("audit.report").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def inline_assets() -> dict:
+    """The page's CSS and JS (trusted package files) and a CSP allowing exactly that script:
+    an injected inline script or event handler would be refused even if escaping failed."""
+    css, js = static_text("report.css"), static_text("report.js")
+    if "</" in js.replace("<\\/", "") or "</style" in css:
+        raise RuntimeError("static assets must not close their own tags")
+    digest = base64.b64encode(hashlib.sha256(js.encode()).digest()).decode()
+    csp = (f"default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
+           f"script-src 'sha256-{digest}'; base-uri 'none'; form-action 'none'")
+    return {"css": Markup(css), "js": Markup(js), "csp": csp}
+
+
+@cache
+def environment() -> Environment:
+    env = Environment(loader=PackageLoader("audit.report", "templates"), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(num=fmt_num, pval=fmt_p, pct=fmt_pct, interval=fmt_interval, sortkey=sort_key,
+                       count=fmt_count)
+    env.globals["DASH"] = DASH
+    return env
+
+
+def render(template: str, path: Path, **context) -> Path:
+    html = environment().get_template(template).render(**inline_assets(), **context)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def url(path: str) -> str:
+    """A relative URL from a relative file path (each segment percent-encoded)."""
+    from urllib.parse import quote
+
+    return "/".join(quote(part) for part in Path(path).as_posix().split("/"))
+
+
+def build_then_swap(parent: Path, name: str, build) -> Path:
+    """Build a folder under a temporary name and swap it into parent/name, so an interrupted
+    render leaves the previous folder intact and a finished one holds no stale files."""
+    final = parent / name
+    if not final.is_symlink():
+        try:
+            inside(parent, name)
+        except UnsafePathError as e:
+            raise ReportError(str(e)) from None
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o755)
+    try:
+        build(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.is_symlink() or final.is_file():
+        final.unlink()
+    elif final.exists():
+        old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".old"))
+        os.replace(final, old / name)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old / name, final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return final

@@ -1,0 +1,135 @@
+"""The runner end to end on a tiny real diffusers model: store layout, resume, label cache, index."""
+
+import json
+import sqlite3
+
+import pandas as pd
+import pytest
+import yaml
+
+from audit.runner import run_suite
+from audit.spec import load_suite
+from audit.store import UnsafePathError, inside
+
+
+def tiny_suite(tmp_path, model_dir, **changes):
+    data = {
+        "name": "tiny",
+        "models": [{"name": "tiny", "source": str(model_dir), "steps": 3}],
+        "methods": [{"name": "none"}, {"name": "distribution_guidance", "params": {"scale": 1.0}}],
+        "settings": [{"attributes": ["skin_tone"], "target": "uniform"},
+                     {"attributes": ["skin_tone", "eyeglasses"], "target": "uniform"}],
+        "samples": 10, "batch_size": 4, "seed": 5,
+        "labelers": ["synthfaces-eval"], "probe_labeler": "synthfaces-pseudo",
+        "probe": {"n": 16, "batch_size": 8},
+        "metrics": ["fairness", "fid"], "fid": {"n": 40},
+    }
+    data.update(changes)
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_suite(path)
+
+
+def events(out):
+    log = out / "events.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("run")
+    suite = tiny_suite(tmp, tiny_model_dir)
+    frame = run_suite(suite, tmp / "out")
+    return suite, tmp / "out", frame
+
+
+def test_run_writes_results_store_and_index(finished_run):
+    suite, out, frame = finished_run
+    assert len(frame) == 4 and set(frame["status"]) == {"done"}
+    csv = pd.read_csv(out / "results.csv")
+    for column in ("model", "method", "attributes", "target", "labeler", "n", "n_valid", "fd", "fd_lo", "fd_hi",
+                   "kl", "chi2_p", "fid", "clip_score", "seconds", "images_per_s"):
+        assert column in csv.columns
+    assert (csv["fd_lo"] <= csv["fd"]).all() and (csv["fd"] <= csv["fd_hi"]).all()
+    assert csv["fid"].notna().all() and (csv["n"] == 10).all()
+    cell_dirs = sorted((out / "cells").iterdir())
+    assert len(cell_dirs) == 4
+    for cell in cell_dirs:
+        assert len(list((cell / "images").glob("*.png"))) == 10
+        samples = pd.read_parquet(cell / "samples.parquet")
+        assert samples["seed"].tolist() == list(range(5, 15))
+        manifest = json.loads((cell / "manifest.json").read_text())
+        for key in ("model", "scheduler", "steps", "seeds", "method", "versions", "device", "labelers"):
+            assert key in manifest
+        assert manifest["seeds"]["first"] == 5 and manifest["versions"]["torch"]
+        labels = pd.read_parquet(cell / "labels-synthfaces-eval.parquet")
+        assert len(labels) == 10 and labels["valid"].all()
+    with sqlite3.connect(out / "index.sqlite") as con:
+        assert con.execute("SELECT COUNT(*) FROM cells WHERE status='done'").fetchone()[0] == 4
+        assert con.execute("SELECT COUNT(*) FROM metrics WHERE metric='fd'").fetchone()[0] == 4
+    probes = list((out / "probes").rglob("probe.json"))
+    assert len(probes) == 2  # skin_tone and eyeglasses, trained once, shared by both settings
+
+
+def test_same_seeds_give_identical_images_across_methods_and_runs(finished_run, tmp_path, tiny_model_dir):
+    _, out, frame = finished_run
+    rerun = run_suite(tiny_suite(tmp_path, tiny_model_dir, methods=[{"name": "none"}]), tmp_path / "again")
+    for cell_id in rerun["cell_id"]:
+        first = sorted((out / "cells" / cell_id / "images").iterdir())
+        second = sorted((tmp_path / "again" / "cells" / cell_id / "images").iterdir())
+        assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+
+
+def test_rerun_resumes_without_regenerating(finished_run, tiny_model_dir):
+    suite, out, frame = finished_run
+    before = len(events(out))
+    again = run_suite(suite, out)
+    assert len(events(out)) == before
+    pd.testing.assert_frame_equal(again.drop(columns=["seconds", "images_per_s"]),
+                                  frame.drop(columns=["seconds", "images_per_s"]))
+
+
+def test_interrupted_cell_resumes_from_finished_batches(tmp_path, tiny_model_dir):
+    suite = tiny_suite(tmp_path, tiny_model_dir, methods=[{"name": "none"}], settings=[
+        {"attributes": ["skin_tone"], "target": "uniform"}])
+    reference = run_suite(suite, tmp_path / "reference")
+    out = tmp_path / "out"
+    run_suite(suite, out)
+    cell = next((out / "cells").iterdir())
+    # Simulate a crash after batch 0: later batches, samples, labels and metrics are gone.
+    for marker in sorted((cell / "batches").glob("*.json"))[1:]:
+        marker.unlink()
+    for name in ("metrics.json", "samples.parquet", "labels-synthfaces-eval.parquet"):
+        (cell / name).unlink()
+    (cell / "images" / "00000013.png").write_bytes(b"torn")  # a half-written image of an unfinished batch
+    before = events(out)
+    resumed = run_suite(suite, out)
+    regenerated = events(out)[len(before):]
+    assert len(regenerated) == 2 and all("batch 0" not in line for line in regenerated)
+    pd.testing.assert_frame_equal(resumed.drop(columns=["seconds", "images_per_s"]),
+                                  reference.drop(columns=["seconds", "images_per_s"]))
+
+
+def test_adding_a_labeler_labels_existing_images_only(tmp_path, tiny_model_dir):
+    suite = tiny_suite(tmp_path, tiny_model_dir, methods=[{"name": "none"}],
+                       settings=[{"attributes": ["smile"], "target": "uniform"}], metrics=["fairness"])
+    out = tmp_path / "out"
+    run_suite(suite, out)
+    generated = len(events(out))
+    more = tiny_suite(tmp_path, tiny_model_dir, methods=[{"name": "none"}],
+                      settings=[{"attributes": ["smile"], "target": "uniform"}], metrics=["fairness"],
+                      labelers=["synthfaces-eval", "synthfaces-pseudo"])
+    frame = run_suite(more, out)
+    assert len(events(out)) == generated
+    assert sorted(frame["labeler"]) == ["synthfaces-eval", "synthfaces-pseudo"]
+    assert len(list(out.rglob("labels-synthfaces-pseudo.parquet"))) == 1
+
+
+def test_paths_cannot_escape_the_output_directory(tmp_path):
+    assert inside(tmp_path, "cells/a") == (tmp_path / "cells" / "a").resolve()
+    for bad in ("../x", "/etc/passwd", "cells/../../x"):
+        with pytest.raises(UnsafePathError):
+            inside(tmp_path, bad)
+    (tmp_path / "link").symlink_to("/")
+    with pytest.raises(UnsafePathError):
+        inside(tmp_path, "link/etc")
