@@ -70,13 +70,13 @@ def run(
     from audit.plan_view import print_summary
 
     print_summary(frame, console)
-    try:
-        from audit.report.html import write_report
+    from audit.report import ReportError, write_report
 
+    try:
         path = write_report(out)
-        console.print(f"report: {path}")
-    except ImportError:
-        pass
+    except ReportError as e:
+        fail(f"the run finished but its report could not be written: {e}")
+    console.print(f"report: {path}")
     console.print(f"results: {Path(out) / 'results.csv'}")
 
 
