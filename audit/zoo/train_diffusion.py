@@ -7,6 +7,7 @@ go to a work directory; `export` writes the EMA weights in diffusers' directory 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -106,6 +107,7 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
         log(f"warm-started {recipe.name} from exported weights at step {step}")
 
     end = recipe.steps if max_steps is None else min(recipe.steps, step + max_steps)
+    stop = _stop_on_sigterm()
     alphas = scheduler.alphas_cumprod
     generator = torch.Generator().manual_seed(recipe.data_seed)
     running = None
@@ -136,6 +138,9 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
         if step % 50 == 0:
             log(f"{recipe.name} step {step}/{recipe.steps} loss {running:.4f} "
                 f"{wall / step:.2f}s/step lr {optimizer.param_groups[0]['lr']:.2e}")
+        if stop["requested"]:
+            log(f"SIGTERM: saving {recipe.name} at step {step} and stopping")
+            end = step
         if step % checkpoint_every == 0 or step == end:
             state = {"unet": unet.state_dict(), "optimizer": optimizer.state_dict(),
                      "ema": ema.state_dict(), "step": step, "wall": wall}
@@ -147,6 +152,20 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
                    step, wall, running)
             log(f"exported {recipe.name} at step {step} to {export_dir}")
     return step
+
+
+def _stop_on_sigterm() -> dict:
+    """SIGTERM asks the loop to checkpoint and export at the end of the current step."""
+    import signal
+
+    flag = {"requested": False}
+
+    def handler(signum, frame):
+        flag["requested"] = True
+
+    with contextlib.suppress(ValueError):  # not the main thread: no graceful stop there
+        signal.signal(signal.SIGTERM, handler)
+    return flag
 
 
 def warm_start(recipe, unet, text_encoder, ema, export_dir: Path) -> tuple[int, float]:
