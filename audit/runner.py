@@ -74,7 +74,9 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
     from audit.probes.train import train_probes
 
     attributes = cell.setting.attributes
-    dirs = {a: probe_dir(ctx, cell, a) for a in attributes}
+    # Train every attribute the suite guides at once: one sampling pass serves them all.
+    wanted = list(dict.fromkeys(a for s in ctx.suite.settings for a in s.attributes))
+    dirs = {a: probe_dir(ctx, cell, a) for a in wanted}
     missing = [a for a, d in dirs.items() if not (d / "probe.json").exists()]
     if missing:
         adapter = ctx.adapter(cell)
