@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from audit.methods.base import BatchContext, Method
-from audit.methods.guidance import LOSSES, batch_distribution_loss, displacement, encode_h
+from audit.methods.guidance import LOSSES, ProbeGuidance, batch_distribution_loss
 from audit.probes.probe import Probe
 
 
-class DistributionGuidance(Method):
+class DistributionGuidance(ProbeGuidance, Method):
     name = "distribution_guidance"
     needs_probe = True
 
@@ -41,39 +41,11 @@ class DistributionGuidance(Method):
         self.scale, self.loss, self.path = float(scale), loss, path
         self.start, self.stop, self.normalize = start, stop, normalize
 
-    @property
-    def edits_h(self) -> bool:
-        return self.path == "h"
-
-    def active(self, batch: BatchContext) -> bool:
-        return self.start <= batch.progress < self.stop and self.scale > 0
-
-    def _record(self, batch: BatchContext, loss: torch.Tensor, p_hat: torch.Tensor) -> None:
+    def probe_loss(self, h: torch.Tensor, batch: BatchContext) -> torch.Tensor:
+        loss, p_hat = batch_distribution_loss(self.probes, h, batch.t, self.target, self.loss)
         batch.state.setdefault("loss", []).append(round(float(loss.detach()), 6))
         batch.state["p_hat_probe"] = [round(float(v), 4) for v in p_hat.detach()]
-
-    def on_h(self, h: torch.Tensor, batch: BatchContext) -> torch.Tensor | None:
-        if self.path != "h" or not self.active(batch):
-            return None
-        with torch.enable_grad():
-            h_ = h.detach().float().requires_grad_(True)
-            loss, p_hat = batch_distribution_loss(self.probes, h_, batch.t, self.target, self.loss)
-            (g,) = torch.autograd.grad(loss, h_)
-        self._record(batch, loss, p_hat)
-        step = displacement(g, h, self.scale, loss, self.normalize, batch.state)
-        return None if step is None else h - step
-
-    def on_x(self, x: torch.Tensor, batch: BatchContext) -> torch.Tensor:
-        if self.path != "x" or not self.active(batch):
-            return x
-        with torch.enable_grad():
-            x_ = x.detach().requires_grad_(True)
-            h = encode_h(batch, x_)
-            loss, p_hat = batch_distribution_loss(self.probes, h, batch.t, self.target, self.loss)
-            (g,) = torch.autograd.grad(loss, x_)
-        self._record(batch, loss, p_hat)
-        step = displacement(g, x, self.scale, loss, self.normalize, batch.state)
-        return x if step is None else (x - step).detach()
+        return loss
 
     def config(self) -> dict:
         return {"name": self.name, "attributes": [p.attribute for p in self.probes],

@@ -87,3 +87,40 @@ def joint_target(targets: list[np.ndarray]) -> np.ndarray:
     for t in targets[1:]:
         joint = np.outer(joint, np.asarray(t, dtype=float)).ravel()
     return joint
+
+
+class ProbeGuidance:
+    """The two gradient paths of the probe-guided methods, written once. Subclasses define
+    `probe_loss(h, batch)` (a scalar to decrease) and set probes, scale, path, start, stop,
+    normalize; `path='h'` edits h at the middle block, `path='x'` moves x_t along the gradient
+    taken through the UNet's encoder half."""
+
+    def probe_loss(self, h: torch.Tensor, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def edits_h(self) -> bool:
+        return self.path == "h"
+
+    def active(self, batch) -> bool:
+        return self.start <= batch.progress < self.stop and self.scale > 0
+
+    def on_h(self, h: torch.Tensor, batch) -> torch.Tensor | None:
+        if self.path != "h" or not self.active(batch):
+            return None
+        with torch.enable_grad():
+            h_ = h.detach().float().requires_grad_(True)
+            loss = self.probe_loss(h_, batch)
+            (g,) = torch.autograd.grad(loss, h_)
+        step = displacement(g, h, self.scale, loss, self.normalize, batch.state)
+        return None if step is None else h - step
+
+    def on_x(self, x: torch.Tensor, batch) -> torch.Tensor:
+        if self.path != "x" or not self.active(batch):
+            return x
+        with torch.enable_grad():
+            x_ = x.detach().requires_grad_(True)
+            loss = self.probe_loss(encode_h(batch, x_), batch)
+            (g,) = torch.autograd.grad(loss, x_)
+        step = displacement(g, x, self.scale, loss, self.normalize, batch.state)
+        return x if step is None else (x - step).detach()
