@@ -1,8 +1,8 @@
 """h-space probes: the paper's "Attribute Distribution Predictor".
 
 One linear head per sampling timestep on the flattened, standardised h, K classes, logits
-divided by a temperature tau (8 in the paper) so that guidance gradients do not vanish in a
-saturated softmax. Saved as safetensors + JSON meta.
+divided by a temperature tau (the paper uses 8 for its SD heads; ours are calibrated by
+validation and default to 1). Saved as safetensors + JSON meta.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 
 
 class Probe(nn.Module):
-    def __init__(self, attribute: str, classes: list[str], timesteps: list[int], dim: int, tau: float = 8.0,
+    def __init__(self, attribute: str, classes: list[str], timesteps: list[int], dim: int, tau: float = 1.0,
                  meta: dict | None = None):
         super().__init__()
         self.attribute, self.classes, self.tau = attribute, list(classes), float(tau)

@@ -25,9 +25,11 @@ def collect(adapter, seeds: list[int], steps: int, batch_size: int, prompts: lis
 
 
 def fit_heads(H: torch.Tensor, labels: torch.Tensor, k: int, val_fraction: float = 0.2,
-              epochs: int = 300, lr: float = 1e-2, weight_decay: float = 1e-2, seed: int = 0):
+              epochs: int = 300, lr: float = 1e-2, weight_decays=(1e-3, 1e-2, 1e-1, 1.0), seed: int = 0):
     """Fit per-step multinomial logistic regressions on standardised h.
 
+    The L2 strength is chosen by validation log-loss (calibration matters: guidance averages
+    the probe's probabilities over the batch, so an overconfident probe misjudges the batch).
     Returns (weight [S, K, D], bias [S, K], mean [S, D], std [S, D], val_accuracy [S])."""
     steps, n, dim = H.shape
     generator = torch.Generator().manual_seed(seed)
@@ -37,31 +39,44 @@ def fit_heads(H: torch.Tensor, labels: torch.Tensor, k: int, val_fraction: float
     mean = H[:, train].mean(1)
     std = H[:, train].std(1).clamp(min=1e-4)
     Z = (H - mean[:, None]) / std[:, None]
+    best = None
+    for weight_decay in weight_decays if n_val else weight_decays[-1:]:
+        weight, bias = _fit(Z[:, train], labels[train], k, epochs, lr, weight_decay)
+        if not n_val:
+            best = (weight, bias, torch.full((steps,), float("nan")))
+            break
+        with torch.no_grad():
+            logits = torch.einsum("snd,skd->snk", Z[:, val], weight) + bias[:, None]
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, k), labels[val].repeat(steps))
+            accuracy = (logits.argmax(-1) == labels[val]).float().mean(1)
+        if best is None or nll < best[3]:
+            best = (weight, bias, accuracy, nll)
+    return best[0], best[1], mean, std, best[2]
+
+
+def _fit(Z: torch.Tensor, y: torch.Tensor, k: int, epochs: int, lr: float, weight_decay: float):
+    steps, n, dim = Z.shape
     weight = torch.zeros(steps, k, dim, requires_grad=True)
     bias = torch.zeros(steps, k, requires_grad=True)
     optimizer = torch.optim.Adam([weight, bias], lr=lr)
-    y_train = labels[train].repeat(steps)
+    targets = y.repeat(steps)
     for _ in range(epochs):
-        logits = torch.einsum("snd,skd->snk", Z[:, train], weight) + bias[:, None]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, k), y_train)
-        loss = loss + weight_decay * weight.pow(2).sum(dim=(1, 2)).mean() / dim
+        logits = torch.einsum("snd,skd->snk", Z, weight) + bias[:, None]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, k), targets)
+        loss = loss + weight_decay * weight.pow(2).sum(dim=(1, 2)).mean() / n
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    with torch.no_grad():
-        if n_val:
-            logits = torch.einsum("snd,skd->snk", Z[:, val], weight) + bias[:, None]
-            accuracy = (logits.argmax(-1) == labels[val]).float().mean(1)
-        else:
-            accuracy = torch.full((steps,), float("nan"))
-    return weight.detach(), bias.detach(), mean, std, accuracy
+    return weight.detach(), bias.detach()
 
 
 def train_probes(adapter, labeler, attributes: list[str], n: int = 1000, steps: int = 50,
                  batch_size: int = 64, seed_offset: int = 10_000_000, prompts: list[str] | None = None,
-                 guidance_scale: float = 1.0, tau: float = 8.0, progress=None) -> dict[str, Probe]:
+                 guidance_scale: float = 1.0, tau: float = 1.0, progress=None) -> dict[str, Probe]:
     """One probe per attribute, trained on the same sampled h. Probe seeds start at
-    `seed_offset` so they never overlap the seeds of evaluation cells."""
+    `seed_offset` so they never overlap the seeds of evaluation cells. tau defaults to 1: these
+    heads are calibrated by validation, and the paper's tau=8 (for its large-logit SD heads)
+    flattens their probabilities so much that an imbalanced batch looks balanced."""
     for a in attributes:
         if a not in labeler.attributes:
             raise ValueError(f"labeler {labeler.name} has no attribute {a!r}; it labels "
