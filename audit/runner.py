@@ -181,10 +181,15 @@ def measure_cell(ctx: RunContext, cell: Cell) -> dict:
     from audit.metrics.cell import fairness_metrics
 
     suite, results = ctx.suite, {"labelers": {}}
+    tables = {}
     for name in suite.labelers:
-        labels = label_cell(ctx, cell, name)
+        tables[name] = label_cell(ctx, cell, name)
         labeler = ctx.labeler(name)
-        results["labelers"][name] = fairness_metrics(labels, labeler, cell.setting, suite.tolerance)
+        results["labelers"][name] = fairness_metrics(tables[name], labeler, cell.setting, suite.tolerance)
+    if len(tables) > 1:
+        from audit.metrics.cell import labeler_agreement
+
+        results["agreement"] = labeler_agreement(tables, cell.setting)
     if "fid" in suite.metrics:
         from audit.metrics.fid import cell_fid
 

@@ -89,3 +89,22 @@ def _joint_confusion_counts(counts: list[np.ndarray]) -> np.ndarray:
         totals = np.outer(totals, np.asarray(c).sum(1)).ravel()
     per_row = totals / totals.max() * min(np.asarray(c).sum() for c in counts)
     return np.round(C * per_row[:, None]).astype(int)
+
+
+def labeler_agreement(tables: dict[str, pd.DataFrame], setting) -> dict[str, dict[str, float]]:
+    """Cohen's kappa per attribute for every pair of labelers that label it, on the images
+    both judged valid (tables are aligned by seed)."""
+    out: dict[str, dict[str, float]] = {}
+    names = list(tables)
+    for attribute, classes in zip(setting.attributes, setting.class_lists(), strict=True):
+        columns = [f"p:{attribute}:{c}" for c in classes]
+        usable = [n for n in names if all(c in tables[n].columns for c in columns)]
+        for i, a in enumerate(usable):
+            for b in usable[i + 1:]:
+                both = tables[a]["valid"].to_numpy(bool) & tables[b]["valid"].to_numpy(bool)
+                if not both.any():
+                    continue
+                labels_a = tables[a][columns].to_numpy()[both].argmax(1)
+                labels_b = tables[b][columns].to_numpy()[both].argmax(1)
+                out.setdefault(attribute, {})[f"{a}|{b}"] = F.cohens_kappa(labels_a, labels_b, len(classes))
+    return out

@@ -3,10 +3,12 @@
 import json
 import sqlite3
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from audit.metrics.functional import cohens_kappa
 from audit.runner import run_suite
 from audit.spec import load_suite
 from audit.store import UnsafePathError, inside
@@ -123,6 +125,12 @@ def test_adding_a_labeler_labels_existing_images_only(tmp_path, tiny_model_dir):
     assert len(events(out)) == generated
     assert sorted(frame["labeler"]) == ["synthfaces-eval", "synthfaces-pseudo"]
     assert len(list(out.rglob("labels-synthfaces-pseudo.parquet"))) == 1
+    cell = next((out / "cells").iterdir())
+    metrics = json.loads((cell / "metrics.json").read_text())
+    a, b = (pd.read_parquet(cell / f"labels-{n}.parquet") for n in ("synthfaces-eval", "synthfaces-pseudo"))
+    columns = ["p:smile:no", "p:smile:yes"]
+    expected = cohens_kappa(a[columns].to_numpy().argmax(1), b[columns].to_numpy().argmax(1), 2)
+    np.testing.assert_equal(metrics["agreement"]["smile"]["synthfaces-eval|synthfaces-pseudo"], expected)
 
 
 def test_paths_cannot_escape_the_output_directory(tmp_path):
