@@ -37,7 +37,13 @@ class SynthFacesFeatures(nn.Module):
         return self.model.features(images * 2 - 1).double()
 
 
-EXTRACTORS = {"synthfaces": SynthFacesFeatures}
+def _mobilenet_features():
+    from audit.metrics.mobilenet import MobileNetFeatures
+
+    return MobileNetFeatures()
+
+
+EXTRACTORS = {"synthfaces": SynthFacesFeatures, "mobilenet_v2": _mobilenet_features}
 
 
 def make_fid(extractor: str = "synthfaces"):
