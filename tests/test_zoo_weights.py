@@ -44,7 +44,7 @@ def test_fid_extractor_separates_worlds():
     from audit.metrics.fid import fid_between
 
     def images(world, seed):
-        return generate(1000, world, seed=seed).tensor() / 2 + 0.5
+        return generate(500, world, seed=seed).tensor() / 2 + 0.5
 
     reference = images(BIASED_WORLD, 1)
     same = fid_between(reference, images(BIASED_WORLD, 2))
