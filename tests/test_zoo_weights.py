@@ -51,3 +51,14 @@ def test_fid_extractor_separates_worlds():
     shifted = fid_between(reference, images(UNIFORM_WORLD, 3))
     blurred = torch.nn.functional.avg_pool2d(images(BIASED_WORLD, 4), 3, 1, 1)
     assert shifted > 3 * same and fid_between(reference, blurred) > 3 * same, (same, shifted)
+
+
+def test_ddpm_weights_produce_faces_the_labeler_recognises():
+    from audit.models.adapter import ModelAdapter
+
+    adapter = ModelAdapter.from_zoo("synthfaces-ddpm")
+    images = adapter.generate(list(range(16)), steps=10).images
+    result = SynthFacesLabeler("synthfaces-eval").label(images)
+    confident = np.mean([(result.probs[a].max(1) >= 0.9).mean() for a in ATTRIBUTES])
+    assert confident >= 0.8, confident
+    assert 0.3 < images.mean() < 0.8 and images.std() > 0.1  # not blank, no colour collapse
