@@ -25,6 +25,13 @@ class SuiteError(ValueError):
     """A mistake in a suite file; the message is one line meant for the user."""
 
 
+def directory_name(value: str) -> str:
+    """Names that become directory names in OUT: no separators, no leading dot."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+        raise ValueError("use letters, digits, '.', '_' and '-' only (it names directories)")
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -43,9 +50,7 @@ class ModelSpec(Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
-            raise ValueError("use letters, digits, '.', '_' and '-' only (it names directories)")
-        return v
+        return directory_name(v)
 
     @field_validator("source")
     @classmethod
@@ -75,9 +80,7 @@ class MethodSpec(Strict):
     @field_validator("label")
     @classmethod
     def _safe_label(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
-            raise ValueError("use letters, digits, '.', '_' and '-' only (it names directories)")
-        return v
+        return None if v is None else directory_name(v)
 
     @property
     def display(self) -> str:
@@ -167,19 +170,12 @@ class Suite(Strict):
     phrases: dict[str, dict[str, str]] = Field(default_factory=dict)
     clip_model: str | None = None
 
-    @field_validator("labelers")
+    @field_validator("labelers", "probe_labeler")
     @classmethod
-    def _known_labelers(cls, v: list[str]) -> list[str]:
-        for name in v:
+    def _known_labelers(cls, v: list[str] | str) -> list[str] | str:
+        for name in [v] if isinstance(v, str) else v:
             if name not in LABELERS:
                 raise ValueError(f"unknown labeler {name!r}; allowed: {', '.join(sorted(LABELERS))}")
-        return v
-
-    @field_validator("probe_labeler")
-    @classmethod
-    def _known_probe_labeler(cls, v: str) -> str:
-        if v not in LABELERS:
-            raise ValueError(f"unknown labeler {v!r}; allowed: {', '.join(sorted(LABELERS))}")
         return v
 
     @model_validator(mode="after")
