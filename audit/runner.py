@@ -227,6 +227,7 @@ def manifest(ctx: RunContext, cell: Cell, method) -> dict:
                   "revision": adapter.revision, "dtype": cell.model.dtype, "info": adapter.info},
         "scheduler": {"class": type(adapter.scheduler).__name__, **dict(adapter.scheduler.config)},
         "steps": cell.model.steps, "guidance_scale": cell.model.guidance_scale, "device": ctx.device,
+        "torch_threads": torch.get_num_threads(),
         "prompt": cell.prompt, "negative_prompt": cell.model.negative_prompt,
         "seeds": {"first": cell.seed, "count": cell.samples, "rule": "image i uses seed first+i"},
         "batch_size": cell.batch_size, "method": method.config(),
