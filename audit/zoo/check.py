@@ -52,9 +52,9 @@ def is_trained_classifier(name: str) -> bool:
 
 
 def label_probabilities(images01: torch.Tensor, labeler: str = "synthfaces-eval") -> dict[str, np.ndarray]:
-    from audit.zoo.train_classifier import predict
+    from audit.labelers.synthfaces import SynthFacesLabeler
 
-    return predict(_labeler(labeler), images01 * 2 - 1)
+    return SynthFacesLabeler(labeler).label(images01).probs
 
 
 def marginal_rows(model: str, probs: dict[str, np.ndarray], target: dict[str, tuple], tolerance: float,
