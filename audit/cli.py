@@ -122,6 +122,7 @@ def zoo_train(
     max_steps: int | None = typer.Option(None, help="Stop after this many steps (resumable)."),
     workdir: Path = typer.Option(Path(".zoo-work"), help="Where checkpoints go."),
     threads: int = typer.Option(2, help="torch CPU threads."),
+    export_every: int = typer.Option(1000, help="Export the EMA weights into the zoo every this many steps."),
 ):
     """Train (or resume training) a zoo model with its recipe; exports into the zoo."""
     import torch
@@ -134,7 +135,7 @@ def zoo_train(
     if isinstance(recipe, DiffusionRecipe):
         from audit.zoo.train_diffusion import train
 
-        train(recipe, workdir / name, zoo_path(name), max_steps=max_steps,
+        train(recipe, workdir / name, zoo_path(name), max_steps=max_steps, export_every=export_every,
               log=lambda s: print(s, flush=True))
     else:
         from audit.zoo.train_classifier import train

@@ -20,7 +20,7 @@ LABELERS: dict[str, str | Callable] = {
 }
 
 METHODS: dict[str, str | Callable] = {
-    "none": "audit.methods.base:Method",
+    "none": "audit.methods.base:NoGuidance",
     "prompt": "audit.methods.prompt:PromptDebiasing",
     "sample_guidance": "audit.methods.sample_guidance:SampleGuidance",
     "universal_guidance": "audit.methods.universal_guidance:UniversalGuidance",

@@ -134,8 +134,13 @@ def generate_cell(ctx: RunContext, cell: Cell, method) -> None:
     prompts_all = None
     if adapter.conditional:
         prompts_all = method.prompts([cell.prompt or "a photo of a person"] * len(seeds), seeds)
+    twins = [] if method.uses_setting else _twin_cells(ctx, cell)
     for b, start in enumerate(range(0, len(seeds), cell.batch_size)):
         batch_seeds = seeds[start:start + cell.batch_size]
+        twin = next((t for t in twins if ctx.store.batch_done(t, b)), None)
+        if twin is not None and not ctx.store.batch_done(cell.cell_id, b):
+            ctx.store.copy_batch(twin, cell.cell_id, b)
+            ctx.store.log_event(f"reused {twin} batch {b} for {cell.cell_id} (setting-independent method)")
         if ctx.store.batch_done(cell.cell_id, b):
             if ctx.progress:
                 ctx.progress(len(batch_seeds))
@@ -151,6 +156,15 @@ def generate_cell(ctx: RunContext, cell: Cell, method) -> None:
         if ctx.progress:
             ctx.progress(len(batch_seeds))
     ctx.store.write_samples(cell.cell_id)
+
+
+def _twin_cells(ctx: RunContext, cell: Cell) -> list[str]:
+    """Cells of the suite that differ from `cell` only in their attribute setting."""
+    from audit.spec import plan
+
+    same = ("model", "method", "prompt", "samples", "batch_size", "seed")
+    return [c.cell_id for c in plan(ctx.suite)
+            if c.cell_id != cell.cell_id and all(getattr(c, k) == getattr(cell, k) for k in same)]
 
 
 def label_cell(ctx: RunContext, cell: Cell, labeler_name: str) -> pd.DataFrame:

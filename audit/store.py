@@ -109,6 +109,16 @@ class RunStore:
         atomic_write_json(self.batch_marker(cell_id, index), {
             "index": index, "seeds": seeds, "prompts": prompts, "seconds": seconds, "stats": stats})
 
+    def copy_batch(self, source_cell: str, cell_id: str, index: int) -> None:
+        """Reuse a finished batch of another cell (same model, method, seeds): images first,
+        then a marker that says where they came from."""
+        marker = json.loads(self.batch_marker(source_cell, index).read_text())
+        for seed in marker["seeds"]:
+            path = self.image_path(cell_id, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, self.image_path(source_cell, seed).read_bytes())
+        atomic_write_json(self.batch_marker(cell_id, index), {**marker, "copied_from": source_cell})
+
     def log_event(self, message: str) -> None:
         """Append one line to OUT/events.log, the run's audit trail (generation events)."""
         with open(self.out / "events.log", "a") as f:

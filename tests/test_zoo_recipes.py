@@ -70,3 +70,23 @@ def test_classifier_recipes_train_and_save_confusion(tmp_path):
         matrix = confusion["attributes"]["hair_color"]["confusion"]
         assert len(matrix) == 4 and sum(map(sum, matrix)) == 400
         assert model(torch.zeros(2, 3, 32, 32))["skin_tone"].shape == (2, 2)
+
+
+def test_skip_dropout_zeroes_deep_skips_per_sample_in_training_only(tiny_unet):
+    """The regulariser that makes zoo decoders read h: dropped samples lose their deep skips
+    (their output changes), kept samples and eval-mode forwards are untouched."""
+    import copy
+
+    from audit.zoo.train_diffusion import SkipDropout
+
+    unet = copy.deepcopy(tiny_unet).train()
+    x, t = torch.randn(8, 3, 32, 32), torch.full((8,), 500)
+    with torch.no_grad():
+        reference = unet(x, t).sample
+        SkipDropout(unet, 0.5, 1, torch.Generator().manual_seed(0))
+        dropped = unet(x, t).sample
+        keep = torch.rand(8, generator=torch.Generator().manual_seed(0)) >= 0.5
+        changed = (dropped - reference).flatten(1).abs().amax(1) > 1e-6
+        assert 0 < int(keep.sum()) < 8
+        assert torch.equal(changed, ~keep)
+        assert torch.allclose(unet.eval()(x, t).sample, reference, atol=1e-5)

@@ -38,6 +38,9 @@ class Method:
     name: ClassVar[str] = "none"
     edits_h: ClassVar[bool] = False
     needs_probe: ClassVar[bool] = False
+    # Whether the images depend on the cell's attribute setting; unguided sampling does not, so
+    # its images are generated once per (model, prompt, seeds) and shared by every setting.
+    uses_setting: ClassVar[bool] = True
 
     def not_applicable(self, adapter) -> str | None:
         """Why this method cannot run on the model (None when it can)."""
@@ -69,7 +72,10 @@ class Method:
         return {"name": self.name}
 
 
-NoGuidance = Method
+class NoGuidance(Method):
+    """Plain sampling (the `none` method): the baseline every other method is compared with."""
+
+    uses_setting = False
 
 
 class AllocatingMethod(Method):

@@ -27,6 +27,12 @@ class DiffusionRecipe:
     text_encoder: dict | None = None
     caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
     mention_prob: float = 0.5  # chance that a caption mentions each attribute
+    # Chance that a training sample's skip connections into the `skip_dropout_levels` deepest
+    # up-blocks are zeroed. Without it our small UNets learnt to bypass h (zeroing h at every
+    # step moved images by 0.014), so h-space guidance had nothing to steer; with it the
+    # decoder must read the global content from the middle block, as in large UNets.
+    skip_dropout: float = 0.0
+    skip_dropout_levels: int = 2
     description: str = ""
 
 
@@ -94,13 +100,13 @@ TEXT_ENCODER = {
 RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
     "synthfaces-ddpm": DiffusionRecipe(
         name="synthfaces-ddpm", conditional=False, unet=DDPM_UNET, scheduler=SCHEDULER,
-        steps=6_000,
+        steps=9_000, skip_dropout=0.5,
         description="Unconditional UNet2DModel (4.3M params, v-prediction, DDIM) trained on "
                     "the biased SynthFaces world.",
     ),
     "synthfaces-t2i": DiffusionRecipe(
         name="synthfaces-t2i", conditional=True, unet=T2I_UNET, scheduler=SCHEDULER,
-        text_encoder=TEXT_ENCODER, steps=12_000, data_seed=2,
+        text_encoder=TEXT_ENCODER, steps=12_000, data_seed=2, skip_dropout=0.5,
         description="Text-conditioned UNet2DConditionModel with a small CLIP text encoder, "
                     "trained on captions that mention a random subset of the attributes.",
     ),

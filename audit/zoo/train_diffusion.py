@@ -50,6 +50,30 @@ def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
     return text_encoder(ids)[0]
 
 
+class SkipDropout:
+    """Zero, per training sample with probability p, the skip connections entering the deepest
+    up-blocks, so the decoder learns to take global content from h (see DiffusionRecipe)."""
+
+    def __init__(self, unet: torch.nn.Module, p: float, levels: int, generator: torch.Generator):
+        self.p, self.generator = p, generator
+        self.handles = [block.register_forward_pre_hook(self._hook, with_kwargs=True)
+                        for block in list(unet.up_blocks)[:levels]] if p > 0 else []
+
+    def _drop(self, skips: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        keep = (torch.rand(skips[0].shape[0], generator=self.generator) >= self.p).float()
+        keep = keep.view(-1, 1, 1, 1).to(skips[0])
+        return tuple(s * keep for s in skips)
+
+    def _hook(self, module, args, kwargs):
+        if not module.training:
+            return None
+        if "res_hidden_states_tuple" in kwargs:  # UNet2DConditionModel passes keywords
+            kwargs["res_hidden_states_tuple"] = self._drop(kwargs["res_hidden_states_tuple"])
+        else:  # UNet2DModel: (hidden_states, res_hidden_states_tuple, temb, ...)
+            args = (args[0], self._drop(args[1]), *args[2:])
+        return args, kwargs
+
+
 def lr_factor(step: int, recipe: DiffusionRecipe) -> float:
     """Linear warm-up, then cosine decay to 5% at recipe.steps."""
     if step < recipe.warmup_steps:
@@ -111,6 +135,7 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
     alphas = scheduler.alphas_cumprod
     generator = torch.Generator().manual_seed(recipe.data_seed)
     running = None
+    SkipDropout(unet, recipe.skip_dropout, recipe.skip_dropout_levels, generator)  # reseeded every step
     unet.train()
     while step < end:
         t0 = time.time()

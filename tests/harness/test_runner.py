@@ -82,6 +82,23 @@ def test_same_seeds_give_identical_images_across_methods_and_runs(finished_run, 
         assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
 
 
+def test_unguided_images_are_generated_once_and_shared_by_every_setting(finished_run):
+    _, out, frame = finished_run
+    unguided = frame[frame["method"] == "none"]["cell_id"].tolist()
+    assert len(unguided) == 2
+    generated = [line for line in events(out) if line.split()[1] == "generated"]
+    reused = [line for line in events(out) if line.split()[1] == "reused"]
+    assert sum(any(c in line for c in unguided) for line in generated) == 3  # 10 samples, batches of 4
+    assert len(reused) == 3
+    first, second = (sorted((out / "cells" / c / "images").iterdir()) for c in unguided)
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+    markers = [json.loads(p.read_text()) for c in unguided for p in (out / "cells" / c / "batches").glob("*.json")]
+    assert sum("copied_from" in m for m in markers) == 3
+    # Guided cells depend on their setting and are never shared.
+    guided = frame[frame["method"] == "distribution_guidance"]["cell_id"].tolist()
+    assert not any(c in line for c in guided for line in reused)
+
+
 def test_rerun_resumes_without_regenerating(finished_run, tiny_model_dir):
     suite, out, frame = finished_run
     before = len(events(out))
