@@ -51,6 +51,21 @@ def print_plan(suite: Suite, console) -> None:
     estimate = f"~{total_s / 60:.1f} min on 2 CPU cores" + (" + models of unknown speed" if unknown else "")
     console.print(f"{applicable} cells to run, {len(cells) - applicable} not applicable; "
                   f"{total_nfe:,.0f} UNet image-evaluations; {estimate} (plus probe training and labeling)")
+    for model in suite.models:
+        console.print(f"model {model.name}: {weights_status(model)}", soft_wrap=True)
+
+
+def weights_status(model) -> str:
+    """Where a model's weights are, or why they are missing (a dry run never loads them)."""
+    from audit.models.loading import ModelNotAvailable, resolve_source
+
+    if model.source.startswith("custom:"):
+        return "a custom model registered in this process (loaded by its factory)"
+    try:
+        path, _ = resolve_source(model.source, model.revision)
+    except ModelNotAvailable as missing:
+        return f"weights missing: {missing}"
+    return f"weights found at {path}"
 
 
 def print_summary(frame: pd.DataFrame, console) -> None:

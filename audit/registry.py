@@ -28,6 +28,10 @@ METHODS: dict[str, str | Callable] = {
 }
 
 
+# Models a suite names as `source: custom:NAME`; factory(device: str, dtype: torch.dtype) -> ModelAdapter.
+MODELS: dict[str, Callable] = {}
+
+
 def resolve(registry: dict[str, str | Callable], name: str, kind: str) -> Callable:
     if name not in registry:
         raise KeyError(f"unknown {kind} {name!r}; available: {', '.join(sorted(registry))}")
@@ -52,3 +56,8 @@ def register_labeler(name: str, factory: Callable) -> None:
 
 def register_method(name: str, factory: Callable) -> None:
     METHODS[name] = factory
+
+
+def register_model(name: str, factory: Callable) -> None:
+    """Make `source: custom:NAME` load `factory(device=..., dtype=...)`, which returns a ModelAdapter."""
+    MODELS[name] = factory

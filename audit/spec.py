@@ -38,7 +38,7 @@ class Strict(BaseModel):
 
 class ModelSpec(Strict):
     name: str = Field(min_length=1, max_length=100)
-    source: str = Field(description="zoo:NAME, a local diffusers directory, or hf:ORG/REPO")
+    source: str = Field(description="zoo:NAME, a local diffusers directory, hf:ORG/REPO or custom:NAME")
     revision: str | None = None
     steps: int = Field(50, ge=1, le=1000)
     guidance_scale: float = Field(1.0, ge=0, description="classifier-free guidance (text models)")
@@ -46,11 +46,34 @@ class ModelSpec(Strict):
     prompts: list[str] | None = None
     prompts_file: str | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    scheduler: str | None = Field(None, description="diffusers scheduler class name (default DDIMScheduler)")
+    variant: str | None = Field(None, description="weight-file variant, e.g. fp16")
+    memory: list[Literal["attention_slicing", "vae_slicing", "vae_tiling"]] = Field(
+        default_factory=list, description="memory savers for small GPUs (do not change the cell id)")
 
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
         return directory_name(v)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import diffusers
+
+        found = getattr(diffusers, v, None) if v.isidentifier() else None
+        if not (isinstance(found, type) and issubclass(found, diffusers.SchedulerMixin)):
+            raise ValueError(f"unknown scheduler {v!r}; use a diffusers scheduler class name such as "
+                             "DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler")
+        return v
+
+    def identity(self) -> dict:
+        """What determines the samples: memory savers are left out, and loading options added after
+        the first runs only count when set, so existing run directories keep their cell ids."""
+        data = self.model_dump(exclude={"memory"})
+        return {k: v for k, v in data.items() if not (k in ("scheduler", "variant") and v is None)}
 
     @field_validator("source")
     @classmethod
@@ -62,6 +85,13 @@ class ModelSpec(Strict):
             if name not in RECIPES or not RECIPES[name].__class__.__name__.startswith("Diffusion"):
                 allowed = [n for n, r in RECIPES.items() if r.__class__.__name__.startswith("Diffusion")]
                 raise ValueError(f"unknown zoo model {name!r}; allowed: {', '.join(allowed)}")
+        if v.startswith("custom:"):
+            from audit.registry import MODELS
+
+            if v[7:] not in MODELS:
+                raise ValueError(f"no custom model {v[7:]!r} is registered; call audit.registry.register_model"
+                                 f"({v[7:]!r}, factory) before loading the suite (registered: "
+                                 f"{', '.join(sorted(MODELS)) or 'none'})")
         return v
 
 
@@ -213,7 +243,7 @@ class Cell(BaseModel):
 
     @property
     def cell_id(self) -> str:
-        payload = json.dumps([self.model.model_dump(), self.method.model_dump(), self.setting.model_dump(),
+        payload = json.dumps([self.model.identity(), self.method.model_dump(), self.setting.model_dump(),
                               self.prompt, self.seed], sort_keys=True)
         digest = hashlib.sha256(payload.encode()).hexdigest()[:8]
         prompt = "" if self.prompt is None else "__" + re.sub(r"[^a-z0-9]+", "-", self.prompt.lower())[:40]
@@ -311,7 +341,12 @@ def _is_text_model(model: ModelSpec) -> bool:
         from audit.zoo.recipes import RECIPES
 
         return bool(getattr(RECIPES[model.source[4:]], "conditional", False))
-    index = Path(model.source.removeprefix("hf:")) / "model_index.json"
-    if index.is_file():
-        return "text_encoder" in json.loads(index.read_text())
-    return bool(model.prompts or model.prompts_file)
+    if model.source.startswith("custom:"):  # known only once loaded: prompts say it is a text model
+        return bool(model.prompts or model.prompts_file)
+    from audit.models.loading import ModelNotAvailable, resolve_source
+
+    try:
+        index = resolve_source(model.source, model.revision)[0] / "model_index.json"
+    except ModelNotAvailable:  # weights not here (a dry run): a model with prompts is a text model
+        return bool(model.prompts or model.prompts_file)
+    return "text_encoder" in json.loads(index.read_text())

@@ -1,12 +1,19 @@
 """ModelAdapter: owns the unrolled denoising loop of a diffusers UNet (+ optional text encoder,
 classifier-free guidance and VAE).
 
+Families: unconditional UNet2DModel pipelines (DDPM/DDIM), Stable Diffusion 1.x/2.x (one CLIP
+text encoder, VAE latents) and SDXL (two text encoders; the pooled text embedding and the size
+conditions reach the UNet as `added_cond_kwargs`, injected by a pre-hook so every UNet call,
+including the guidance methods' encoder-only passes, gets them).
+
 Image i of a cell always starts from the noise of its own seed, whatever the batch it is
 sampled in, so cells are reproducible and resumable batch by batch.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +35,15 @@ class ModelAdapter:
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     info: dict = field(default_factory=dict)
+    text_encoder_2: torch.nn.Module | None = None  # SDXL's second encoder (with projection)
+    tokenizer_2: object | None = None
+    zero_empty_negative: bool = False  # SDXL's force_zeros_for_empty_prompt
     _hook: HSpaceHook | None = field(default=None, repr=False)
+    _added: dict | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if getattr(self.unet.config, "addition_embed_type", None) == "text_time":
+            self.unet.register_forward_pre_hook(self._add_conditions, with_kwargs=True)
 
     @property
     def conditional(self) -> bool:
@@ -36,32 +51,48 @@ class ModelAdapter:
 
     @classmethod
     def from_directory(cls, path: str | Path, model_id: str | None = None, device: str = "cpu",
-                       dtype: torch.dtype = torch.float32) -> ModelAdapter:
+                       dtype: torch.dtype = torch.float32, scheduler: str | None = None,
+                       variant: str | None = None, memory: Sequence[str] = ()) -> ModelAdapter:
         """Load a diffusers-format model directory (unet/, scheduler/, optional text_encoder/,
-        tokenizer/, vae/)."""
-        import json
+        tokenizer/, text_encoder_2/, tokenizer_2/, vae/).
 
-        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNet2DModel
+        scheduler: a diffusers scheduler class name built from the model's scheduler config
+        (default DDIMScheduler, the paper's sampler). variant: weight-file variant ("fp16").
+        memory: MEMORY_OPTIONS to enable (for small GPUs)."""
+        import diffusers
+        import transformers
 
         path = Path(path)
         index_file = path / "model_index.json"
         if not index_file.exists():
             raise FileNotFoundError(f"{index_file} not found: not a diffusers model directory")
         index = json.loads(index_file.read_text())
-        unet_cls = UNet2DConditionModel if index["unet"][1] == "UNet2DConditionModel" else UNet2DModel
-        unet = unet_cls.from_pretrained(path / "unet", torch_dtype=dtype).to(device).eval()
-        scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
-        text_encoder = tokenizer = vae = None
-        if "text_encoder" in index:
-            from transformers import CLIPTextModel, CLIPTokenizer
-
-            text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=dtype)
-            text_encoder = text_encoder.to(device).eval()
-            tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
-        if "vae" in index and index["vae"][0] is not None:
-            vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype).to(device).eval()
-        return cls(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
-                   vae=vae, model_id=model_id or str(path), device=device, dtype=dtype)
+        weights = {"torch_dtype": dtype, "variant": variant}
+        unet_cls = getattr(diffusers, index["unet"][1])
+        unet = unet_cls.from_pretrained(path / "unet", **weights).to(device).eval()
+        sampler = load_scheduler(path / "scheduler", scheduler)
+        parts: dict = {}
+        for name in ("text_encoder", "text_encoder_2"):
+            if (index.get(name) or [None])[0] is None:
+                continue
+            encoder_cls = getattr(transformers, index[name][1])
+            parts[name] = encoder_cls.from_pretrained(path / name, **weights).to(device).eval()
+            tokenizer = name.replace("text_encoder", "tokenizer")
+            parts[tokenizer] = getattr(transformers, index[tokenizer][1]).from_pretrained(path / tokenizer)
+        if "text_encoder_2" in parts and "text_encoder" not in parts:
+            raise ValueError(f"{path}: a pipeline with only text_encoder_2 (an SDXL refiner) is not supported; "
+                             "use a base model")
+        if (index.get("vae") or [None])[0] is not None:
+            # Like diffusers' pipelines, decode in float32 when the VAE asks for it (SDXL's overflows in fp16).
+            upcast = json.loads((path / "vae" / "config.json").read_text()).get("force_upcast", True)
+            vae_dtype = torch.float32 if dtype == torch.float16 and upcast else dtype
+            parts["vae"] = getattr(diffusers, index["vae"][1]).from_pretrained(
+                path / "vae", torch_dtype=vae_dtype, variant=variant).to(device).eval()
+        adapter = cls(unet=unet, scheduler=sampler, model_id=model_id or str(path), device=device, dtype=dtype,
+                      zero_empty_negative=bool(index.get("force_zeros_for_empty_prompt", False)), **parts)
+        adapter.info.update({"pipeline": index.get("_class_name"), "unet": type(unet).__name__,
+                             "variant": variant, "memory": adapter.enable_memory_options(memory)})
+        return adapter
 
     @classmethod
     def from_zoo(cls, name: str, device: str = "cpu") -> ModelAdapter:
@@ -80,11 +111,62 @@ class ModelAdapter:
                  for s in seeds]
         return torch.stack(noise).to(self.device, self.dtype)
 
+    def enable_memory_options(self, options: Sequence[str]) -> list[str]:
+        """Turn on memory savers; returns those that apply to this model's parts."""
+        unknown = sorted(set(options) - set(MEMORY_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown memory option {unknown[0]!r}; allowed: {', '.join(MEMORY_OPTIONS)}")
+        applied = []
+        if "attention_slicing" in options and hasattr(self.unet, "set_attention_slice"):
+            self.unet.set_attention_slice("auto")
+            applied.append("attention_slicing")
+        if "vae_slicing" in options and self.vae is not None:
+            self.vae.enable_slicing()
+            applied.append("vae_slicing")
+        if "vae_tiling" in options and self.vae is not None:
+            self.vae.enable_tiling()
+            applied.append("vae_tiling")
+        return applied
+
+    def _tokens(self, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+        return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids.to(self.device)
+
     @torch.no_grad()
+    def text_embeddings(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(context for cross-attention, pooled embedding or None). SDXL: both encoders'
+        penultimate hidden states side by side, and encoder 2's projected pooled output."""
+        if self.text_encoder_2 is None:
+            return self.text_encoder(self._tokens(self.tokenizer, prompts))[0], None
+        first = self.text_encoder(self._tokens(self.tokenizer, prompts), output_hidden_states=True)
+        second = self.text_encoder_2(self._tokens(self.tokenizer_2, prompts), output_hidden_states=True)
+        return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
+
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.device)
-        return self.text_encoder(ids)[0]
+        return self.text_embeddings(prompts)[0]
+
+    def _negative_embeddings(self, negative_prompt: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        context, pooled = self.text_embeddings([negative_prompt] * n)
+        if self.zero_empty_negative and not negative_prompt:
+            return torch.zeros_like(context), None if pooled is None else torch.zeros_like(pooled)
+        return context, pooled
+
+    def _size_conditions(self, pooled: torch.Tensor) -> dict:
+        """SDXL's added conditions: pooled text embedding and (original size, crop, target size)."""
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+        ids = torch.tensor([height * scale, width * scale, 0, 0, height * scale, width * scale], dtype=pooled.dtype)
+        return {"text_embeds": pooled, "time_ids": ids.to(pooled.device).repeat(len(pooled), 1)}
+
+    def _add_conditions(self, module, args, kwargs):
+        """UNet pre-hook: give an SDXL UNet call the batch's added conditions (the last rows when
+        the call carries only the conditional half, as the guidance methods' encoder passes do)."""
+        if kwargs.get("added_cond_kwargs") is not None or self._added is None:
+            return None
+        n = (args[0] if args else kwargs["sample"]).shape[0]
+        kwargs["added_cond_kwargs"] = {k: v[-n:] for k, v in self._added.items()}
+        return args, kwargs
 
     def timesteps(self, steps: int) -> list[int]:
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
@@ -132,14 +214,19 @@ class ModelAdapter:
         scheduler.set_timesteps(steps)
         x = self.initial_noise(seeds) * scheduler.init_noise_sigma
         generators = [torch.Generator().manual_seed(int(s) + 1) for s in seeds]
-        context = None
+        # Stochastic samplers draw each image's step noise from its own generator (PNDM takes none).
+        noise = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        context, self._added = None, None
         if self.conditional:
             if prompts is None or len(prompts) != len(seeds):
                 raise ValueError("a text-conditioned model needs one prompt per seed")
-            with torch.no_grad():
-                context = self.encode_prompts(prompts)
-                if guidance_scale != 1.0:
-                    context = torch.cat([self.encode_prompts([negative_prompt] * len(seeds)), context])
+            context, pooled = self.text_embeddings(prompts)
+            if guidance_scale != 1.0:
+                negative, negative_pooled = self._negative_embeddings(negative_prompt, len(seeds))
+                context = torch.cat([negative, context])
+                pooled = None if pooled is None else torch.cat([negative_pooled, pooled])
+            if pooled is not None:
+                self._added = self._size_conditions(pooled)
         batch = BatchContext(adapter=self, scheduler=scheduler, seeds=list(seeds), prompts=prompts,
                              context=context, guidance_scale=guidance_scale, steps=steps)
         method.start_batch(batch)
@@ -160,12 +247,29 @@ class ModelAdapter:
             if record_h:
                 recorded.append(hook.recorded[-1][-len(seeds):].flatten(1))
             out = method.on_output(out, x, batch)
-            x = scheduler.step(out, t, x, generator=generators).prev_sample
+            x = scheduler.step(out, t, x, **noise).prev_sample
         with torch.no_grad():
             if self.vae is not None:
-                x = self.vae.decode(x / self.vae.config.scaling_factor).sample
+                latents = x.to(self.vae.dtype) / self.vae.config.scaling_factor
+                if getattr(self.vae.config, "shift_factor", None) is not None:
+                    latents = latents + self.vae.config.shift_factor
+                x = self.vae.decode(latents).sample
         images = (x.float() / 2 + 0.5).clamp(0, 1).cpu()
         return Generated(images=images, h=recorded if record_h else None, stats=method.end_batch(batch))
+
+
+MEMORY_OPTIONS = ("attention_slicing", "vae_slicing", "vae_tiling")
+
+
+def load_scheduler(directory: Path, name: str | None = None):
+    """A diffusers scheduler (default DDIMScheduler) built from a saved scheduler config."""
+    import diffusers
+
+    cls = getattr(diffusers, name or "DDIMScheduler", None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise ValueError(f"unknown scheduler {name!r}: use a diffusers scheduler class name such as "
+                         "DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler or DPMSolverMultistepScheduler")
+    return cls.from_pretrained(directory)
 
 
 @dataclass

@@ -28,16 +28,17 @@ def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str]
         return zoo_path(name), source
     if source.startswith("hf:"):
         repo = source[3:]
-        try:
-            from huggingface_hub import snapshot_download
+        from huggingface_hub import constants, snapshot_download
 
+        try:
             path = snapshot_download(repo, revision=revision, local_files_only=True)
         except Exception:
             hint = f" --revision {revision}" if revision else ""
             raise ModelNotAvailable(
-                f"{repo} is not in the Hugging Face cache: run `hf download {repo}{hint}` on a machine with "
-                f"internet (log in first for gated models: `hf auth login`), copy the cache here, or set the "
-                f"model's source to a local diffusers directory") from None
+                f"{repo}{hint.replace(' --revision', ' at revision')} is not in the Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}): run `hf download {repo}{hint}` on a machine with internet (log in "
+                f"first for gated models: `hf auth login`) and copy the cache here (or point HF_HUB_CACHE at it), "
+                f"or set the model's source to a local diffusers directory") from None
         return Path(path), repo
     path = Path(source).expanduser()
     if not (path / "model_index.json").is_file():
@@ -47,7 +48,23 @@ def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str]
 
 
 def load_model(spec, device: str = "cpu") -> ModelAdapter:
+    """The adapter for a suite's model spec; incomplete weights give one ModelNotAvailable line."""
+    if spec.source.startswith("custom:"):
+        from audit.registry import MODELS, resolve
+
+        adapter = resolve(MODELS, spec.source[7:], "model")(device=device, dtype=DTYPES[spec.dtype])
+        adapter.revision = spec.revision or adapter.revision
+        return adapter
     path, model_id = resolve_source(spec.source, spec.revision)
-    adapter = ModelAdapter.from_directory(path, model_id=model_id, device=device, dtype=DTYPES[spec.dtype])
-    adapter.revision = spec.revision
+    try:
+        adapter = ModelAdapter.from_directory(path, model_id=model_id, device=device, dtype=DTYPES[spec.dtype],
+                                              scheduler=spec.scheduler, variant=spec.variant, memory=spec.memory)
+    except OSError as error:
+        detail = " ".join(str(error).split())[:200]
+        variant = f" (variant {spec.variant!r}: are its *.{spec.variant}.* weight files there?)" if spec.variant else ""
+        raise ModelNotAvailable(f"{model_id}: incomplete model at {path}{variant}: {detail}; download the whole "
+                                "model (`hf download REPO`, `hf auth login` first for gated models) or save a complete "
+                                "pipeline with pipeline.save_pretrained(DIR)") from None
+    # For the HF cache the snapshot folder is the commit: the manifest records what was audited.
+    adapter.revision = path.name if spec.source.startswith("hf:") else spec.revision
     return adapter
