@@ -49,6 +49,8 @@ def print_plan(suite: Suite, console) -> None:
     console.print(table)
     applicable = sum(not c.skip_reason for c in cells)
     estimate = f"~{total_s / 60:.1f} min on 2 CPU cores" + (" + models of unknown speed" if unknown else "")
+    if unknown and not total_s:
+        estimate = "time unknown (no speed measurement for these models)"
     console.print(f"{applicable} cells to run, {len(cells) - applicable} not applicable; "
                   f"{total_nfe:,.0f} UNet image-evaluations; {estimate} (plus probe training and labeling)")
     for model in suite.models:
