@@ -187,3 +187,45 @@ def test_the_full_suite_path_runs_on_each_family(family, request, tmp_path):
 
     with Image.open(next((tmp_path / "out" / "cells").rglob("*.png"))) as first:
         assert first.size == ((32, 32) if family == "ddpm" else (16, 16))
+
+
+def test_loading_options_and_the_cell_id(tmp_path, ddpm_dir):
+    from audit.spec import Cell, MethodSpec, SettingSpec
+
+    def cell_id(**model):
+        spec = ModelSpec(name="m", source=str(ddpm_dir), **model)
+        return Cell(model=spec, method=MethodSpec(name="none"), setting=SettingSpec(attributes=["smile"]),
+                    prompt=None, samples=2, batch_size=2, seed=0).cell_id
+
+    # Memory savers do not change what is sampled; a different sampler or weight variant does.
+    assert cell_id() == cell_id(memory=["attention_slicing"])
+    assert cell_id() != cell_id(scheduler="DDPMScheduler") and cell_id() != cell_id(variant="fp16")
+
+
+def test_unknown_scheduler_and_unregistered_custom_model_are_suite_errors(tmp_path):
+    from audit.spec import SuiteError
+
+    for model, message in (({"scheduler": "FastScheduler"}, "unknown scheduler 'FastScheduler'"),
+                           ({"source": "custom:nope"}, "no custom model 'nope' is registered")):
+        path = tmp_path / "suite.yaml"
+        path.write_text(yaml.safe_dump({"name": "s", "models": [{"name": "m", "source": "zoo:synthfaces-ddpm",
+                                                                 **model}],
+                                        "methods": [{"name": "none"}], "settings": [{"attributes": ["smile"]}]}))
+        with pytest.raises(SuiteError, match=message):
+            load_suite(path)
+
+
+def test_a_registered_model_factory_serves_custom_sources(tmp_path, tiny_unet, tiny_ddim):
+    from audit.registry import MODELS, register_model
+
+    register_model("tiny-custom", lambda device, dtype: ModelAdapter(unet=tiny_unet, scheduler=tiny_ddim,
+                                                                     model_id="tiny-custom", device=device,
+                                                                     dtype=dtype))
+    try:
+        frame = run_suite(family_suite(tmp_path, {"name": "custom", "source": "custom:tiny-custom", "steps": 2},
+                                       [{"name": "none"}]), tmp_path / "out")
+    finally:
+        MODELS.pop("tiny-custom")
+    assert frame["status"].tolist() == ["done"] and frame["n_valid"].tolist() == [6]
+    manifest = json.loads((tmp_path / "out" / "cells" / frame["cell_id"][0] / "manifest.json").read_text())
+    assert manifest["model"]["id"] == "tiny-custom"
