@@ -128,12 +128,17 @@ def zoo_train(
     import torch
 
     from audit.zoo import zoo_path
-    from audit.zoo.recipes import RECIPES, DiffusionRecipe
+    from audit.zoo.recipes import RECIPES, ClipRecipe, DiffusionRecipe
 
     torch.set_num_threads(threads)
     recipe = RECIPES[name]
     if isinstance(recipe, DiffusionRecipe):
         from audit.zoo.train_diffusion import train
+
+        train(recipe, workdir / name, zoo_path(name), max_steps=max_steps, export_every=export_every,
+              log=lambda s: print(s, flush=True))
+    elif isinstance(recipe, ClipRecipe):
+        from audit.zoo.train_clip import train
 
         train(recipe, workdir / name, zoo_path(name), max_steps=max_steps, export_every=export_every,
               log=lambda s: print(s, flush=True))
@@ -178,8 +183,9 @@ def zoo_check(
     n: int = typer.Option(1000, help="Samples per model."),
     steps: int = typer.Option(50, help="DDIM steps."),
     heldout: int = typer.Option(10_000, help="Held-out ground-truth images for the labelers."),
-    n_prompt: int = typer.Option(200, help="Samples per attribute prompt (synthfaces-t2i)."),
-    only: list[str] = typer.Option([], help="Check only these (labelers, synthfaces-ddpm, synthfaces-t2i)."),
+    n_prompt: int = typer.Option(200, help="Samples per attribute prompt (synthfaces-t2i) and for the CLIP "
+                                           "score margin (clip)."),
+    only: list[str] = typer.Option([], help="Check only these (labelers, synthfaces-ddpm, synthfaces-t2i, clip)."),
     threads: int = typer.Option(2, help="torch CPU threads."),
 ):
     """Measure every zoo model against its bars and print the table."""
@@ -192,7 +198,7 @@ def zoo_check(
     from audit.zoo.check import rows_to_json, run_check
 
     torch.set_num_threads(threads)
-    models = tuple(only) or ("labelers", "synthfaces-ddpm", "synthfaces-t2i")
+    models = tuple(only) or ("labelers", "synthfaces-ddpm", "synthfaces-t2i", "clip")
     rows = run_check(n=n, steps=steps, n_heldout=heldout, n_prompt=n_prompt, models=models)
     table = Table(title="diffaudit zoo check")
     for column in ("model", "check", "value", "bar", "pass", "detail"):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 LABELERS: dict[str, str | Callable] = {
     "synthfaces-eval": "audit.labelers.synthfaces:SynthFacesLabeler",
     "synthfaces-pseudo": "audit.labelers.synthfaces:SynthFacesLabeler",
+    "synthfaces-clip": "audit.labelers.synthfaces_clip:SynthFacesClipLabeler",
     "age_gender": "audit.labelers.age_gender:AgeGenderLabeler",
     "nudenet": "audit.labelers.nudenet:NudeNetLabeler",
     "skin_tone": "audit.labelers.skin_tone:SkinToneLabeler",

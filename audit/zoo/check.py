@@ -131,8 +131,99 @@ def check_t2i(rows: list[CheckRow], n: int, n_prompt: int, steps: int, batch_siz
                                  f"{n_prompt} samples, CFG {T2I_GUIDANCE}"))
 
 
+CLIP_BARS = {"hair_color": 0.80}  # zero-shot accuracy bars; binary attributes: 0.90
+
+
+def check_clip(rows: list[CheckRow], n_heldout: int, n_pairs: int, steps: int, batch_size: int) -> None:
+    """Zero-shot accuracy and retrieval of synthfaces-clip on held-out ground truth, and whether its
+    CLIP score tells synthfaces-t2i samples' own prompts from shuffled ones."""
+    from audit.zoo.train_clip import measure
+
+    name = "synthfaces-clip"
+    if not (zoo_path(name) / "config.json").exists():
+        rows.append(CheckRow(name, "trained", None, "weights present", None, "not trained"))
+        return
+    result = measure(zoo_path(name), n=n_heldout)
+    for attribute, entry in result["attributes"].items():
+        acc, bar = entry["accuracy"], CLIP_BARS.get(attribute, 0.90)
+        rows.append(CheckRow(name, f"zero-shot accuracy {attribute}", acc, f">= {bar:.2f}", acc >= bar,
+                             f"{n_heldout} held-out ground-truth images"))
+    for key, value in result["retrieval"].items():
+        rows.append(CheckRow(name, f"retrieval {key.replace('_', ' ')}", value, ">= 0.50", value >= 0.5,
+                             f"{n_heldout} held-out ground-truth images (chance 1/{key.rsplit('_', 1)[1]})"))
+    if not is_trained("synthfaces-t2i"):
+        rows.append(CheckRow(name, "CLIP score margin on synthfaces-t2i", None, "95% interval > 0", None,
+                             "synthfaces-t2i not trained"))
+        return
+    t2i = clip_t2i_measurements(n_pairs, steps, batch_size)
+    m = t2i["margins"]["shuffled"]
+    rows.append(CheckRow(name, "t2i CLIP score: matching - shuffled prompt", m["mean"], "95% interval > 0", m["lo"] > 0,
+                         f"[{m['lo']:.2f}, {m['hi']:.2f}], n={m['n']} synthfaces-t2i samples, matching CLIP score "
+                         f"{m['matching']:.2f}, CFG {T2I_GUIDANCE}, {steps} steps"))
+    for attribute in ATTRIBUTES:  # diagnostics: they also measure how well synthfaces-t2i follows each attribute
+        m = t2i["margins"][attribute]
+        rows.append(CheckRow(name, f"t2i CLIP score: matching - {attribute} changed", m["mean"], "(diagnostic)", None,
+                             f"[{m['lo']:.2f}, {m['hi']:.2f}], n={m['n']}; synthfaces-eval sees the prompted "
+                             f"{attribute} in {t2i['followed'][attribute]:.1%} of these samples"))
+    for attribute, agreement in t2i["agreement"].items():
+        rows.append(CheckRow(name, f"t2i zero-shot agreement with synthfaces-eval {attribute}", agreement,
+                             "(diagnostic)", None, f"share of the {n_pairs} samples both label alike"))
+
+
+def clip_t2i_measurements(n: int = 200, steps: int = 50, batch_size: int = 100, seed: int = 77) -> dict:
+    """Sample synthfaces-t2i with prompts naming three random attributes of a uniform-world face
+    and compare each image's CLIP score (zoo CLIP) for its own prompt with (a) another image's
+    prompt (a derangement) and (b) its prompt with one attribute's class changed: paired
+    differences, mean with a normal 95% interval. Also: how often synthfaces-eval sees the
+    prompted class, and how often the zoo CLIP's zero-shot labels agree with synthfaces-eval."""
+    from audit.labelers.synthfaces_clip import SynthFacesClipLabeler
+    from audit.metrics.clip import ZOO_CLIP, clip_scores
+    from audit.models.adapter import ModelAdapter
+    from audit.zoo.synthfaces import UNIFORM_WORLD, caption_for
+
+    rng = np.random.default_rng(seed)
+    truth = UNIFORM_WORLD.sample_attributes(rng, n)
+    names = list(ATTRIBUTES)
+    mentioned = [set(rng.choice(names, 3, replace=False).tolist()) for _ in range(n)]
+
+    def prompt(i: int, change: str | None = None) -> str:
+        attrs = {a: int(truth[a][i]) for a in names if a in mentioned[i]}
+        if change is not None:
+            k = len(ATTRIBUTES[change])
+            attrs[change] = (attrs[change] + 1 + int(rng.integers(k - 1))) % k
+        return caption_for(attrs, np.random.default_rng(seed * 1_000 + i), 1.0)
+
+    prompts = [prompt(i) for i in range(n)]
+    adapter = ModelAdapter.from_zoo("synthfaces-t2i")
+    images = torch.cat([adapter.generate(list(range(i, min(i + batch_size, n))), prompts=prompts[i:i + batch_size],
+                                         steps=steps, guidance_scale=T2I_GUIDANCE).images
+                        for i in range(0, n, batch_size)])
+    path = str(zoo_path(ZOO_CLIP))
+    matching = clip_scores(images, prompts, path)
+    order = rng.permutation(n)
+    other = np.empty(n, dtype=int)
+    other[order] = np.roll(order, -1)  # every image gets another image's prompt
+    contrasts = {"shuffled": (np.arange(n), clip_scores(images, [prompts[j] for j in other], path))}
+    evaluated = label_probabilities(images)
+    zero_shot = SynthFacesClipLabeler().label(images).probs
+    followed, agreement = {}, {}
+    for attribute in names:
+        idx = np.array([i for i in range(n) if attribute in mentioned[i]])
+        contrasts[attribute] = (idx, clip_scores(images[idx], [prompt(i, attribute) for i in idx], path))
+        seen = evaluated[attribute].argmax(1)
+        followed[attribute] = float((seen[idx] == truth[attribute][idx]).mean())
+        agreement[attribute] = float((zero_shot[attribute].argmax(1) == seen).mean())
+    margins = {}
+    for key, (idx, scores) in contrasts.items():
+        diff = matching[idx] - scores
+        half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff))
+        margins[key] = {"mean": float(diff.mean()), "lo": float(diff.mean() - half),
+                        "hi": float(diff.mean() + half), "n": len(diff), "matching": float(matching[idx].mean())}
+    return {"margins": margins, "followed": followed, "agreement": agreement}
+
+
 def run_check(n: int = 1000, steps: int = 50, batch_size: int = 100, n_heldout: int = 10_000, n_prompt: int = 200,
-              models: tuple[str, ...] = ("labelers", "synthfaces-ddpm", "synthfaces-t2i")) -> list[CheckRow]:
+              models: tuple[str, ...] = ("labelers", "synthfaces-ddpm", "synthfaces-t2i", "clip")) -> list[CheckRow]:
     rows: list[CheckRow] = []
     if "labelers" in models:
         check_labelers(rows, n_heldout)
@@ -140,6 +231,8 @@ def run_check(n: int = 1000, steps: int = 50, batch_size: int = 100, n_heldout: 
         check_ddpm(rows, n, steps, batch_size)
     if "synthfaces-t2i" in models:
         check_t2i(rows, n, n_prompt, steps, batch_size)
+    if "clip" in models:
+        check_clip(rows, n_heldout, n_prompt, steps, batch_size)
     return rows
 
 

@@ -55,6 +55,29 @@ class ClassifierRecipe:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ClipRecipe:
+    """A small transformers CLIPModel trained contrastively on SynthFaces images and captions
+    built from their ground-truth attributes (see audit/zoo/train_clip.py)."""
+
+    name: str
+    vision: dict
+    text: dict
+    projection_dim: int
+    steps: int
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 150
+    weight_decay: float = 0.05
+    world: str = "uniform"
+    data_seed: int = 53
+    augment: bool = True
+    max_length: int = 32  # tokens; the longest caption (all five attributes) is 27
+    min_mention: float = 0.15  # each caption mentions each attribute with p ~ U(min_mention, 1)
+    kind: str = "clip"
+    description: str = ""
+
+
 SCHEDULER = {
     "num_train_timesteps": 1000,
     "beta_schedule": "squaredcos_cap_v2",
@@ -97,7 +120,24 @@ TEXT_ENCODER = {
     "max_position_embeddings": 24,
 }
 
-RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
+CLIP_VISION = {
+    "image_size": 32,
+    "patch_size": 4,
+    "hidden_size": 96,
+    "intermediate_size": 192,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+}
+
+CLIP_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 32,
+}
+
+RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe | ClipRecipe] = {
     "synthfaces-ddpm": DiffusionRecipe(
         name="synthfaces-ddpm", conditional=False, unet=DDPM_UNET, scheduler=SCHEDULER,
         steps=9_000, skip_dropout=0.5,
@@ -128,5 +168,11 @@ RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
         description="FID[synthfaces] extractor: a CNN trained to predict every attribute and "
                     "regress every nuisance render parameter (position, scale, skin shade, "
                     "background and shirt colour); its 64-d penultimate layer is the feature.",
+    ),
+    "synthfaces-clip": ClipRecipe(
+        name="synthfaces-clip", vision=CLIP_VISION, text=CLIP_TEXT, projection_dim=64, steps=2500,
+        description="CLIP (transformers CLIPModel: 4-layer ViT on 4x4 patches, 2-layer text "
+                    "tower) trained contrastively on the uniform world with ground-truth "
+                    "captions; backs CLIP score and the zero-shot labeler synthfaces-clip.",
     ),
 }
