@@ -229,6 +229,8 @@ def probe_train(
     prompt: str = typer.Option("a photo of a person", help="Prompt (text models)."),
     guidance_scale: float = typer.Option(1.0, help="Classifier-free guidance (text models)."),
     out: Path | None = typer.Option(None, "-o", "--out", help="Directory (default: the zoo's probes for zoo models)."),
+    head: str = typer.Option("class-mean", help="Head type: class-mean (guides along class-mean "
+                             "directions of h) or logistic (most accurate, can be fooled)."),
     device: str = typer.Option("cpu"),
 ):
     """Sample, record h at every step, pseudo-label the images, fit per-step heads, save."""
@@ -246,6 +248,9 @@ def probe_train(
         judge = make_labeler(labeler)
     except (_user_errors() + (KeyError, ValueError)) as e:
         fail(str(e).strip("'\""))
+    if head not in ("class-mean", "logistic"):
+        fail(f"--head must be class-mean or logistic, got {head!r}")
+    in_zoo = out is None
     if out is None:
         if not model.startswith("zoo:"):
             fail("--out is required for models outside the zoo")
@@ -257,12 +262,12 @@ def probe_train(
         task = progress.add_task("sampling", total=n)
         try:
             probes = train_probes(adapter, judge, attribute, n=n, steps=steps, batch_size=batch_size,
-                                  prompts=prompts, guidance_scale=guidance_scale,
+                                  prompts=prompts, guidance_scale=guidance_scale, head=head,
                                   progress=lambda k: progress.advance(task, k))
         except ValueError as e:
             fail(str(e))
     for name, probe in probes.items():
-        probe.save(out / name)
+        probe.save(out / name, half=in_zoo)  # zoo probes ship in float16 to keep the zoo small
         accuracy = probe.meta["val_accuracy"]
         shown = " ".join(f"{a:.2f}" for a in accuracy)
         console.print(f"{name}: validation accuracy per step (t={probe.timesteps[0]}..{probe.timesteps[-1]}): {shown}")

@@ -11,7 +11,7 @@ from audit.methods.prompt import PromptDebiasing
 from audit.methods.sample_guidance import SampleGuidance
 from audit.models.hspace import h_shape
 from audit.probes.probe import Probe, joint_probs
-from audit.probes.train import fit_heads
+from audit.probes.train import fit_heads, fit_mean_heads
 
 
 def random_probe(adapter, attribute="skin_tone", classes=("light", "dark"), steps=4, seed=0):
@@ -220,3 +220,48 @@ def test_probe_heads_fit_separable_h_and_round_trip(tmp_path):
     h = torch.randn(4, d)
     assert torch.allclose(loaded.logits(h, 990), probe.logits(h, 999))
     assert loaded.index(600) == 1 and loaded.meta["labeler"] == "x"
+
+
+def test_class_mean_heads_push_h_along_the_class_mean_difference():
+    """The default probe head: accurate on separable h, and its gradient w.r.t. raw h is the
+    class-mean difference (the direction the decoder reads), unlike a logistic head's."""
+    torch.manual_seed(0)
+    n, d = 400, 16
+    labels = torch.randint(0, 2, (n,))
+    scales = torch.linspace(0.2, 3.0, d)  # anisotropic h, as in a real UNet
+    H = torch.stack([torch.randn(n, d) * scales + labels[:, None] * 1.5 * scales for _ in range(2)])
+    weight, bias, mean, std, accuracy = fit_mean_heads(H, labels, 2)
+    assert accuracy.min() > 0.9
+    probe = Probe("skin_tone", ["light", "dark"], [999, 500], d)
+    with torch.no_grad():
+        probe.weight.copy_(weight)
+        probe.bias.copy_(bias)
+        probe.mean.copy_(mean)
+        probe.std.copy_(std)
+    h = H[0, :5].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad((probe.logits(h, 999)[:, 1] - probe.logits(h, 999)[:, 0]).sum(), h)
+    class_mean_difference = H[0, labels == 1].mean(0) - H[0, labels == 0].mean(0)
+    cosine = torch.nn.functional.cosine_similarity(g[0], class_mean_difference, dim=0)
+    assert cosine > 0.999
+    logistic = fit_heads(H, labels, 2, epochs=200)
+    raw = (logistic[0][0, 1] - logistic[0][0, 0]) / logistic[3][0]
+    assert torch.nn.functional.cosine_similarity(raw, class_mean_difference, dim=0) < 0.99
+
+
+def test_softened_gradient_keeps_the_calibrated_loss_and_spreads_the_push():
+    from audit.methods.guidance import batch_distribution_loss
+
+    probe = Probe("skin_tone", ["light", "dark"], [999], 2)
+    with torch.no_grad():
+        probe.weight.copy_(torch.tensor([[[-4.0, 0.0], [4.0, 0.0]]]))
+    h = torch.tensor([[-3.0, 0.0], [-2.0, 0.0], [0.1, 0.0]], requires_grad=True)  # two confident, one not
+    target = torch.tensor([0.5, 0.5])
+    norms = {}
+    for tau in (1.0, 16.0):
+        loss, p_hat = batch_distribution_loss([probe], h, 999, target, "chi2", grad_tau=tau)
+        (g,) = torch.autograd.grad(loss, h)
+        norms[tau] = g.norm(dim=1)
+        assert torch.allclose(p_hat.detach(), probe.probs(h, 999).mean(0).detach())
+    # Calibrated probabilities leave the confident samples with (almost) no push.
+    assert norms[1.0][0] < 1e-3 * norms[1.0][2]
+    assert norms[16.0][0] > 0.3 * norms[16.0][2]

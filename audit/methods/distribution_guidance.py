@@ -25,7 +25,7 @@ class DistributionGuidance(ProbeGuidance, Method):
 
     def __init__(self, probes: list[Probe], target: np.ndarray | list[float], scale: float = 1.0,
                  loss: str = "chi2", path: str = "h", start: float = 0.0, stop: float = 1.0,
-                 normalize: bool = True):
+                 normalize: bool = True, grad_tau: float = 8.0):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         if path not in ("h", "x"):
@@ -40,9 +40,13 @@ class DistributionGuidance(ProbeGuidance, Method):
         self.probes, self.target = probes, torch.tensor(target, dtype=torch.float32)
         self.scale, self.loss, self.path = float(scale), loss, path
         self.start, self.stop, self.normalize = start, stop, normalize
+        if grad_tau < 1:
+            raise ValueError(f"grad_tau must be >= 1 (1 = the calibrated probabilities), got {grad_tau}")
+        self.grad_tau = float(grad_tau)
 
     def probe_loss(self, h: torch.Tensor, batch: BatchContext) -> torch.Tensor:
-        loss, p_hat = batch_distribution_loss(self.probes, h, batch.t, self.target, self.loss)
+        loss, p_hat = batch_distribution_loss(self.probes, h, batch.t, self.target, self.loss,
+                                              self.grad_tau)
         batch.state.setdefault("loss", []).append(round(float(loss.detach()), 6))
         batch.state["p_hat_probe"] = [round(float(v), 4) for v in p_hat.detach()]
         return loss
@@ -50,5 +54,5 @@ class DistributionGuidance(ProbeGuidance, Method):
     def config(self) -> dict:
         return {"name": self.name, "attributes": [p.attribute for p in self.probes],
                 "target": self.target.tolist(), "scale": self.scale, "loss": self.loss, "path": self.path,
-                "start": self.start, "stop": self.stop, "normalize": self.normalize,
+                "start": self.start, "stop": self.stop, "normalize": self.normalize, "grad_tau": self.grad_tau,
                 "probes": [p.meta for p in self.probes]}

@@ -16,7 +16,7 @@ import torch
 
 from audit.probes.probe import Probe, joint_probs
 
-MAX_DISPLACEMENT = 1.0  # per-sample step cap, in units of the tensor's rms (the guard)
+MAX_DISPLACEMENT = 3.0  # per-sample step cap, in units of the tensor's rms (the guard)
 
 
 def chi_square_loss(p_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -60,9 +60,18 @@ def displacement(g: torch.Tensor, ref: torch.Tensor, scale: float, loss: torch.T
 
 
 def batch_distribution_loss(probes: list[Probe], h: torch.Tensor, t: int, target: torch.Tensor,
-                            loss: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, p_hat) of the batch's probe-predicted joint distribution against the target."""
+                            loss: str, grad_tau: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, p_hat) of the batch's probe-predicted joint distribution against the target.
+
+    The value always uses the calibrated probabilities; with grad_tau > 1 the gradient flows
+    through probabilities softened by grad_tau (straight-through). A calibrated softmax's
+    gradient vanishes on confident samples, so only the few near the boundary would be pushed;
+    softening spreads the push over the batch, as the paper's tau=8 did, without letting the
+    softened probabilities misjudge the batch."""
     p_hat = joint_probs(probes, h, t).mean(0)
+    if grad_tau != 1.0:
+        soft = joint_probs(probes, h, t, tau=grad_tau).mean(0)
+        p_hat = p_hat.detach() + soft - soft.detach()
     return LOSSES[loss](p_hat, target), p_hat
 
 

@@ -39,13 +39,17 @@ class Probe(nn.Module):
         logits = z @ self.weight[i].T + self.bias[i]
         return logits / self.tau if tempered else logits
 
-    def probs(self, h: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        return self.logits(h, t).softmax(-1)
+    def probs(self, h: torch.Tensor, t: int | torch.Tensor, tau: float | None = None) -> torch.Tensor:
+        """Class probabilities at the probe's temperature, or at `tau` (times its own)."""
+        logits = self.logits(h, t)
+        return (logits if tau is None else logits / tau).softmax(-1)
 
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | Path, half: bool = False) -> None:
+        """safetensors + JSON; `half` stores float16 (loading always gives float32)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        dtype = torch.float16 if half else torch.float32
+        tensors = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, directory / "probe.safetensors")
         meta = {**self.meta, "attribute": self.attribute, "classes": self.classes, "tau": self.tau,
                 "timesteps": self.timesteps, "dim": int(self.weight.shape[-1])}
@@ -63,10 +67,10 @@ class Probe(nn.Module):
         return probe.eval().requires_grad_(False)
 
 
-def joint_probs(probes: list[Probe], h: torch.Tensor, t) -> torch.Tensor:
+def joint_probs(probes: list[Probe], h: torch.Tensor, t, tau: float | None = None) -> torch.Tensor:
     """Per-sample joint class probabilities over the product space of several attributes
     ([B, K1*K2*...], first attribute most significant), from per-attribute probes."""
-    joint = probes[0].probs(h, t)
+    joint = probes[0].probs(h, t, tau)
     for probe in probes[1:]:
-        joint = (joint[:, :, None] * probe.probs(h, t)[:, None, :]).flatten(1)
+        joint = (joint[:, :, None] * probe.probs(h, t, tau)[:, None, :]).flatten(1)
     return joint

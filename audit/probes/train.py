@@ -54,6 +54,51 @@ def fit_heads(H: torch.Tensor, labels: torch.Tensor, k: int, val_fraction: float
     return best[0], best[1], mean, std, best[2]
 
 
+def fit_mean_heads(H: torch.Tensor, labels: torch.Tensor, k: int, val_fraction: float = 0.2,
+                   epochs: int = 300, lr: float = 5e-2, seed: int = 0):
+    """Per-step heads constrained to the class-mean directions of h.
+
+    Head c scores a * (h - m) . (mu_c - m) + b_c, with m the mean h and mu_c the class mean (raw
+    units): only a and b are fitted, by log-loss. Its gradient w.r.t. h is a combination of
+    class-mean differences, the directions the decoder actually reads. An unconstrained
+    logistic head separates the classes along whatever low-variance directions discriminate
+    best; on the zoo DDPM, moving h along its gradient changed the images 2-3x less than moving
+    it the same distance along the class-mean difference, so guidance fooled the probe instead
+    of changing the attribute. Same return values as fit_heads (weights in standardised units)."""
+    steps, n, dim = H.shape
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    n_val = max(1, int(round(n * val_fraction))) if n > 4 else 0
+    val, train = order[:n_val], order[n_val:]
+    mean = H[:, train].mean(1)
+    std = H[:, train].std(1).clamp(min=1e-4)
+    centred = H - mean[:, None]
+    onehot = torch.nn.functional.one_hot(labels[train], k).float()
+    counts = onehot.sum(0).clamp(min=1)
+    class_means = torch.einsum("snd,nk->skd", centred[:, train], onehot) / counts[None, :, None]
+    scores = torch.einsum("snd,skd->snk", centred, class_means)  # [S, N, K]
+    scale = scores[:, train].std(dim=(1, 2)).clamp(min=1e-6)  # start a at unit-variance scores
+    log_a = torch.zeros(steps, requires_grad=True)
+    bias = torch.zeros(steps, k, requires_grad=True)
+    optimizer = torch.optim.Adam([log_a, bias], lr=lr)
+    targets = labels[train].repeat(steps)
+    for _ in range(epochs):
+        logits = scores[:, train] / scale[:, None, None] * log_a.exp()[:, None, None] + bias[:, None]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, k), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    a = (log_a.exp() / scale).detach()
+    weight = a[:, None, None] * class_means * std[:, None]  # z . weight == a * (h - m) . mu_c
+    bias = bias.detach()
+    accuracy = torch.full((steps,), float("nan"))
+    if n_val:
+        with torch.no_grad():
+            logits = scores[:, val] * a[:, None, None] + bias[:, None]
+            accuracy = (logits.argmax(-1) == labels[val]).float().mean(1)
+    return weight, bias, mean, std, accuracy
+
+
 def _fit(Z: torch.Tensor, y: torch.Tensor, k: int, epochs: int, lr: float, weight_decay: float):
     steps, n, dim = Z.shape
     weight = torch.zeros(steps, k, dim, requires_grad=True)
@@ -72,7 +117,8 @@ def _fit(Z: torch.Tensor, y: torch.Tensor, k: int, epochs: int, lr: float, weigh
 
 def train_probes(adapter, labeler, attributes: list[str], n: int = 1000, steps: int = 50,
                  batch_size: int = 64, seed_offset: int = 10_000_000, prompts: list[str] | None = None,
-                 guidance_scale: float = 1.0, tau: float = 1.0, progress=None) -> dict[str, Probe]:
+                 guidance_scale: float = 1.0, tau: float = 1.0, head: str = "class-mean",
+                 progress=None) -> dict[str, Probe]:
     """One probe per attribute, trained on the same sampled h. Probe seeds start at
     `seed_offset` so they never overlap the seeds of evaluation cells. tau defaults to 1: these
     heads are calibrated by validation, and the paper's tau=8 (for its large-logit SD heads)
@@ -89,11 +135,12 @@ def train_probes(adapter, labeler, attributes: list[str], n: int = 1000, steps: 
         classes = list(labeler.attributes[a])
         keep = torch.from_numpy(result.valid)
         y = torch.from_numpy(result.hard(a)).long()[keep]
-        weight, bias, mean, std, accuracy = fit_heads(H[:, keep], y, len(classes))
+        fit = fit_mean_heads if head == "class-mean" else fit_heads
+        weight, bias, mean, std, accuracy = fit(H[:, keep], y, len(classes))
         counts = np.bincount(y.numpy(), minlength=len(classes))
         meta = {"model_id": adapter.model_id, "revision": adapter.revision, "labeler": labeler.name,
                 "n": int(keep.sum()), "steps": steps, "guidance_scale": guidance_scale,
-                "seed_offset": seed_offset, "label_counts": counts.tolist(),
+                "seed_offset": seed_offset, "head": head, "label_counts": counts.tolist(),
                 "val_accuracy": [round(float(v), 4) for v in accuracy]}
         probe = Probe(a, classes, timesteps, H.shape[-1], tau, meta)
         with torch.no_grad():
