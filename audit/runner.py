@@ -7,8 +7,10 @@ labeler redoes only what is missing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from audit.spec import Cell, Suite, SuiteError, plan
+from audit.spec import DEFAULT_PROMPT, Cell, Suite, SuiteError, plan
 from audit.store import RunStore, atomic_write_json, inside
 
 RESULT_COLUMNS = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "n", "n_valid",
@@ -59,14 +61,17 @@ class RunContext:
 def probe_dir(ctx: RunContext, cell: Cell, attribute: str) -> Path:
     """Zoo models ship probes; others are trained on demand and cached in OUT/probes."""
     model, labeler = cell.model, ctx.suite.probe_labeler
-    if model.source.startswith("zoo:"):
+    if model.source.startswith("zoo:") and cell.prompt in (None, DEFAULT_PROMPT):
         from audit.zoo import WEIGHTS_DIR
 
         shipped = WEIGHTS_DIR / "probes" / model.source[4:] / labeler / attribute
         if (shipped / "probe.json").exists():
             return shipped
-    key = f"{model.name}/{labeler}/steps{model.steps}-cfg{model.guidance_scale:g}/{attribute}"
-    return inside(ctx.store.out, Path("probes") / key)
+    key = f"{model.name}/{labeler}/steps{model.steps}-cfg{model.guidance_scale:g}"
+    if cell.prompt is not None:  # h depends on the prompt: one probe set per prompt
+        digest = hashlib.sha256(cell.prompt.encode()).hexdigest()[:8]
+        key += f"/prompt-{re.sub(r'[^a-z0-9]+', '-', cell.prompt.lower())[:32].strip('-')}-{digest}"
+    return inside(ctx.store.out, Path("probes") / key / attribute)
 
 
 def get_probes(ctx: RunContext, cell: Cell) -> list:
@@ -74,18 +79,19 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
     from audit.probes.train import train_probes
 
     attributes = cell.setting.attributes
-    # Train every attribute the suite guides at once: one sampling pass serves them all.
-    wanted = list(dict.fromkeys(a for s in ctx.suite.settings for a in s.attributes))
+    labeler = ctx.labeler(ctx.suite.probe_labeler)
+    # Train every attribute the suite guides (that the probe labeler labels) at once: one
+    # sampling pass serves them all.
+    wanted = list(dict.fromkeys(a for s in ctx.suite.settings for a in s.attributes if a in labeler.attributes))
     dirs = {a: probe_dir(ctx, cell, a) for a in wanted}
     missing = [a for a, d in dirs.items() if not (d / "probe.json").exists()]
     if missing:
         adapter = ctx.adapter(cell)
-        labeler = ctx.labeler(ctx.suite.probe_labeler)
         ctx.log(f"training probes for {cell.model.name}: {', '.join(missing)} "
                 f"({ctx.suite.probe.n} samples, labeled by {labeler.name})")
         prompts = None
         if adapter.conditional:
-            prompts = [cell.prompt or "a photo of a person"] * ctx.suite.probe.n
+            prompts = [cell.prompt or DEFAULT_PROMPT] * ctx.suite.probe.n
         trained = train_probes(adapter, labeler, missing, n=ctx.suite.probe.n, steps=cell.model.steps,
                                batch_size=ctx.suite.probe.batch_size, prompts=prompts,
                                guidance_scale=cell.model.guidance_scale)
@@ -94,6 +100,20 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
             ctx.log(f"probe {a}: validation accuracy per step min {min(probe.meta['val_accuracy']):.3f} "
                     f"max {max(probe.meta['val_accuracy']):.3f}")
     return [Probe.load(dirs[a]) for a in attributes]
+
+
+def _probe_labeler_gap(ctx: RunContext, cell: Cell) -> str | None:
+    """Why a probe-guided cell cannot run: its probe labeler does not label its attributes."""
+    from audit.registry import METHODS, resolve
+
+    if not getattr(resolve(METHODS, cell.method.name, "method"), "needs_probe", False):
+        return None
+    labeler = ctx.labeler(ctx.suite.probe_labeler)
+    missing = [a for a in cell.setting.attributes if a not in labeler.attributes]
+    if missing:
+        return (f"probe labeler {labeler.name} does not label {', '.join(missing)}: set probe_labeler "
+                f"to one that does")
+    return None
 
 
 def build_method(ctx: RunContext, cell: Cell):
@@ -133,7 +153,7 @@ def generate_cell(ctx: RunContext, cell: Cell, method) -> None:
     method.start_cell(seeds)
     prompts_all = None
     if adapter.conditional:
-        prompts_all = method.prompts([cell.prompt or "a photo of a person"] * len(seeds), seeds)
+        prompts_all = method.prompts([cell.prompt or DEFAULT_PROMPT] * len(seeds), seeds)
     twins = [] if method.uses_setting else _twin_cells(ctx, cell)
     for b, start in enumerate(range(0, len(seeds), cell.batch_size)):
         batch_seeds = seeds[start:start + cell.batch_size]
@@ -197,8 +217,12 @@ def measure_cell(ctx: RunContext, cell: Cell) -> dict:
     suite, results = ctx.suite, {"labelers": {}}
     tables = {}
     for name in suite.labelers:
-        tables[name] = label_cell(ctx, cell, name)
         labeler = ctx.labeler(name)
+        missing = [a for a in cell.setting.attributes if a not in labeler.attributes]
+        if missing:  # e.g. a gender classifier in a suite that also audits skin tone
+            results.setdefault("labelers_skipped", {})[name] = f"does not label {', '.join(missing)}"
+            continue
+        tables[name] = label_cell(ctx, cell, name)
         results["labelers"][name] = fairness_metrics(tables[name], labeler, cell.setting, suite.tolerance)
     if len(tables) > 1:
         from audit.metrics.cell import labeler_agreement
@@ -266,6 +290,9 @@ def run_cell(ctx: RunContext, cell: Cell) -> dict:
             if ctx.progress:
                 ctx.progress(cell.samples)
             return done
+    reason = _probe_labeler_gap(ctx, cell)
+    if reason:
+        return {"status": "not_applicable", "reason": reason}
     method = build_method(ctx, cell)
     reason = method.not_applicable(ctx.adapter(cell))
     if reason:
@@ -286,6 +313,8 @@ def result_rows(cell: Cell, results: dict) -> list[dict]:
             "n": cell.samples, "cell_id": cell.cell_id}
     if results.get("status") != "done":
         return [{**base, "labeler": None}]
+    if not results["labelers"]:
+        return [{**base, "status": "no_labeler", "labeler": None}]
     fid = results.get("fid") or {}
     cost = results["cost"]
     rows = []

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from audit.registry import LABELERS, METHODS
 from audit.zoo.synthfaces import ATTRIBUTE_PHRASES, ATTRIBUTES
 
+DEFAULT_PROMPT = "a photo of a person"  # text models' prompt when a suite gives none
+
 
 class SuiteError(ValueError):
     """A mistake in a suite file; the message is one line meant for the user."""
@@ -323,7 +325,7 @@ def plan(suite: Suite) -> list[Cell]:
     cells = []
     for model in suite.models:
         is_text = _is_text_model(model)
-        prompts = (model.prompts or ["a photo of a person"]) if is_text else [None]
+        prompts = (model.prompts or [DEFAULT_PROMPT]) if is_text else [None]
         for method in suite.methods:
             for setting in suite.settings:
                 for prompt in prompts:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from audit.spec import DEFAULT_PROMPT
 from audit.store import atomic_write_json, inside
 
 CALIBRATION_SEED = 20_000_000
@@ -31,7 +32,7 @@ def calibrated_scale(ctx, cell, factory, probes, target, params: dict, goal: flo
         return float(json.loads(cache.read_text())["scale"])
     adapter = ctx.adapter(cell)
     seeds = list(range(CALIBRATION_SEED, CALIBRATION_SEED + min(cell.batch_size, 64)))
-    prompts = [cell.prompt or "a photo of a person"] * len(seeds) if adapter.conditional else None
+    prompts = [cell.prompt or DEFAULT_PROMPT] * len(seeds) if adapter.conditional else None
     tried = []
     for scale in GRID:
         method = factory(probes=probes, target=target, **{**params, "scale": scale})

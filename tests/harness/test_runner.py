@@ -158,3 +158,39 @@ def test_paths_cannot_escape_the_output_directory(tmp_path):
     (tmp_path / "link").symlink_to("/")
     with pytest.raises(UnsafePathError):
         inside(tmp_path, "link/etc")
+
+
+def test_each_labeler_judges_only_the_settings_it_labels(tmp_path, tiny_model_dir):
+    """A suite mixing labelers (e.g. a gender classifier beside a skin-tone one) measures each
+    setting with the labelers that label it; a guided cell whose attributes the probe labeler
+    cannot label is marked not applicable instead of failing."""
+    from audit.labelers.synthfaces import SynthFacesLabeler
+    from audit.registry import LABELERS, register_labeler
+
+    def skin_only(base):
+        def factory(**options):
+            labeler = SynthFacesLabeler(base, **options)
+            labeler.name = f"skin-only-{base}"
+            labeler.attributes = {"skin_tone": labeler.attributes["skin_tone"]}
+            return labeler
+        return factory
+
+    for base in ("synthfaces-eval", "synthfaces-pseudo"):
+        register_labeler(f"skin-only-{base}", skin_only(base))
+    try:
+        suite = tiny_suite(tmp_path, tiny_model_dir, labelers=["synthfaces-eval", "skin-only-synthfaces-eval"],
+                           probe_labeler="skin-only-synthfaces-pseudo", samples=4)
+        frame = run_suite(suite, tmp_path / "out")
+    finally:
+        for base in ("synthfaces-eval", "synthfaces-pseudo"):
+            LABELERS.pop(f"skin-only-{base}")
+    done = frame[frame["status"] == "done"]
+    by_setting = done.groupby("attributes")["labeler"].apply(set).to_dict()
+    assert by_setting == {"skin_tone": {"synthfaces-eval", "skin-only-synthfaces-eval"},
+                          "skin_tonexeyeglasses": {"synthfaces-eval"}}
+    skipped = frame[frame["status"] == "not_applicable"]
+    assert list(zip(skipped["method"], skipped["attributes"], strict=True)) == [
+        ("distribution_guidance", "skin_tonexeyeglasses")]
+    metrics = json.loads(next((tmp_path / "out" / "cells").glob("tiny__none__skin_tonexeyeglasses*"))
+                         .joinpath("metrics.json").read_text())
+    assert metrics["labelers_skipped"] == {"skin-only-synthfaces-eval": "does not label eyeglasses"}
