@@ -52,7 +52,11 @@ class RunContext:
 
         if name not in self.labelers:
             options = {"device": self.device} if name.startswith("synthfaces-") else {}
-            self.labelers[name] = make_labeler(name, **options)
+            options.update(self.suite.labeler_options.get(name, {}))
+            try:
+                self.labelers[name] = make_labeler(name, **options)
+            except TypeError as e:
+                raise SuiteError(f"labeler_options.{name}: {e}") from None
         return self.labelers[name]
 
 

@@ -195,6 +195,8 @@ class Suite(Strict):
     seed: int = Field(0, ge=0)
     labelers: list[str] = Field(default_factory=lambda: ["synthfaces-eval"], min_length=1)
     probe_labeler: str = "synthfaces-pseudo"
+    labeler_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="keyword options per labeler, e.g. clip_zeroshot's model_path and classes")
     probe: ProbeSpec = Field(default_factory=ProbeSpec)
     metrics: list[Literal["fairness", "fid", "clip"]] = Field(default_factory=lambda: ["fairness", "fid"])
     fid: FidSpec = Field(default_factory=FidSpec)
@@ -215,6 +217,10 @@ class Suite(Strict):
         if self.probe_labeler in self.labelers and any(m.name.endswith("guidance") for m in self.methods):
             raise ValueError(f"probe_labeler {self.probe_labeler!r} is also an evaluation labeler: the "
                              "labeler that trains the guiding probes must not judge the result")
+        unused = sorted(set(self.labeler_options) - {*self.labelers, self.probe_labeler})
+        if unused:
+            raise ValueError(f"labeler_options names {', '.join(unused)}, which the suite does not use; "
+                             f"used labelers: {', '.join([*self.labelers, self.probe_labeler])}")
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("model names must be unique")

@@ -194,3 +194,23 @@ def test_each_labeler_judges_only_the_settings_it_labels(tmp_path, tiny_model_di
     metrics = json.loads(next((tmp_path / "out" / "cells").glob("tiny__none__skin_tonexeyeglasses*"))
                          .joinpath("metrics.json").read_text())
     assert metrics["labelers_skipped"] == {"skin-only-synthfaces-eval": "does not label eyeglasses"}
+
+
+def test_labeler_options_reach_the_labeler_and_bad_ones_fail_in_one_line(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from audit.cli import app
+    from audit.runner import RunContext
+    from audit.spec import SuiteError
+    from audit.store import RunStore
+
+    suite = tiny_suite(tmp_path, tiny_model_dir, labeler_options={"synthfaces-eval": {"batch_size": 7}})
+    ctx = RunContext(suite=suite, store=RunStore(tmp_path / "out"))
+    assert ctx.labeler("synthfaces-eval").batch_size == 7
+    bad = tiny_suite(tmp_path, tiny_model_dir, labeler_options={"synthfaces-eval": {"colour": "blue"}})
+    with pytest.raises(SuiteError, match="labeler_options.synthfaces-eval: .*colour"):
+        RunContext(suite=bad, store=RunStore(tmp_path / "bad")).labeler("synthfaces-eval")
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "suite.yaml"), "-o", str(tmp_path / "cli")])
+    last = result.output.strip().splitlines()[-1]
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert last.startswith("error: labeler_options.synthfaces-eval") and "colour" in last

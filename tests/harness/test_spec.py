@@ -65,6 +65,8 @@ MALFORMED = {
     "unknown model": (variant(**{"models.0.source": "zoo:nope"}), "models[0].source: unknown zoo model 'nope'"),
     "unknown method": (variant(**{"methods.1.name": "magic"}), "methods[1].name: unknown method 'magic'"),
     "unknown labeler": (variant(labelers=["oracle"]), "labelers: unknown labeler 'oracle'"),
+    "options for an unused labeler": (variant(labeler_options={"age_gender": {"device": "cpu"}}),
+                                      "labeler_options names age_gender, which the suite does not use"),
     "unknown attribute": (variant(**{"settings.0.attributes": ["height"]}), "unknown attribute 'height'"),
     "target does not sum to 1": (variant(**{"settings.1.target": [0.5, 0.5, 0.5, 0.5]}), "sum to 1"),
     "target wrong length": (variant(**{"settings.0.target": [0.2, 0.3, 0.5]}), "has 3 proportions"),
