@@ -125,3 +125,15 @@ def test_prompts_file_is_read_relative_to_the_suite(tmp_path):
     assert suite.models[1].prompts == ["a photo of a doctor", "a photo of a nurse"]
     t2i_cells = [c for c in plan(suite) if c.model.name == "t2i"]
     assert {c.prompt for c in t2i_cells} == {"a photo of a doctor", "a photo of a nurse"}
+
+
+def test_the_readme_annotated_suite_is_valid(tmp_path):
+    """The suite reference in the README is a real suite, so it cannot drift from the schema."""
+    from pathlib import Path
+
+    text = Path(__file__).parents[2].joinpath("README.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "readme.yaml"
+    path.write_text(block)
+    suite = load_suite(path)
+    assert suite.models and suite.settings and suite.labeler_options == {}
