@@ -182,6 +182,7 @@ class FidSpec(Strict):
     extractor: str = "synthfaces"
     reference: str = Field("synthfaces:biased", description="synthfaces:WORLD or a directory of images")
     n: int = Field(1000, ge=2)
+    weights: str | None = Field(None, description="extractor weights file (inception: pt_inception-2015-12-05-*.pth)")
 
 
 class Suite(Strict):

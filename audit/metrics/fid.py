@@ -43,21 +43,45 @@ def _mobilenet_features():
     return MobileNetFeatures()
 
 
-EXTRACTORS = {"synthfaces": SynthFacesFeatures, "mobilenet_v2": _mobilenet_features}
+def _inception_features(weights: str | None = None):
+    from audit.metrics.inception import InceptionFeatures
+
+    return InceptionFeatures(weights)
 
 
-def make_fid(extractor: str = "synthfaces"):
+EXTRACTORS = {"synthfaces": SynthFacesFeatures, "mobilenet_v2": _mobilenet_features,
+              "inception": _inception_features}
+WEIGHTED = {"inception"}  # extractors whose weights the user supplies (fid.weights)
+
+
+def make_fid(extractor: str = "synthfaces", weights: str | None = None):
     """A torchmetrics FrechetInceptionDistance over the named extractor (inputs in [0, 1])."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     if extractor not in EXTRACTORS:
         raise ValueError(f"unknown FID extractor {extractor!r}; available: {', '.join(EXTRACTORS)}")
-    return FrechetInceptionDistance(feature=EXTRACTORS[extractor](), normalize=True)
+    if extractor in WEIGHTED:
+        feature = EXTRACTORS[extractor](weights)
+    elif weights:
+        raise ValueError(f"fid.weights applies to the {', '.join(sorted(WEIGHTED))} extractor, not {extractor!r}")
+    else:
+        feature = EXTRACTORS[extractor]()
+    return FrechetInceptionDistance(feature=feature, normalize=True)
 
 
-def fid_between(a: torch.Tensor, b: torch.Tensor, extractor: str = "synthfaces", batch: int = 500) -> float:
+def extractor_tag(extractor: str, weights: str | None = None) -> str:
+    """The extractor's name in cache files: user-supplied weights are part of how stats were made."""
+    if extractor in WEIGHTED and weights:
+        path = Path(weights)
+        size = path.stat().st_size if path.is_file() else 0
+        return f"{extractor}-{path.stem}-{size}"
+    return extractor
+
+
+def fid_between(a: torch.Tensor, b: torch.Tensor, extractor: str = "synthfaces", batch: int = 500,
+                weights: str | None = None) -> float:
     """FID between two image sets ([N, 3, H, W] in [0, 1]); `a` is the reference."""
-    metric = make_fid(extractor)
+    metric = make_fid(extractor, weights)
     for i in range(0, len(a), batch):
         metric.update(a[i:i + batch], real=True)
     for i in range(0, len(b), batch):
@@ -88,17 +112,18 @@ def reference_images(reference: str, n: int, base_dir: Path | None = None) -> to
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
 
 
-def reference_state(out: Path, extractor: str, reference: str, n: int) -> dict[str, torch.Tensor]:
+def reference_state(out: Path, extractor: str, reference: str, n: int,
+                    weights: str | None = None) -> dict[str, torch.Tensor]:
     """The reference set's feature statistics, cached under a name that says how they were made."""
     from safetensors.torch import load_file, save_file
 
     from audit.store import inside
 
-    safe_ref = "".join(c if c.isalnum() or c in "-_." else "_" for c in reference)
-    cache = inside(out, Path("fid") / f"{extractor}__{safe_ref}__n{n}.safetensors")
+    safe = lambda text: "".join(c if c.isalnum() or c in "-_." else "_" for c in text)  # noqa: E731
+    cache = inside(out, Path("fid") / f"{safe(extractor_tag(extractor, weights))}__{safe(reference)}__n{n}.safetensors")
     if cache.exists():
         return load_file(cache)
-    metric = make_fid(extractor)
+    metric = make_fid(extractor, weights)
     images = reference_images(reference, n)
     for i in range(0, len(images), 500):
         metric.update(images[i:i + 500], real=True)
@@ -114,8 +139,8 @@ def reference_state(out: Path, extractor: str, reference: str, n: int) -> dict[s
 def cell_fid(ctx, cell) -> dict:
     """FID[extractor] of a cell's images against the suite's reference set."""
     spec = ctx.suite.fid
-    metric = make_fid(spec.extractor)
-    for name, value in reference_state(ctx.store.out, spec.extractor, spec.reference, spec.n).items():
+    metric = make_fid(spec.extractor, spec.weights)
+    for name, value in reference_state(ctx.store.out, spec.extractor, spec.reference, spec.n, spec.weights).items():
         setattr(metric, name, value)
     seeds = cell.seeds
     for i in range(0, len(seeds), 500):
