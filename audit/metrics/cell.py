@@ -71,7 +71,7 @@ def fairness_metrics(labels: pd.DataFrame, labeler, setting, tolerance: float) -
         C = F.joint_confusion([F.confusion_from_counts(matrices[a]) for a in attributes])
         counts_per = [np.asarray(matrices[a]) for a in attributes]
         joint_counts = _joint_confusion_counts(counts_per)
-        estimate = F.error_aware_interval(joint, joint_counts, k)
+        estimate = F.error_aware_interval(joint, joint_counts, k, n_resamples=BOOTSTRAP_RESAMPLES)
         p = np.asarray(estimate["p"])
         result["error_aware"] = {"p": p.tolist(), "lo": np.asarray(estimate["lo"]).tolist(),
                                  "hi": np.asarray(estimate["hi"]).tolist(),
