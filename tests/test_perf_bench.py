@@ -1,0 +1,47 @@
+"""benchmarks/perf.py --quick end to end: every section runs and the JSON has the keys the
+README and issue 8's bars read (the figures themselves are the full run's, not a test's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_perf_quick_writes_every_section(tmp_path):
+    out = tmp_path / "perf.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--quick", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["mode"] == "quick" and result["machine"]["torch_threads"] == 1
+
+    guidance = result["guidance_overhead"]
+    methods = {"none", "distribution_guidance", "sample_guidance", "distribution_guidance_x", "universal_guidance"}
+    assert set(guidance["ratio_to_none"]) == methods and guidance["ratio_to_none"]["none"] == 1.0
+    assert all(len(t) == 1 and t[0] > 0 for t in guidance["seconds"].values())
+    # a UNet backward per step: universal guidance must cost more than the h-path edit
+    assert guidance["ratio_to_none"]["universal_guidance"] > guidance["ratio_to_none"]["distribution_guidance"]
+
+    loop = result["loop_overhead"]
+    assert set(loop["seconds"]) == {"generate", "bare_unet"} and loop["ratio"] > 0 and "passes" in loop
+
+    metrics = result["metrics"]
+    assert metrics["resamples"] == 1000 and metrics["attributes"] == ["skin_tone", "eyeglasses", "hair_color"]
+    assert len(metrics["seconds_per_setting"]) == 4 and metrics["seconds_total"] > 0
+
+    scaling = result["scaling"]
+    cells = scaling["cells"]
+    assert [c["samples"] for c in cells] == [8, 32]
+    assert all(c["status"] == ["done"] and c["images_on_disk"] == c["samples"] for c in cells)
+    assert all(c["peak_rss_mb"] >= c["rss_before_mb"] > 0 for c in cells)
+    for key in ("time_ratio", "memory_ratio", "marginal_seconds_per_1k", "passes"):
+        assert key in scaling
+
+    sd = result["sd15"]  # the tiny stand-in of the GPU path
+    assert set(sd["images_per_s"]) == {"none", "distribution_guidance"} and sd["device"] == "cpu"
