@@ -69,7 +69,8 @@ class ModelAdapter:
         index = json.loads(index_file.read_text())
         weights = {"torch_dtype": dtype, "variant": variant}
         unet_cls = getattr(diffusers, index["unet"][1])
-        unet = unet_cls.from_pretrained(path / "unet", **weights).to(device).eval()
+        # low_cpu_mem_usage=False: the default wants `accelerate` and warns on every load without it.
+        unet = unet_cls.from_pretrained(path / "unet", low_cpu_mem_usage=False, **weights).to(device).eval()
         sampler = load_scheduler(path / "scheduler", scheduler)
         parts: dict = {}
         for name in ("text_encoder", "text_encoder_2"):
@@ -87,7 +88,7 @@ class ModelAdapter:
             upcast = json.loads((path / "vae" / "config.json").read_text()).get("force_upcast", True)
             vae_dtype = torch.float32 if dtype == torch.float16 and upcast else dtype
             parts["vae"] = getattr(diffusers, index["vae"][1]).from_pretrained(
-                path / "vae", torch_dtype=vae_dtype, variant=variant).to(device).eval()
+                path / "vae", torch_dtype=vae_dtype, variant=variant, low_cpu_mem_usage=False).to(device).eval()
         adapter = cls(unet=unet, scheduler=sampler, model_id=model_id or str(path), device=device, dtype=dtype,
                       zero_empty_negative=bool(index.get("force_zeros_for_empty_prompt", False)), **parts)
         adapter.info.update({"pipeline": index.get("_class_name"), "unet": type(unet).__name__,

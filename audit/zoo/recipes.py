@@ -140,7 +140,7 @@ CLIP_TEXT = {
 RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe | ClipRecipe] = {
     "synthfaces-ddpm": DiffusionRecipe(
         name="synthfaces-ddpm", conditional=False, unet=DDPM_UNET, scheduler=SCHEDULER,
-        steps=9_000, skip_dropout=0.5,
+        steps=8_000, skip_dropout=0.5,
         description="Unconditional UNet2DModel (4.3M params, v-prediction, DDIM) trained on "
                     "the biased SynthFaces world.",
     ),

@@ -176,6 +176,10 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
             export(recipe, unet, text_encoder, tokenizer, scheduler, ema, params, export_dir,
                    step, wall, running)
             log(f"exported {recipe.name} at step {step} to {export_dir}")
+    info = export_dir / "training.json"
+    if not info.exists() or json.loads(info.read_text())["steps"] != step:  # a finished checkpoint: export it
+        export(recipe, unet, text_encoder, tokenizer, scheduler, ema, params, export_dir, step, wall, running)
+        log(f"exported {recipe.name} at step {step} to {export_dir}")
     return step
 
 
