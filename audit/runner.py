@@ -103,7 +103,15 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
             probe.save(dirs[a])
             ctx.log(f"probe {a}: validation accuracy per step min {min(probe.meta['val_accuracy']):.3f} "
                     f"max {max(probe.meta['val_accuracy']):.3f}")
-    return [Probe.load(dirs[a]) for a in attributes]
+    probes = [Probe.load(dirs[a]) for a in attributes]
+    for probe in probes:
+        accuracy = [a for a in probe.meta.get("val_accuracy", []) if a == a]  # drop NaN
+        chance = max(probe.meta.get("label_counts") or [1]) / max(1, sum(probe.meta.get("label_counts") or [1]))
+        if accuracy and max(accuracy) < chance + 0.1:
+            ctx.log(f"warning: the {probe.attribute} probe of {cell.model.name} barely beats chance (validation "
+                    f"accuracy <= {max(accuracy):.2f}, majority class {chance:.2f}): h does not encode "
+                    f"{probe.attribute} linearly, so guidance on it will have little effect")
+    return probes
 
 
 def _probe_labeler_gap(ctx: RunContext, cell: Cell) -> str | None:
