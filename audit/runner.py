@@ -107,7 +107,7 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
     for probe in probes:
         accuracy = [a for a in probe.meta.get("val_accuracy", []) if a == a]  # drop NaN
         chance = max(probe.meta.get("label_counts") or [1]) / max(1, sum(probe.meta.get("label_counts") or [1]))
-        if accuracy and max(accuracy) < chance + 0.1:
+        if accuracy and (max(accuracy) - chance) / max(1e-9, 1 - chance) < 0.25:  # < 25% fewer errors than majority
             ctx.log(f"warning: the {probe.attribute} probe of {cell.model.name} barely beats chance (validation "
                     f"accuracy <= {max(accuracy):.2f}, majority class {chance:.2f}): h does not encode "
                     f"{probe.attribute} linearly, so guidance on it will have little effect")
