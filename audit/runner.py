@@ -65,13 +65,20 @@ class RunContext:
 def probe_dir(ctx: RunContext, cell: Cell, attribute: str) -> Path:
     """Zoo models ship probes; others are trained on demand and cached in OUT/probes."""
     model, labeler = cell.model, ctx.suite.probe_labeler
+    revision = ctx.adapter(cell).revision
     if model.source.startswith("zoo:") and cell.prompt in (None, DEFAULT_PROMPT):
         from audit.zoo import WEIGHTS_DIR
 
         shipped = WEIGHTS_DIR / "probes" / model.source[4:] / labeler / attribute
         if (shipped / "probe.json").exists():
-            return shipped
+            trained_on = json.loads((shipped / "probe.json").read_text()).get("revision")
+            if trained_on == revision:
+                return shipped
+            ctx.log(f"the zoo's {attribute} probe was trained on {model.source} revision {trained_on}, "
+                    f"not {revision}: training one for this revision")
     key = f"{model.name}/{labeler}/steps{model.steps}-cfg{model.guidance_scale:g}"
+    if revision:
+        key += f"-rev-{re.sub(r'[^A-Za-z0-9._-]+', '-', revision)[:40]}"
     if cell.prompt is not None:  # h depends on the prompt: one probe set per prompt
         digest = hashlib.sha256(cell.prompt.encode()).hexdigest()[:8]
         key += f"/prompt-{re.sub(r'[^a-z0-9]+', '-', cell.prompt.lower())[:32].strip('-')}-{digest}"

@@ -67,4 +67,19 @@ def load_model(spec, device: str = "cpu") -> ModelAdapter:
                                 "pipeline with pipeline.save_pretrained(DIR)") from None
     # For the HF cache the snapshot folder is the commit: the manifest records what was audited.
     adapter.revision = path.name if spec.source.startswith("hf:") else spec.revision
+    if spec.source.startswith("zoo:"):
+        adapter.revision = zoo_revision(path)
     return adapter
+
+
+def zoo_revision(path: Path) -> str:
+    """A zoo model's revision: its training step and a hash of its UNet weights, so probes and
+    caches made for other weights of the same name are recognised as stale."""
+    import hashlib
+    import json
+
+    steps = json.loads((path / "training.json").read_text()).get("steps", "?")
+    digest = hashlib.sha256()
+    for weights in sorted((path / "unet").glob("*.safetensors")):
+        digest.update(weights.read_bytes())
+    return f"step{steps}-{digest.hexdigest()[:10]}"
