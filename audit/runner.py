@@ -71,11 +71,13 @@ def probe_dir(ctx: RunContext, cell: Cell, attribute: str) -> Path:
 
         shipped = WEIGHTS_DIR / "probes" / model.source[4:] / labeler / attribute
         if (shipped / "probe.json").exists():
-            trained_on = json.loads((shipped / "probe.json").read_text()).get("revision")
-            if trained_on == revision:
+            meta = json.loads((shipped / "probe.json").read_text())
+            trained_on = (meta.get("revision"), float(meta.get("guidance_scale", 1.0)))
+            if trained_on == (revision, float(model.guidance_scale)):
                 return shipped
-            ctx.log(f"the zoo's {attribute} probe was trained on {model.source} revision {trained_on}, "
-                    f"not {revision}: training one for this revision")
+            ctx.log(f"the zoo's {attribute} probe was trained on {model.source} revision {trained_on[0]} with "
+                    f"guidance scale {trained_on[1]:g}, not {revision} with {model.guidance_scale:g}: "
+                    "training one for this setting")
     key = f"{model.name}/{labeler}/steps{model.steps}-cfg{model.guidance_scale:g}"
     if revision:
         key += f"-rev-{re.sub(r'[^A-Za-z0-9._-]+', '-', revision)[:40]}"
