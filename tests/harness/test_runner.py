@@ -214,3 +214,20 @@ def test_labeler_options_reach_the_labeler_and_bad_ones_fail_in_one_line(tmp_pat
     last = result.output.strip().splitlines()[-1]
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert last.startswith("error: labeler_options.synthfaces-eval") and "colour" in last
+
+
+def test_zoo_probes_are_used_only_for_the_weights_they_were_trained_on(tmp_path):
+    from audit.runner import RunContext, probe_dir
+    from audit.spec import plan
+    from audit.store import RunStore
+    from audit.zoo import WEIGHTS_DIR
+
+    suite = load_suite("benchmarks/guidance_bars.yaml")
+    ctx = RunContext(suite=suite, store=RunStore(tmp_path / "out"), log=lambda s: None)
+    cell = next(c for c in plan(suite) if c.method.name == "distribution_guidance")
+    shipped = WEIGHTS_DIR / "probes" / "synthfaces-ddpm" / "synthfaces-pseudo" / "skin_tone"
+    assert probe_dir(ctx, cell, "skin_tone") == shipped
+    assert json.loads((shipped / "probe.json").read_text())["revision"] == ctx.adapter(cell).revision
+    ctx.adapter(cell).revision = "step9999-retrained"  # the zoo model was retrained since
+    stale = probe_dir(ctx, cell, "skin_tone")
+    assert stale != shipped and stale.is_relative_to(tmp_path / "out") and "step9999-retrained" in str(stale)
