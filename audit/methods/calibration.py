@@ -1,9 +1,11 @@
 """Automatic scale calibration for the probe-guided methods (`scale: auto`).
 
-On one calibration batch (seeds disjoint from every evaluation seed) a geometric grid of scales
-is tried; the chosen scale is the smallest whose batch ends, by the probe's own prediction at
-the last step, within `goal` of the target (FD), else the one that ends closest. Only the
-method's own probe is consulted, never an evaluation labeler. Results are cached per
+On calibration seeds disjoint from every evaluation seed, sampled in the cell's own batch size,
+a geometric grid of scales is tried; each batch's final images are labelled by the suite's
+probe labeler (the labeler the probes learnt from, never an evaluation labeler) and the FD to
+the target is computed. The chosen scale is the smallest whose FD is within sampling noise of
+the best. Judging images rather than the probe matters: at the last step the probe sees the h
+that guidance itself has just edited, so it always reports success. Results are cached per
 (model, method, setting, steps, batch size) in OUT/calibration/.
 """
 
@@ -14,6 +16,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from audit.spec import DEFAULT_PROMPT
 from audit.store import atomic_write_json, inside
@@ -22,39 +25,44 @@ CALIBRATION_SEED = 20_000_000
 GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
-def calibrated_scale(ctx, cell, factory, probes, target, params: dict, goal: float = 0.02) -> float:
+def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int = 64) -> float:
+    from audit.metrics.functional import joint_labels
+
     config = {"model": cell.model.model_dump(), "method": cell.method.name, "params": params,
               "attributes": cell.setting.attributes, "target": list(target), "batch": cell.batch_size,
-              "probes": [p.meta.get("val_accuracy", [])[:3] for p in probes], "prompt": cell.prompt}
+              "probes": [p.meta.get("val_accuracy", [])[:3] for p in probes], "prompt": cell.prompt,
+              "judge": ctx.suite.probe_labeler, "n": n, "rule": "images"}
     key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
     cache = inside(ctx.store.out, Path("calibration") / f"{cell.model.name}-{cell.method.name}-{key}.json")
     if cache.exists():
         return float(json.loads(cache.read_text())["scale"])
-    adapter = ctx.adapter(cell)
-    seeds = list(range(CALIBRATION_SEED, CALIBRATION_SEED + min(cell.batch_size, 64)))
-    prompts = [cell.prompt or DEFAULT_PROMPT] * len(seeds) if adapter.conditional else None
+    adapter, judge = ctx.adapter(cell), ctx.labeler(ctx.suite.probe_labeler)
+    seeds = list(range(CALIBRATION_SEED, CALIBRATION_SEED + n))
+    prompts = [cell.prompt or DEFAULT_PROMPT] * n if adapter.conditional else None
+    target = np.asarray(target, dtype=float)
+    noise = float(np.sqrt((target * (1 - target)).sum() / n))  # FD's sampling spread at the target
     tried = []
     for scale in GRID:
         method = factory(probes=probes, target=target, **{**params, "scale": scale})
         method.start_cell(seeds)
-        out = adapter.generate(seeds, prompts=prompts, steps=cell.model.steps,
-                               guidance_scale=cell.model.guidance_scale, method=method, record_h=True)
-        from audit.probes.probe import joint_probs
-
-        h_last = out.h[-1].view(len(seeds), *_h_shape(adapter))
-        p_hat = joint_probs(probes, h_last, probes[0].timesteps[-1]).mean(0).numpy()
-        fd = float(np.linalg.norm(p_hat - np.asarray(target)))
-        tried.append({"scale": scale, "probe_fd": fd, "p_hat": p_hat.round(4).tolist()})
+        images = []
+        for i in range(0, n, cell.batch_size):
+            out = adapter.generate(seeds[i:i + cell.batch_size],
+                                   prompts=None if prompts is None else prompts[i:i + cell.batch_size],
+                                   steps=cell.model.steps, guidance_scale=cell.model.guidance_scale, method=method)
+            images.append(out.images)
+        labels = judge.label(torch.cat(images))
+        joint, k = joint_labels([labels.hard(a)[labels.valid] for a in cell.setting.attributes],
+                                [len(judge.attributes[a]) for a in cell.setting.attributes])
+        p_hat = np.bincount(joint, minlength=k) / max(1, len(joint))
+        fd = float(np.linalg.norm(p_hat - target))
+        tried.append({"scale": scale, "fd": fd, "p_hat": p_hat.round(4).tolist()})
         ctx.log(f"calibrating {cell.method.name} on {cell.model.name}/{cell.setting.key}: "
-                f"scale {scale:g} -> probe FD {fd:.3f}")
-        if fd <= goal:
+                f"scale {scale:g} -> FD {fd:.3f} (judged by {judge.name})")
+        best = min(t["fd"] for t in tried)
+        if fd > best + 2 * noise:  # past the optimum: larger scales only overshoot further
             break
-    best = next((t for t in tried if t["probe_fd"] <= goal), min(tried, key=lambda t: t["probe_fd"]))
-    atomic_write_json(cache, {"scale": best["scale"], "goal": goal, "tried": tried, "config": config})
-    return float(best["scale"])
-
-
-def _h_shape(adapter):
-    from audit.models.hspace import h_shape
-
-    return h_shape(adapter.unet)
+    best = min(t["fd"] for t in tried)
+    chosen = next(t for t in tried if t["fd"] <= best + noise)
+    atomic_write_json(cache, {"scale": chosen["scale"], "noise": noise, "tried": tried, "config": config})
+    return float(chosen["scale"])

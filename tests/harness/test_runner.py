@@ -231,3 +231,22 @@ def test_zoo_probes_are_used_only_for_the_weights_they_were_trained_on(tmp_path)
     ctx.adapter(cell).revision = "step9999-retrained"  # the zoo model was retrained since
     stale = probe_dir(ctx, cell, "skin_tone")
     assert stale != shipped and stale.is_relative_to(tmp_path / "out") and "step9999-retrained" in str(stale)
+
+
+def test_auto_scale_is_calibrated_on_images_judged_by_the_probe_labeler(tmp_path, tiny_model_dir):
+    from audit.methods.calibration import CALIBRATION_SEED, GRID
+
+    suite = tiny_suite(tmp_path, tiny_model_dir, samples=4,
+                       settings=[{"attributes": ["skin_tone"], "target": "uniform"}],
+                       methods=[{"name": "distribution_guidance", "params": {"scale": "auto"}}])
+    frame = run_suite(suite, tmp_path / "out")
+    assert set(frame["status"]) == {"done"}
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "calibration").glob("*.json")]
+    assert record["config"]["judge"] == "synthfaces-pseudo" and record["tried"]
+    fds = [t["fd"] for t in record["tried"]]
+    assert [t["scale"] for t in record["tried"]] == list(GRID[:len(fds)])
+    chosen = next(t for t in record["tried"] if t["fd"] <= min(fds) + record["noise"])
+    assert record["scale"] == chosen["scale"]
+    cell = next((tmp_path / "out" / "cells").iterdir())
+    assert json.loads((cell / "manifest.json").read_text())["method"]["scale"] == record["scale"]
+    assert not any(str(CALIBRATION_SEED) in p.name for p in (cell / "images").iterdir())
