@@ -25,7 +25,8 @@ from audit.store import RunStore, atomic_write_json, inside
 
 RESULT_COLUMNS = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "n", "n_valid",
                   "fd", "fd_lo", "fd_hi", "fd_soft", "kl", "chi2_p", "tost_p", "equivalent",
-                  "error_aware_fd", "fid", "fid_extractor", "clip_score", "seconds", "images_per_s", "cell_id"]
+                  "error_aware_fd", "fid", "fid_target", "fid_extractor", "clip_score", "seconds", "images_per_s",
+                  "cell_id"]
 
 
 @dataclass
@@ -344,7 +345,8 @@ def result_rows(cell: Cell, results: dict) -> list[dict]:
                      "fd_hi": m["fd_hi"], "fd_soft": m["fd_soft"], "kl": m["kl"], "chi2_p": m["chi2_p"],
                      "tost_p": m["tost_p"], "equivalent": m["equivalent"],
                      "error_aware_fd": m.get("error_aware", {}).get("fd"),
-                     "fid": fid.get("value"), "fid_extractor": fid.get("extractor"),
+                     "fid": fid.get("value"), "fid_target": fid.get("target_value"),
+                     "fid_extractor": fid.get("extractor"),
                      "clip_score": (results.get("clip_score") or {}).get("value"),
                      "seconds": cost["seconds"], "images_per_s": cost["images_per_s"]})
     return rows

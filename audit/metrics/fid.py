@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from audit.zoo.synthfaces import ATTRIBUTES
+
 
 class SynthFacesFeatures(nn.Module):
     """FID[synthfaces]: the 64-d embedding of the zoo's `synthfaces-features` CNN, a network
@@ -112,19 +114,45 @@ def reference_images(reference: str, n: int, base_dir: Path | None = None) -> to
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
 
 
-def reference_state(out: Path, extractor: str, reference: str, n: int,
-                    weights: str | None = None) -> dict[str, torch.Tensor]:
-    """The reference set's feature statistics, cached under a name that says how they were made."""
+def target_world_images(reference: str, attributes: list[str], target: list[float], n: int) -> torch.Tensor:
+    """Ground truth of the reference world with the guided attributes' joint distribution
+    replaced by the target (counts rounded to n; correlations involving them dropped): the
+    distribution a perfect debiasing method would produce, so FID against it measures what
+    guidance costs in quality without charging it for the shift it was asked to make."""
+    import numpy as np
+
+    from audit.zoo.synthfaces import WORLDS, World, generate
+
+    base = WORLDS[reference.split(":", 1)[1]]
+    marginals = {**base.marginals, **{a: tuple([1 / len(ATTRIBUTES[a])] * len(ATTRIBUTES[a])) for a in attributes}}
+    correlations = tuple(c for c in base.correlations if c.attribute not in attributes and c.given not in attributes)
+    k = len(target)
+    pool = generate(2 * n * k, World(marginals, correlations), seed=REFERENCE_SEED + 1)
+    joint = np.zeros(len(pool), dtype=int)
+    for a in attributes:
+        joint = joint * len(ATTRIBUTES[a]) + np.asarray(pool.attributes[a])
+    counts = np.floor(np.asarray(target) * n).astype(int)
+    for c in np.argsort(-(np.asarray(target) * n - counts))[: n - counts.sum()]:  # largest remainders
+        counts[c] += 1
+    chosen = np.concatenate([np.flatnonzero(joint == c)[:counts[c]] for c in range(k)])
+    return pool.tensor()[np.sort(chosen)] / 2 + 0.5
+
+
+def reference_state(out: Path, extractor: str, reference: str, n: int, weights: str | None = None,
+                    target: tuple[list[str], list[float]] | None = None) -> dict[str, torch.Tensor]:
+    """The reference set's feature statistics, cached under a name that says how they were made;
+    with `target` (attributes, joint target), the target-matched ground truth of a SynthFaces world."""
     from safetensors.torch import load_file, save_file
 
     from audit.store import inside
 
     safe = lambda text: "".join(c if c.isalnum() or c in "-_." else "_" for c in text)  # noqa: E731
-    cache = inside(out, Path("fid") / f"{safe(extractor_tag(extractor, weights))}__{safe(reference)}__n{n}.safetensors")
+    name = reference if target is None else f"{reference}-{'x'.join(target[0])}-{'_'.join(f'{v:g}' for v in target[1])}"
+    cache = inside(out, Path("fid") / f"{safe(extractor_tag(extractor, weights))}__{safe(name)}__n{n}.safetensors")
     if cache.exists():
         return load_file(cache)
     metric = make_fid(extractor, weights)
-    images = reference_images(reference, n)
+    images = reference_images(reference, n) if target is None else target_world_images(reference, *target, n)
     for i in range(0, len(images), 500):
         metric.update(images[i:i + 500], real=True)
     state = {k: getattr(metric, k).detach().clone() for k in
@@ -137,13 +165,19 @@ def reference_state(out: Path, extractor: str, reference: str, n: int,
 
 
 def cell_fid(ctx, cell) -> dict:
-    """FID[extractor] of a cell's images against the suite's reference set."""
+    """FID[extractor] of a cell's images against the suite's reference set and, for SynthFaces
+    references, also against the target-matched ground truth (`target_value`)."""
     spec = ctx.suite.fid
-    metric = make_fid(spec.extractor, spec.weights)
-    for name, value in reference_state(ctx.store.out, spec.extractor, spec.reference, spec.n, spec.weights).items():
-        setattr(metric, name, value)
-    seeds = cell.seeds
-    for i in range(0, len(seeds), 500):
-        metric.update(ctx.store.load_images(cell.cell_id, seeds[i:i + 500]), real=False)
-    return {"value": float(metric.compute()), "extractor": spec.extractor, "reference": spec.reference,
-            "n_reference": spec.n, "n": len(seeds)}
+    references = {"value": None}
+    if spec.reference.startswith("synthfaces:") and all(a in ATTRIBUTES for a in cell.setting.attributes):
+        references["target_value"] = (cell.setting.attributes, cell.setting.target_vector())
+    result = {"extractor": spec.extractor, "reference": spec.reference, "n_reference": spec.n, "n": len(cell.seeds)}
+    for key, target in references.items():
+        metric = make_fid(spec.extractor, spec.weights)
+        state = reference_state(ctx.store.out, spec.extractor, spec.reference, spec.n, spec.weights, target)
+        for name, value in state.items():
+            setattr(metric, name, value)
+        for i in range(0, len(cell.seeds), 500):
+            metric.update(ctx.store.load_images(cell.cell_id, cell.seeds[i:i + 500]), real=False)
+        result[key] = float(metric.compute())
+    return result
