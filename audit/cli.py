@@ -36,6 +36,8 @@ def run(
     address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the cell plan and estimated cost only."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    measure_only: bool = typer.Option(False, "--measure-only", help="Re-measure cells whose images exist "
+                                      "(new metrics, unfinished runs); generate nothing."),
 ):
     """Run a suite: generate, label, measure every cell; write results.csv and the report."""
     from rich.console import Console
@@ -64,7 +66,7 @@ def run(
         from audit.runner import run_suite
 
         frame = run_suite(suite, out, device=device, executor=executor, address=address, console=console,
-                          suite_path=str(suite_file))
+                          suite_path=str(suite_file), measure_only=measure_only)
     except _user_errors() as e:
         fail(str(e))
     from audit.plan_view import print_summary

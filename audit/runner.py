@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import re
 import time
@@ -40,6 +41,7 @@ class RunContext:
     fid_refs: dict = field(default_factory=dict)
     progress: object | None = None
     log: object = print
+    measure_only: bool = False  # re-measure cells whose images exist; generate nothing
 
     def adapter(self, cell: Cell):
         from audit.models.loading import load_model
@@ -306,6 +308,13 @@ def run_cell(ctx: RunContext, cell: Cell) -> dict:
     if cell.skip_reason:
         return {"status": "not_applicable", "reason": cell.skip_reason}
     metrics_file = cell_dir / "metrics.json"
+    if ctx.measure_only:
+        batches = range(math.ceil(cell.samples / cell.batch_size))
+        if not all(ctx.store.batch_done(cell.cell_id, b) for b in batches):
+            return {"status": "incomplete", "reason": "images not (all) generated; run without --measure-only"}
+        results = {"status": "done", **measure_cell(ctx, cell)}
+        atomic_write_json(metrics_file, results)
+        return results
     if metrics_file.exists():
         done = json.loads(metrics_file.read_text())
         if set(done.get("labelers", {})) >= set(ctx.suite.labelers):
@@ -369,8 +378,13 @@ def index_rows(store: RunStore, suite: Suite, cell: Cell, results: dict) -> None
 
 
 def run_suite(suite: Suite, out: str | Path, device: str = "cpu", executor: str = "local",
-              address: str | None = None, console=None, suite_path: str | None = None) -> pd.DataFrame:
-    """Run every cell (resuming what exists) and write results.csv / results.json / report."""
+              address: str | None = None, console=None, suite_path: str | None = None,
+              measure_only: bool = False) -> pd.DataFrame:
+    """Run every cell (resuming what exists) and write results.csv / results.json / report.
+    `measure_only` recomputes the metrics of cells whose images exist (e.g. after an upgrade
+    added a metric, or to report an unfinished run) and generates nothing."""
+    if measure_only and executor != "local":
+        raise SuiteError("--measure-only runs locally (measuring is cheap): drop --executor ray")
     store = RunStore(out)
     cells = plan(suite)
     atomic_write_json(store.out / "suite.json", {"path": suite_path, **suite.model_dump()})
@@ -379,7 +393,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", executor: str 
 
         all_results = run_cells_on_ray(suite, store.out, cells, device=device, address=address, console=console)
     else:
-        all_results = _run_local(suite, store, cells, device, console)
+        all_results = _run_local(suite, store, cells, device, console, measure_only)
     rows = []
     for cell, results in zip(cells, all_results, strict=True):
         index_rows(store, suite, cell, results)
@@ -391,7 +405,8 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", executor: str 
     return frame
 
 
-def _run_local(suite: Suite, store: RunStore, cells: list[Cell], device: str, console) -> list[dict]:
+def _run_local(suite: Suite, store: RunStore, cells: list[Cell], device: str, console,
+               measure_only: bool = False) -> list[dict]:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -409,7 +424,7 @@ def _run_local(suite: Suite, store: RunStore, cells: list[Cell], device: str, co
         cell_task = progress.add_task("cells", total=len(cells)) if progress else None
         image_task = progress.add_task("images", total=sum(c.samples for c in cells if not c.skip_reason)) \
             if progress else None
-        ctx = RunContext(suite=suite, store=store, device=device,
+        ctx = RunContext(suite=suite, store=store, device=device, measure_only=measure_only,
                          progress=(lambda n: progress.advance(image_task, n)) if progress else None,
                          log=(progress.console.log if progress else (lambda *a: None)))
         for cell in cells:

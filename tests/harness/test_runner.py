@@ -250,3 +250,24 @@ def test_auto_scale_is_calibrated_on_images_judged_by_the_probe_labeler(tmp_path
     cell = next((tmp_path / "out" / "cells").iterdir())
     assert json.loads((cell / "manifest.json").read_text())["method"]["scale"] == record["scale"]
     assert not any(str(CALIBRATION_SEED) in p.name for p in (cell / "images").iterdir())
+
+
+def test_measure_only_remeasures_finished_cells_and_generates_nothing(tmp_path, tiny_model_dir):
+    from audit.report.html import write_report
+
+    suite = tiny_suite(tmp_path, tiny_model_dir, methods=[{"name": "none"}], samples=4,
+                       settings=[{"attributes": ["skin_tone"], "target": "uniform"}])
+    out = tmp_path / "out"
+    first = run_suite(suite, out)
+    cell = next((out / "cells").iterdir())
+    metrics = json.loads((cell / "metrics.json").read_text())
+    (cell / "metrics.json").write_text(json.dumps({**metrics, "fid": {"value": -1.0}}))  # an older metrics version
+    bigger = tiny_suite(tmp_path, tiny_model_dir, methods=[{"name": "none"}], samples=4, settings=[
+        {"attributes": ["skin_tone"], "target": "uniform"}, {"attributes": ["eyeglasses"], "target": "uniform"}])
+    before = events(out)
+    frame = run_suite(bigger, out, measure_only=True)
+    assert events(out) == before  # nothing generated
+    done = frame[frame["status"] == "done"]
+    assert len(done) == 1 and done["fd"].tolist() == first["fd"].tolist() and done["fid"].iloc[0] >= 0
+    assert frame[frame["attributes"] == "eyeglasses"]["status"].tolist() == ["incomplete"]
+    assert write_report(out).exists()
