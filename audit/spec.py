@@ -23,6 +23,11 @@ from audit.zoo.synthfaces import ATTRIBUTE_PHRASES, ATTRIBUTES
 DEFAULT_PROMPT = "a photo of a person"  # text models' prompt when a suite gives none
 
 
+# Methods whose image i is the same whatever batch it is sampled in (per-seed noise, allocations
+# made over the whole cell); the others couple a batch's samples, so batch size is part of a cell.
+BATCH_INDEPENDENT_METHODS = ("none", "prompt")
+
+
 class SuiteError(ValueError):
     """A mistake in a suite file; the message is one line meant for the user."""
 
@@ -252,8 +257,10 @@ class Cell(BaseModel):
 
     @property
     def cell_id(self) -> str:
-        payload = json.dumps([self.model.identity(), self.method.model_dump(), self.setting.model_dump(),
-                              self.prompt, self.seed], sort_keys=True)
+        identity = [self.model.identity(), self.method.model_dump(), self.setting.model_dump(), self.prompt, self.seed]
+        if self.method.name not in BATCH_INDEPENDENT_METHODS:  # guidance couples the samples of a batch
+            identity.append(self.batch_size)
+        payload = json.dumps(identity, sort_keys=True)
         digest = hashlib.sha256(payload.encode()).hexdigest()[:8]
         prompt = "" if self.prompt is None else "__" + re.sub(r"[^a-z0-9]+", "-", self.prompt.lower())[:40]
         return f"{self.model.name}__{self.method.display}__{self.setting.key}{prompt}__{digest}"

@@ -137,3 +137,16 @@ def test_the_readme_annotated_suite_is_valid(tmp_path):
     path.write_text(block)
     suite = load_suite(path)
     assert suite.models and suite.settings and suite.labeler_options == {}
+
+
+def test_batch_size_is_part_of_a_guided_cell_but_not_of_an_unguided_one():
+    from audit.spec import Cell, MethodSpec, ModelSpec, SettingSpec
+
+    def cell_id(method, batch_size):
+        return Cell(model=ModelSpec(name="m", source="zoo:synthfaces-ddpm"), method=MethodSpec(name=method),
+                    setting=SettingSpec(attributes=["skin_tone"]), prompt=None, samples=8,
+                    batch_size=batch_size, seed=0).cell_id
+
+    assert cell_id("none", 16) == cell_id("none", 64)
+    assert cell_id("distribution_guidance", 16) != cell_id("distribution_guidance", 64)
+    assert cell_id("sample_guidance", 16) != cell_id("sample_guidance", 64)
