@@ -24,6 +24,15 @@ def collect(adapter, seeds: list[int], steps: int, batch_size: int, prompts: lis
     return torch.cat(hs, dim=1), torch.cat(images), adapter.timesteps(steps)
 
 
+def _split_and_standardise(H: torch.Tensor, val_fraction: float, seed: int):
+    """(train indices, validation indices, per-step mean [S, D], per-step std [S, D]) of H [S, N, D]."""
+    n = H.shape[1]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(round(n * val_fraction))) if n > 4 else 0
+    val, train = order[:n_val], order[n_val:]
+    return train, val, H[:, train].mean(1), H[:, train].std(1).clamp(min=1e-4)
+
+
 def fit_heads(H: torch.Tensor, labels: torch.Tensor, k: int, val_fraction: float = 0.2,
               epochs: int = 300, lr: float = 1e-2, weight_decays=(1e-3, 1e-2, 1e-1, 1.0), seed: int = 0):
     """Fit per-step multinomial logistic regressions on standardised h.
@@ -31,13 +40,9 @@ def fit_heads(H: torch.Tensor, labels: torch.Tensor, k: int, val_fraction: float
     The L2 strength is chosen by validation log-loss (calibration matters: guidance averages
     the probe's probabilities over the batch, so an overconfident probe misjudges the batch).
     Returns (weight [S, K, D], bias [S, K], mean [S, D], std [S, D], val_accuracy [S])."""
-    steps, n, dim = H.shape
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=generator)
-    n_val = max(1, int(round(n * val_fraction))) if n > 4 else 0
-    val, train = order[:n_val], order[n_val:]
-    mean = H[:, train].mean(1)
-    std = H[:, train].std(1).clamp(min=1e-4)
+    steps = H.shape[0]
+    train, val, mean, std = _split_and_standardise(H, val_fraction, seed)
+    n_val = len(val)
     Z = (H - mean[:, None]) / std[:, None]
     best = None
     for weight_decay in weight_decays if n_val else weight_decays[-1:]:
@@ -65,13 +70,9 @@ def fit_mean_heads(H: torch.Tensor, labels: torch.Tensor, k: int, val_fraction: 
     best; on the zoo DDPM, moving h along its gradient changed the images 2-3x less than moving
     it the same distance along the class-mean difference, so guidance fooled the probe instead
     of changing the attribute. Same return values as fit_heads (weights in standardised units)."""
-    steps, n, dim = H.shape
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=generator)
-    n_val = max(1, int(round(n * val_fraction))) if n > 4 else 0
-    val, train = order[:n_val], order[n_val:]
-    mean = H[:, train].mean(1)
-    std = H[:, train].std(1).clamp(min=1e-4)
+    steps = H.shape[0]
+    train, val, mean, std = _split_and_standardise(H, val_fraction, seed)
+    n_val = len(val)
     centred = H - mean[:, None]
     onehot = torch.nn.functional.one_hot(labels[train], k).float()
     counts = onehot.sum(0).clamp(min=1)
