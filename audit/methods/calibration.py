@@ -1,6 +1,6 @@
 """Automatic scale calibration for the probe-guided methods (`scale: auto`).
 
-On calibration seeds disjoint from every evaluation seed, sampled in the cell's own batch size,
+On 128 calibration seeds disjoint from every evaluation seed, sampled in the cell's own batch size,
 a geometric grid of scales is tried; each batch's final images are labelled by the suite's
 probe labeler (the labeler the probes learnt from, never an evaluation labeler) and the FD to
 the target is computed. The chosen scale is the smallest whose FD is within half the sampling
@@ -23,10 +23,10 @@ from audit.spec import DEFAULT_PROMPT
 from audit.store import atomic_write_json, inside
 
 CALIBRATION_SEED = 20_000_000
-GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+GRID = (0.25, 0.5, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 16.0)  # finer where calibrated scales fall
 
 
-def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int = 64) -> float:
+def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int = 128) -> float:
     from audit.metrics.functional import joint_labels
 
     config = {"model": cell.model.model_dump(), "method": cell.method.name, "params": params,
