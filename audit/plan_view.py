@@ -32,19 +32,18 @@ def print_plan(suite: Suite, console) -> None:
     for column in ("#", "model", "method", "attributes", "target", "prompt", "samples", "UNet evals", "est. time"):
         table.add_column(column)
     total_nfe, total_s, unknown = 0.0, 0.0, False
-    unguided_seen = set()
+    shared_seen = set()
     for i, cell in enumerate(cells):
         if cell.skip_reason:
             table.add_row(str(i), cell.model.name, cell.method.display, cell.setting.key,
                           cell.setting.target_label, cell.prompt or "", "-", "-", f"skipped: {cell.skip_reason}")
             continue
-        if cell.method.name == "none":  # unguided images are generated once and shared by settings
-            key = (cell.model.name, cell.method.display, cell.prompt)
-            if key in unguided_seen:
+        if cell.shares_images:  # generated once, shared by every setting (see runner._twin_cells)
+            if cell.image_key in shared_seen:
                 table.add_row(str(i), cell.model.name, cell.method.display, cell.setting.key,
                               cell.setting.target_label, cell.prompt or "", str(cell.samples), "0", "shared")
                 continue
-            unguided_seen.add(key)
+            shared_seen.add(cell.image_key)
         nfe, seconds = cell_cost(cell)
         total_nfe += nfe
         if seconds is None:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from audit.spec import DEFAULT_PROMPT, Cell, Suite, SuiteError, plan
+from audit.spec import DEFAULT_PROMPT, Cell, Suite, SuiteError, plan, prompt_slug
 from audit.store import RunStore, atomic_write_json, inside
 
 RESULT_COLUMNS = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "n", "n_valid",
@@ -86,7 +86,7 @@ def probe_dir(ctx: RunContext, cell: Cell, attribute: str) -> Path:
         key += f"-rev-{re.sub(r'[^A-Za-z0-9._-]+', '-', revision)[:40]}"
     if cell.prompt is not None:  # h depends on the prompt: one probe set per prompt
         digest = hashlib.sha256(cell.prompt.encode()).hexdigest()[:8]
-        key += f"/prompt-{re.sub(r'[^a-z0-9]+', '-', cell.prompt.lower())[:32].strip('-')}-{digest}"
+        key += f"/prompt-{prompt_slug(cell.prompt)[:32].strip('-')}-{digest}"
     return inside(ctx.store.out, Path("probes") / key / attribute)
 
 
@@ -118,12 +118,18 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
     probes = [Probe.load(dirs[a]) for a in attributes]
     for probe in probes:
         accuracy = [a for a in probe.meta.get("val_accuracy", []) if a == a]  # drop NaN
-        chance = max(probe.meta.get("label_counts") or [1]) / max(1, sum(probe.meta.get("label_counts") or [1]))
+        counts = probe.meta.get("label_counts") or [1]
+        chance = max(counts) / max(1, sum(counts))
         if accuracy and (max(accuracy) - chance) / max(1e-9, 1 - chance) < 0.25:  # < 25% fewer errors than majority
             ctx.log(f"warning: the {probe.attribute} probe of {cell.model.name} barely beats chance (validation "
                     f"accuracy <= {max(accuracy):.2f}, majority class {chance:.2f}): h does not encode "
                     f"{probe.attribute} linearly, so guidance on it will have little effect")
     return probes
+
+
+def unlabeled(labeler, attributes: list[str]) -> list[str]:
+    """The attributes a labeler does not label."""
+    return [a for a in attributes if a not in labeler.attributes]
 
 
 def _probe_labeler_gap(ctx: RunContext, cell: Cell) -> str | None:
@@ -133,7 +139,7 @@ def _probe_labeler_gap(ctx: RunContext, cell: Cell) -> str | None:
     if not getattr(resolve(METHODS, cell.method.name, "method"), "needs_probe", False):
         return None
     labeler = ctx.labeler(ctx.suite.probe_labeler)
-    missing = [a for a in cell.setting.attributes if a not in labeler.attributes]
+    missing = unlabeled(labeler, cell.setting.attributes)
     if missing:
         return (f"probe labeler {labeler.name} does not label {', '.join(missing)}: set probe_labeler "
                 f"to one that does")
@@ -178,7 +184,7 @@ def generate_cell(ctx: RunContext, cell: Cell, method) -> None:
     prompts_all = None
     if adapter.conditional:
         prompts_all = method.prompts([cell.prompt or DEFAULT_PROMPT] * len(seeds), seeds)
-    twins = [] if method.uses_setting else _twin_cells(ctx, cell)
+    twins = _twin_cells(ctx, cell) if cell.shares_images else []
     for b, start in enumerate(range(0, len(seeds), cell.batch_size)):
         batch_seeds = seeds[start:start + cell.batch_size]
         twin = next((t for t in twins if ctx.store.batch_done(t, b)), None)
@@ -204,11 +210,7 @@ def generate_cell(ctx: RunContext, cell: Cell, method) -> None:
 
 def _twin_cells(ctx: RunContext, cell: Cell) -> list[str]:
     """Cells of the suite that differ from `cell` only in their attribute setting."""
-    from audit.spec import plan
-
-    same = ("model", "method", "prompt", "samples", "batch_size", "seed")
-    return [c.cell_id for c in plan(ctx.suite)
-            if c.cell_id != cell.cell_id and all(getattr(c, k) == getattr(cell, k) for k in same)]
+    return [c.cell_id for c in plan(ctx.suite) if c.cell_id != cell.cell_id and c.image_key == cell.image_key]
 
 
 def label_cell(ctx: RunContext, cell: Cell, labeler_name: str) -> pd.DataFrame:
@@ -242,7 +244,7 @@ def measure_cell(ctx: RunContext, cell: Cell) -> dict:
     tables = {}
     for name in suite.labelers:
         labeler = ctx.labeler(name)
-        missing = [a for a in cell.setting.attributes if a not in labeler.attributes]
+        missing = unlabeled(labeler, cell.setting.attributes)
         if missing:  # e.g. a gender classifier in a suite that also audits skin tone
             results.setdefault("labelers_skipped", {})[name] = f"does not label {', '.join(missing)}"
             continue

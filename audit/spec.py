@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from audit.registry import LABELERS, METHODS
+from audit.registry import LABELERS, METHODS, resolve
 from audit.zoo.synthfaces import ATTRIBUTE_PHRASES, ATTRIBUTES
 
 DEFAULT_PROMPT = "a photo of a person"  # text models' prompt when a suite gives none
@@ -37,6 +37,11 @@ def directory_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
         raise ValueError("use letters, digits, '.', '_' and '-' only (it names directories)")
     return value
+
+
+def prompt_slug(prompt: str) -> str:
+    """A prompt as lowercase letters, digits and dashes, for directory names."""
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower())
 
 
 class Strict(BaseModel):
@@ -262,8 +267,20 @@ class Cell(BaseModel):
             identity.append(self.batch_size)
         payload = json.dumps(identity, sort_keys=True)
         digest = hashlib.sha256(payload.encode()).hexdigest()[:8]
-        prompt = "" if self.prompt is None else "__" + re.sub(r"[^a-z0-9]+", "-", self.prompt.lower())[:40]
+        prompt = "" if self.prompt is None else "__" + prompt_slug(self.prompt)[:40]
         return f"{self.model.name}__{self.method.display}__{self.setting.key}{prompt}__{digest}"
+
+    @property
+    def shares_images(self) -> bool:
+        """Whether the method ignores the attribute setting (unguided sampling), so cells that
+        differ only in their setting share one set of generated images."""
+        return not getattr(resolve(METHODS, self.method.name, "method"), "uses_setting", True)
+
+    @property
+    def image_key(self) -> str:
+        """Everything but the setting that decides the images of a setting-independent cell."""
+        return json.dumps([self.model.identity(), self.method.model_dump(), self.prompt, self.samples,
+                           self.batch_size, self.seed], sort_keys=True)
 
     @property
     def seeds(self) -> list[int]:
