@@ -185,12 +185,12 @@ def generate_cell(ctx: RunContext, cell: Cell, method) -> None:
     if adapter.conditional:
         prompts_all = method.prompts([cell.prompt or DEFAULT_PROMPT] * len(seeds), seeds)
     twins = _twin_cells(ctx, cell) if cell.shares_images else []
+    ctx.store.recover_cell(cell.cell_id)
     for b, start in enumerate(range(0, len(seeds), cell.batch_size)):
         batch_seeds = seeds[start:start + cell.batch_size]
         twin = next((t for t in twins if ctx.store.batch_done(t, b)), None)
         if twin is not None and not ctx.store.batch_done(cell.cell_id, b):
             ctx.store.copy_batch(twin, cell.cell_id, b)
-            ctx.store.log_event(f"reused {twin} batch {b} for {cell.cell_id} (setting-independent method)")
         if ctx.store.batch_done(cell.cell_id, b):
             if ctx.progress:
                 ctx.progress(len(batch_seeds))
@@ -201,8 +201,8 @@ def generate_cell(ctx: RunContext, cell: Cell, method) -> None:
                                guidance_scale=cell.model.guidance_scale,
                                negative_prompt=cell.model.negative_prompt, method=method)
         seconds = time.perf_counter() - t0
-        ctx.store.write_batch(cell.cell_id, b, batch_seeds, prompts, out.images, seconds, out.stats)
-        ctx.store.log_event(f"generated {cell.cell_id} batch {b} ({len(batch_seeds)} images, {seconds:.2f}s)")
+        ctx.store.write_batch(cell.cell_id, b, batch_seeds, prompts, out.images, seconds, out.stats,
+                              event=f"generated {cell.cell_id} batch {b} ({len(batch_seeds)} images, {seconds:.2f}s)")
         if ctx.progress:
             ctx.progress(len(batch_seeds))
     ctx.store.write_samples(cell.cell_id)

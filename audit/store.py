@@ -92,8 +92,9 @@ class RunStore:
         return self.cell_dir(cell_id) / "images" / f"{seed:08d}.png"
 
     def write_batch(self, cell_id: str, index: int, seeds: list[int], prompts: list[str] | None,
-                    images: torch.Tensor, seconds: float, stats: dict) -> None:
-        """Images first, then the marker that declares the batch finished."""
+                    images: torch.Tensor, seconds: float, stats: dict, event: str | None = None) -> None:
+        """Images first, then the marker that declares the batch finished, then `event` in
+        events.log (kept in the marker too, so recover_cell can replay it after a kill)."""
         for seed, image in zip(seeds, images, strict=True):
             array = (image.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
             path = self.image_path(cell_id, seed)
@@ -107,17 +108,33 @@ class RunStore:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         atomic_write_json(self.batch_marker(cell_id, index), {
-            "index": index, "seeds": seeds, "prompts": prompts, "seconds": seconds, "stats": stats})
+            "index": index, "seeds": seeds, "prompts": prompts, "seconds": seconds, "stats": stats, "event": event})
+        if event:
+            self.log_event(event)
 
     def copy_batch(self, source_cell: str, cell_id: str, index: int) -> None:
         """Reuse a finished batch of another cell (same model, method, seeds): images first,
-        then a marker that says where they came from."""
+        then a marker that says where they came from, then the event."""
         marker = json.loads(self.batch_marker(source_cell, index).read_text())
         for seed in marker["seeds"]:
             path = self.image_path(cell_id, seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, self.image_path(source_cell, seed).read_bytes())
-        atomic_write_json(self.batch_marker(cell_id, index), {**marker, "copied_from": source_cell})
+        event = f"reused {source_cell} batch {index} for {cell_id} (setting-independent method)"
+        atomic_write_json(self.batch_marker(cell_id, index), {**marker, "copied_from": source_cell, "event": event})
+        self.log_event(event)
+
+    def recover_cell(self, cell_id: str) -> None:
+        """Repair what a kill can leave behind in a cell: half-written temporary files (their
+        batch has no marker and is regenerated), and finished batches whose event events.log
+        lacks (the kill landed between the marker and the log line; the marker keeps the event)."""
+        for partial in self.cell_dir(cell_id).rglob(".*.tmp"):
+            partial.unlink(missing_ok=True)
+        log = self.out / "events.log"
+        logged = log.read_text() if log.exists() else ""
+        for marker in self.batches(cell_id):
+            if marker.get("event") and marker["event"] not in logged:
+                self.log_event(f"{marker['event']} (logged on resume)")
 
     def log_event(self, message: str) -> None:
         """Append one line to OUT/events.log, the run's audit trail (generation events)."""

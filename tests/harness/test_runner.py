@@ -270,3 +270,34 @@ def test_measure_only_remeasures_finished_cells_and_generates_nothing(tmp_path, 
     assert len(done) == 1 and done["fd"].tolist() == first["fd"].tolist() and done["fid"].iloc[0] >= 0
     assert frame[frame["attributes"] == "eyeglasses"]["status"].tolist() == ["incomplete"]
     assert write_report(out).exists()
+
+
+def test_a_batch_finished_but_not_logged_is_logged_on_resume(tmp_path, tiny_model_dir):
+    """A kill between a batch's marker and its events.log line must not leave the audit trail
+    short: the next run replays the event from the marker instead of regenerating the batch."""
+    suite = tiny_suite(tmp_path, tiny_model_dir, methods=[{"name": "none"}], samples=8,
+                       settings=[{"attributes": ["skin_tone"], "target": "uniform"}])
+    out = tmp_path / "out"
+    run_suite(suite, out)
+    lines = events(out)
+    assert len(lines) == 2
+    (out / "events.log").write_text(lines[0] + "\n")  # as if killed right after batch 1's marker
+    (next((out / "cells").iterdir()) / "metrics.json").unlink()
+    run_suite(suite, out)
+    replayed = events(out)[1:]
+    assert len(replayed) == 1 and replayed[0].endswith("(logged on resume)")
+    assert " ".join(replayed[0].split()[1:]) == " ".join(lines[1].split()[1:]) + " (logged on resume)"
+
+
+def test_half_written_files_of_a_killed_batch_are_removed_on_resume(tmp_path, tiny_model_dir):
+    suite = tiny_suite(tmp_path, tiny_model_dir, methods=[{"name": "none"}], samples=8,
+                       settings=[{"attributes": ["skin_tone"], "target": "uniform"}])
+    out = tmp_path / "out"
+    run_suite(suite, out)
+    cell = next((out / "cells").iterdir())
+    for marker in sorted((cell / "batches").glob("*.json"))[1:]:
+        marker.unlink()
+    (cell / "metrics.json").unlink()
+    (cell / "images" / ".00000004.png.abc123.tmp").write_bytes(b"half")  # killed inside write_batch
+    run_suite(suite, out)
+    assert not list(out.rglob("*.tmp"))
