@@ -171,13 +171,15 @@ def cell_fid(ctx, cell) -> dict:
     references = {"value": None}
     if spec.reference.startswith("synthfaces:") and all(a in ATTRIBUTES for a in cell.setting.attributes):
         references["target_value"] = (cell.setting.attributes, cell.setting.target_vector())
-    result = {"extractor": spec.extractor, "reference": spec.reference, "n_reference": spec.n, "n": len(cell.seeds)}
+    metrics = {}
     for key, target in references.items():
-        metric = make_fid(spec.extractor, spec.weights)
+        metrics[key] = make_fid(spec.extractor, spec.weights)
         state = reference_state(ctx.store.out, spec.extractor, spec.reference, spec.n, spec.weights, target)
         for name, value in state.items():
-            setattr(metric, name, value)
-        for i in range(0, len(cell.seeds), 500):
-            metric.update(ctx.store.load_images(cell.cell_id, cell.seeds[i:i + 500]), real=False)
-        result[key] = float(metric.compute())
-    return result
+            setattr(metrics[key], name, value)
+    for i in range(0, len(cell.seeds), 500):  # the cell's images are read once for every reference
+        images = ctx.store.load_images(cell.cell_id, cell.seeds[i:i + 500])
+        for metric in metrics.values():
+            metric.update(images, real=False)
+    return {"extractor": spec.extractor, "reference": spec.reference, "n_reference": spec.n, "n": len(cell.seeds),
+            **{key: float(metric.compute()) for key, metric in metrics.items()}}
