@@ -277,6 +277,9 @@ def probe_train(
 
 
 def main() -> None:
+    from audit.malloc import keep_freed_memory
+
+    keep_freed_memory()
     app()
 
 

@@ -13,10 +13,12 @@ from pathlib import Path
 def _context(suite_data: dict, out: str, device: str, threads: int):
     import torch
 
+    from audit.malloc import keep_freed_memory
     from audit.runner import RunContext
     from audit.spec import Suite
     from audit.store import RunStore
 
+    keep_freed_memory()
     torch.set_num_threads(threads)
     return RunContext(suite=Suite.model_validate(suite_data), store=RunStore(out), device=device,
                       log=lambda *a: None)
