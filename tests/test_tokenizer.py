@@ -12,3 +12,15 @@ def test_caption_words_are_single_tokens_and_reload(tmp_path):
     ids = tokenizer("a photo of a zebra").input_ids  # unknown words fall back to characters
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
     assert tokenizer.unk_token_id not in ids[1:-1]
+
+
+def test_vocabulary_ids_are_the_same_in_every_process():
+    """The tokenizers trainer breaks ties in hash order, which changes per process."""
+    import subprocess
+    import sys
+
+    code = ("import json; from audit.zoo.tokenizer import build_vocab_and_merges, caption_words; "
+            "print(json.dumps(build_vocab_and_merges(caption_words())[0], sort_keys=True))")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(3)}
+    assert len(runs) == 1

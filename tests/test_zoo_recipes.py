@@ -3,6 +3,7 @@ The committed weights are never retrained here."""
 
 import dataclasses
 import json
+import shutil
 
 import torch
 
@@ -90,3 +91,24 @@ def test_skip_dropout_zeroes_deep_skips_per_sample_in_training_only(tiny_unet):
         assert 0 < int(keep.sum()) < 8
         assert torch.equal(changed, ~keep)
         assert torch.allclose(unet.eval()(x, t).sample, reference, atol=1e-5)
+
+
+def test_text_to_image_training_keeps_the_tokenizer_its_encoder_learnt(tmp_path):
+    """A resumed or warm-started run must not rebuild the tokenizer: the text encoder's
+    embeddings are indexed by its ids (the BPE trainer used to renumber ties on every run)."""
+    from transformers import CLIPTokenizer
+
+    recipe = small("synthfaces-t2i", steps=1)
+    work, out = tmp_path / "work", tmp_path / "out"
+    train(recipe, work, out, log=lambda s: None)
+    vocab_file = work / "tokenizer" / "vocab.json"
+    vocab = json.loads(vocab_file.read_text())
+    vocab["dark</w>"], vocab["light</w>"] = vocab["light</w>"], vocab["dark</w>"]  # an older build's ids
+    vocab_file.write_text(json.dumps(vocab))
+    train(dataclasses.replace(recipe, steps=2), work, out, log=lambda s: None)
+    exported = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    assert exported.convert_tokens_to_ids("dark</w>") == vocab["dark</w>"]
+    # A new session without the work directory warm-starts from the export and its tokenizer.
+    shutil.rmtree(work)
+    train(dataclasses.replace(recipe, steps=3), work, out, log=lambda s: None)
+    assert CLIPTokenizer.from_pretrained(work / "tokenizer").convert_tokens_to_ids("dark</w>") == vocab["dark</w>"]

@@ -53,9 +53,21 @@ def build_vocab_and_merges(words: list[str]) -> tuple[dict[str, int], list[str]]
         learned = json.loads((Path(tmp) / "vocab.json").read_text())
         merges = (Path(tmp) / "merges.txt").read_text().splitlines()[1:]
     tokens = symbols + [s + "</w>" for s in symbols]
-    tokens += [t for t in sorted(learned, key=learned.get) if t not in set(tokens)]
+    # The trainer breaks ties between equally frequent pairs in hash order, so its ids change
+    # from run to run; ordering the learnt tokens by (length, text) makes the ids reproducible.
+    tokens += sorted((t for t in learned if t not in set(tokens)), key=lambda t: (len(t), t))
     tokens += [BOS, EOS]
     return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def load_or_save_tokenizer(directory: str | Path, max_length: int = 24):
+    """The tokenizer already in `directory` (a model's text encoder learnt its ids: a training
+    run that resumes must keep them), else a new one written there."""
+    from transformers import CLIPTokenizer
+
+    if any((Path(directory) / name).exists() for name in ("vocab.json", "tokenizer.json")):
+        return CLIPTokenizer.from_pretrained(directory)
+    return save_tokenizer(directory, max_length)
 
 
 def save_tokenizer(directory: str | Path, max_length: int = 24):

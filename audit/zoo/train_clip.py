@@ -36,9 +36,9 @@ def build(recipe: ClipRecipe, tokenizer_dir: Path):
     from transformers import CLIPConfig, CLIPModel
 
     from audit.labelers.clip_zeroshot import _image_processor_class
-    from audit.zoo.tokenizer import save_tokenizer
+    from audit.zoo.tokenizer import load_or_save_tokenizer
 
-    tokenizer = save_tokenizer(tokenizer_dir, max_length=recipe.max_length)
+    tokenizer = load_or_save_tokenizer(tokenizer_dir, max_length=recipe.max_length)
     text = {**recipe.text, "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     torch.manual_seed(recipe.data_seed)

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -35,9 +36,9 @@ def build_models(recipe: DiffusionRecipe, tokenizer_dir: Path | None = None):
         return UNet2DModel(**recipe.unet), None, None, scheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from audit.zoo.tokenizer import save_tokenizer
+    from audit.zoo.tokenizer import load_or_save_tokenizer
 
-    tokenizer = save_tokenizer(tokenizer_dir)
+    tokenizer = load_or_save_tokenizer(tokenizer_dir)
     config = CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                             **recipe.text_encoder)
@@ -111,7 +112,10 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
     from diffusers.training_utils import EMAModel
 
     workdir.mkdir(parents=True, exist_ok=True)
-    unet, text_encoder, tokenizer, scheduler = build_models(recipe, workdir / "tokenizer")
+    tokenizer_dir, exported = workdir / "tokenizer", export_dir / "tokenizer"
+    if recipe.conditional and not tokenizer_dir.exists() and exported.exists():
+        shutil.copytree(exported, tokenizer_dir)  # warm start: keep the ids the exported encoder learnt
+    unet, text_encoder, tokenizer, scheduler = build_models(recipe, tokenizer_dir)
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if text_encoder else [])
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
     ema = EMAModel(params, decay=recipe.ema_decay, use_ema_warmup=True, power=0.75)
