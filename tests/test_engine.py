@@ -265,3 +265,18 @@ def test_softened_gradient_keeps_the_calibrated_loss_and_spreads_the_push():
     # Calibrated probabilities leave the confident samples with (almost) no push.
     assert norms[1.0][0] < 1e-3 * norms[1.0][2]
     assert norms[16.0][0] > 0.3 * norms[16.0][2]
+
+
+def test_interpolated_scale_finds_the_crossing_between_grid_points():
+    from audit.methods.calibration import interpolated_scale
+
+    # The dark share rises linearly in log2(scale) from 0.2 (scale 1) to 0.6 (scale 4): it
+    # crosses the 0.5 target at log2(scale) = 1.5, between the tried scales 2 and 4.
+    tried = [{"scale": s, "p_hat": [1 - d, d]} for s, d in [(1.0, 0.2), (2.0, 0.4), (4.0, 0.6)]]
+    assert interpolated_scale(tried, [0.5, 0.5]) == pytest.approx(2 ** 1.5, rel=1e-3)
+    # A grid point that hits the target is chosen; unsorted input and a single try work.
+    assert interpolated_scale(list(reversed(tried)), [0.6, 0.4]) == pytest.approx(2.0)
+    assert interpolated_scale(tried[:1], [0.5, 0.5]) == 1.0
+    # Past a non-monotone response the closest interpolated point still wins.
+    bumpy = tried + [{"scale": 8.0, "p_hat": [0.45, 0.55]}]
+    assert interpolated_scale(bumpy, [0.5, 0.5]) == pytest.approx(2 ** 1.5, rel=1e-3)

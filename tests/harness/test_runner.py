@@ -234,7 +234,7 @@ def test_zoo_probes_are_used_only_for_the_weights_they_were_trained_on(tmp_path)
 
 
 def test_auto_scale_is_calibrated_on_images_judged_by_the_probe_labeler(tmp_path, tiny_model_dir):
-    from audit.methods.calibration import CALIBRATION_SEED, GRID
+    from audit.methods.calibration import CALIBRATION_SEED, GRID, interpolated_scale
 
     suite = tiny_suite(tmp_path, tiny_model_dir, samples=4,
                        settings=[{"attributes": ["skin_tone"], "target": "uniform"}],
@@ -245,7 +245,7 @@ def test_auto_scale_is_calibrated_on_images_judged_by_the_probe_labeler(tmp_path
     assert record["config"]["judge"] == "synthfaces-pseudo" and record["tried"]
     fds = [t["fd"] for t in record["tried"]]
     assert [t["scale"] for t in record["tried"]] == list(GRID[:len(fds)])
-    assert record["scale"] == record["tried"][fds.index(min(fds))]["scale"]
+    assert record["scale"] == interpolated_scale(record["tried"], [0.5, 0.5])
     cell = next((tmp_path / "out" / "cells").iterdir())
     assert json.loads((cell / "manifest.json").read_text())["method"]["scale"] == record["scale"]
     assert not any(str(CALIBRATION_SEED) in p.name for p in (cell / "images").iterdir())
