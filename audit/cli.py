@@ -179,6 +179,25 @@ def zoo_list():
     Console().print(table)
 
 
+@zoo_app.command("ship-calibrations")
+def zoo_ship_calibrations(run_dir: Path = typer.Argument(..., help="A run directory with calibration/ records.")):
+    """Ship a run's `scale: auto` calibrations of zoo models with the zoo, so suites on the
+    zoo (the quickstart) start calibrated. Only records of the zoo's current weights are kept."""
+    from audit.methods.calibration import ship_calibrations
+    from audit.models.loading import zoo_revision
+    from audit.zoo import is_trained, zoo_path
+    from audit.zoo.recipes import RECIPES
+
+    if not (run_dir / "calibration").is_dir():
+        fail(f"{run_dir} has no calibration/ directory: run a suite with `scale: auto` first")
+    revisions = {name: zoo_revision(zoo_path(name)) for name, recipe in RECIPES.items()
+                 if hasattr(recipe, "unet") and is_trained(name)}
+    written = ship_calibrations(run_dir, revisions)
+    for path in written:
+        typer.echo(f"shipped {path}")
+    typer.echo(f"{len(written)} calibration record(s) shipped")
+
+
 @zoo_app.command("check")
 def zoo_check(
     json_file: Path | None = typer.Option(None, "--json", help="Also write the figures to this JSON file."),

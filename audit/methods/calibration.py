@@ -1,7 +1,8 @@
 """Automatic scale calibration for the probe-guided methods (`scale: auto`).
 
 On 128 calibration seeds disjoint from every evaluation seed, sampled in the cell's own batch size,
-a geometric grid of scales is tried; each batch's final images are labelled by the suite's
+a geometric grid of scales is walked upward until it passes the optimum or stops making
+progress; each batch's final images are labelled by the suite's
 probe labeler (the labeler the probes learnt from, never an evaluation labeler) and the FD to
 the target is computed. The chosen scale minimises the FD of the class shares interpolated between the
 tried scales (`interpolated_scale`). Judging images
@@ -23,27 +24,32 @@ from audit.spec import DEFAULT_PROMPT
 from audit.store import atomic_write_json, inside
 
 CALIBRATION_SEED = 20_000_000
-GRID = (0.25, 0.5, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 16.0)  # finer where calibrated scales fall
+GRID = (1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 16.0)  # walked upward; calibrated scales fell in 2-7
+BELOW = (0.5, 0.25)  # tried only when the smallest grid scale is already the best
+PATIENCE = 3  # stop when this many larger scales brought no progress (guidance without effect)
 
 
 def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int = 128) -> float:
     from audit.metrics.functional import joint_labels
 
-    config = {"model": cell.model.model_dump(), "method": cell.method.name, "params": params,
-              "attributes": cell.setting.attributes, "target": list(target), "batch": cell.batch_size,
-              "probes": [p.meta.get("val_accuracy", [])[:3] for p in probes], "prompt": cell.prompt,
-              "judge": ctx.suite.probe_labeler, "n": n, "rule": "images, interpolated"}
-    key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    cache = inside(ctx.store.out, Path("calibration") / f"{cell.model.name}-{cell.method.name}-{key}.json")
+    adapter = ctx.adapter(cell)
+    config = calibration_config(ctx, cell, probes, target, params, n)
+    record = record_name(config)
+    cache = inside(ctx.store.out, Path("calibration") / f"{cell.model.name}-{record}")
+    shipped = shipped_calibration(cell.model.source, record)
+    if not cache.exists() and shipped is not None and shipped.exists():
+        ctx.log(f"{cell.method.name} on {cell.model.name}/{cell.setting.key}: using the zoo's calibrated scale")
+        atomic_write_json(cache, json.loads(shipped.read_text()))
     if cache.exists():
         return float(json.loads(cache.read_text())["scale"])
-    adapter, judge = ctx.adapter(cell), ctx.labeler(ctx.suite.probe_labeler)
+    judge = ctx.labeler(ctx.suite.probe_labeler)
     seeds = list(range(CALIBRATION_SEED, CALIBRATION_SEED + n))
     prompts = [cell.prompt or DEFAULT_PROMPT] * n if adapter.conditional else None
     target = np.asarray(target, dtype=float)
     noise = float(np.sqrt((target * (1 - target)).sum() / n))  # FD's sampling spread at the target
     tried = []
-    for scale in GRID:
+
+    def trial(scale: float) -> float:
         method = factory(probes=probes, target=target, **{**params, "scale": scale})
         method.start_cell(seeds)
         images = []
@@ -60,12 +66,69 @@ def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int = 
         tried.append({"scale": scale, "fd": fd, "p_hat": p_hat.round(4).tolist()})
         ctx.log(f"calibrating {cell.method.name} on {cell.model.name}/{cell.setting.key}: "
                 f"scale {scale:g} -> FD {fd:.3f} (judged by {judge.name})")
-        best = min(t["fd"] for t in tried)
-        if fd > best + 2 * noise:  # past the optimum: larger scales only overshoot further
+        return fd
+
+    for scale in GRID:
+        fd = trial(scale)
+        fds = [t["fd"] for t in tried]
+        if fd > min(fds) + 2 * noise:  # past the optimum: larger scales only overshoot further
             break
+        if len(fds) > PATIENCE and min(fds[-PATIENCE:]) > min(fds[:-PATIENCE]) - noise / 2:
+            break  # no progress: guidance barely moves this model's images
+    if min(tried, key=lambda t: t["fd"])["scale"] == GRID[0]:
+        for scale in BELOW:  # already over-guided at the smallest grid scale
+            if trial(scale) > min(t["fd"] for t in tried) + 2 * noise:
+                break
     chosen = interpolated_scale(tried, target)
     atomic_write_json(cache, {"scale": chosen, "noise": noise, "tried": tried, "config": config})
     return chosen
+
+
+def calibration_config(ctx, cell, probes, target, params: dict, n: int) -> dict:
+    """Everything a calibrated scale depends on (the model's weights by revision, not its name)."""
+    return {"model": cell.model.model_dump(exclude={"name"}), "revision": ctx.adapter(cell).revision,
+            "method": cell.method.name, "params": params, "attributes": cell.setting.attributes,
+            "target": [float(v) for v in target], "batch": cell.batch_size,
+            "probes": [p.meta.get("val_accuracy", [])[:3] for p in probes], "prompt": cell.prompt,
+            "judge": ctx.suite.probe_labeler, "n": n, "rule": "images, interpolated"}
+
+
+def record_name(config: dict) -> str:
+    """A calibration record's file name: the method and a hash of everything the scale depends on."""
+    key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{config['method']}-{key}.json"
+
+
+def shipped_dir() -> Path:
+    from audit.zoo import WEIGHTS_DIR
+
+    return WEIGHTS_DIR / "calibration"
+
+
+def shipped_calibration(source: str, record: str) -> Path | None:
+    """Where the zoo ships a calibration record for one of its models (see `ship_calibrations`)."""
+    return shipped_dir() / source[4:] / record if source.startswith("zoo:") else None
+
+
+def ship_calibrations(run_dir: Path, revisions: dict[str, str]) -> list[Path]:
+    """Copy a run's calibration records of zoo models into the zoo, so suites on the zoo (the
+    quickstart) start calibrated; records of other revisions of those models are removed.
+    `revisions` maps zoo model names to their current revision; returns the files written."""
+    written = []
+    for path in sorted((Path(run_dir) / "calibration").glob("*.json")):
+        config = json.loads(path.read_text())["config"]
+        source = config["model"].get("source", "")
+        name = source[4:] if source.startswith("zoo:") else None
+        if name not in revisions or config.get("revision") != revisions[name]:
+            continue  # not a zoo model, or calibrated on other weights
+        dest = shipped_calibration(source, record_name(config))
+        atomic_write_json(dest, json.loads(path.read_text()))
+        written.append(dest)
+    for name, revision in revisions.items():
+        for old in (shipped_dir() / name).glob("*.json"):
+            if json.loads(old.read_text())["config"].get("revision") != revision:
+                old.unlink()
+    return written
 
 
 def interpolated_scale(tried: list[dict], target: np.ndarray, points_per_interval: int = 8) -> float:

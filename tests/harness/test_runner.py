@@ -234,7 +234,7 @@ def test_zoo_probes_are_used_only_for_the_weights_they_were_trained_on(tmp_path)
 
 
 def test_auto_scale_is_calibrated_on_images_judged_by_the_probe_labeler(tmp_path, tiny_model_dir):
-    from audit.methods.calibration import CALIBRATION_SEED, GRID, interpolated_scale
+    from audit.methods.calibration import BELOW, CALIBRATION_SEED, GRID, interpolated_scale
 
     suite = tiny_suite(tmp_path, tiny_model_dir, samples=4,
                        settings=[{"attributes": ["skin_tone"], "target": "uniform"}],
@@ -243,8 +243,9 @@ def test_auto_scale_is_calibrated_on_images_judged_by_the_probe_labeler(tmp_path
     assert set(frame["status"]) == {"done"}
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "calibration").glob("*.json")]
     assert record["config"]["judge"] == "synthfaces-pseudo" and record["tried"]
-    fds = [t["fd"] for t in record["tried"]]
-    assert [t["scale"] for t in record["tried"]] == list(GRID[:len(fds)])
+    scales = [t["scale"] for t in record["tried"]]
+    walked = [s for s in scales if s in GRID]
+    assert walked == list(GRID[:len(walked)]) and scales[len(walked):] == list(BELOW[:len(scales) - len(walked)])
     assert record["scale"] == interpolated_scale(record["tried"], [0.5, 0.5])
     cell = next((tmp_path / "out" / "cells").iterdir())
     assert json.loads((cell / "manifest.json").read_text())["method"]["scale"] == record["scale"]

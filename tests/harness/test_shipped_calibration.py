@@ -1,0 +1,68 @@
+"""Zoo models ship their `scale: auto` calibrations, as they ship probes: a suite on the zoo
+starts calibrated, and records of other weights are never used."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from audit.methods import calibration
+from audit.runner import RunContext, get_probes, plan
+from audit.spec import load_suite
+from audit.store import RunStore
+
+
+@pytest.fixture
+def zoo_weights(tmp_path, monkeypatch):
+    """The zoo's calibration directory, in a temporary place."""
+    monkeypatch.setattr(calibration, "shipped_dir", lambda: tmp_path / "shipped")
+    return tmp_path / "shipped"
+
+
+def quickstart_cell(tmp_path):
+    suite = load_suite("benchmarks/quickstart.yaml")
+    ctx = RunContext(suite=suite, store=RunStore(tmp_path / "out"), log=lambda s: None)
+    cell = next(c for c in plan(suite) if c.method.name == "distribution_guidance" and not c.model.prompts)
+    return ctx, cell
+
+
+def never_called(**kwargs):
+    raise AssertionError("calibration generated images although a calibrated scale was shipped")
+
+
+def test_shipped_record_is_used_and_copied_into_the_run(tmp_path, zoo_weights):
+    ctx, cell = quickstart_cell(tmp_path)
+    probes, target = get_probes(ctx, cell), cell.setting.target_vector()
+    params = {**cell.method.params, "scale": "auto"}
+    revision = ctx.adapter(cell).revision
+    config = calibration.calibration_config(ctx, cell, probes, target, params, n=128)
+    # The run directory a maintainer calibrated in: one record of the current weights, one stale.
+    run, current = tmp_path / "calibrated-run", {"scale": 2.5, "tried": []}
+    (run / "calibration").mkdir(parents=True)
+    (run / "calibration" / "synthfaces-ddpm-a.json").write_text(json.dumps({**current, "config": config}))
+    stale = {**config, "revision": "step1-0000000000"}
+    (run / "calibration" / "synthfaces-ddpm-b.json").write_text(json.dumps({**current, "scale": 9.0, "config": stale}))
+    written = calibration.ship_calibrations(run, {"synthfaces-ddpm": revision})
+    assert [p.parent.name for p in written] == ["synthfaces-ddpm"]
+    assert written[0] == zoo_weights / "synthfaces-ddpm" / calibration.record_name(config)
+
+    fresh = RunContext(suite=ctx.suite, store=RunStore(tmp_path / "fresh"), log=lambda s: None)
+    assert calibration.calibrated_scale(fresh, cell, never_called, probes, target, params) == 2.5
+    copied = list((tmp_path / "fresh" / "calibration").glob("*.json"))
+    assert len(copied) == 1 and json.loads(copied[0].read_text())["config"]["revision"] == revision
+
+
+def test_records_of_other_weights_are_removed_when_shipping(tmp_path, zoo_weights):
+    old = zoo_weights / "synthfaces-ddpm" / "distribution_guidance-0.json"
+    old.parent.mkdir(parents=True)
+    old.write_text(json.dumps({"scale": 1.0, "config": {"revision": "step1-0000000000"}}))
+    (tmp_path / "run" / "calibration").mkdir(parents=True)
+    assert calibration.ship_calibrations(tmp_path / "run", {"synthfaces-ddpm": "step2-1111111111"}) == []
+    assert not old.exists()
+
+
+def test_cli_ship_calibrations_needs_a_calibrated_run(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "audit.cli", "zoo", "ship-calibrations", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "calibration/" in done.stderr
