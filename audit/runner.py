@@ -30,6 +30,15 @@ RESULT_COLUMNS = ["model", "method", "attributes", "target", "prompt", "labeler"
                   "cell_id"]
 
 
+def result_columns(suite: Suite) -> list[str]:
+    """RESULT_COLUMNS, with fid[X] and fid_target[X] after fid_extractor for every FID extractor
+    beyond the primary one."""
+    extra = [f"{c}[{spec.extractor}]" for spec in suite.fid[1:] for c in ("fid", "fid_target")] \
+        if "fid" in suite.metrics else []
+    at = RESULT_COLUMNS.index("fid_extractor") + 1
+    return RESULT_COLUMNS[:at] + extra + RESULT_COLUMNS[at:]
+
+
 @dataclass
 class RunContext:
     suite: Suite
@@ -255,9 +264,12 @@ def measure_cell(ctx: RunContext, cell: Cell) -> dict:
 
         results["agreement"] = labeler_agreement(tables, cell.setting)
     if "fid" in suite.metrics:
-        from audit.metrics.fid import cell_fid
+        from audit.metrics.fid import cell_fids
 
-        results["fid"] = cell_fid(ctx, cell)
+        fids = cell_fids(ctx, cell)
+        results["fid"] = fids[0]
+        if len(fids) > 1:
+            results["fid_extra"] = {f["extractor"]: f for f in fids[1:]}
     if "clip" in suite.metrics:
         from audit.metrics.clip import cell_clip_score
 
@@ -268,6 +280,39 @@ def measure_cell(ctx: RunContext, cell: Cell) -> dict:
                        "images_per_s": cell.samples / seconds if seconds else None}
     results["guidance"] = _guidance_summary(batches)
     return results
+
+
+def _add_missing_fids(ctx: RunContext, cell: Cell, done: dict, metrics_file: Path) -> dict:
+    """A finished cell measured without some of the suite's FID extractors (e.g. a run made with
+    a single extractor, or an earlier suite's cell reused) gets only those FIDs computed from its
+    images, and its metrics.json rewritten; a cell with every requested FID is returned as is."""
+    if "fid" not in ctx.suite.metrics or done.get("status") != "done" \
+            or (done.get("cost") or {}).get("images") != cell.samples:  # measured on other seeds: leave it
+        return done
+    from audit.metrics.fid import cell_fids
+
+    stored = {}
+    for entry in [done.get("fid"), *(done.get("fid_extra") or {}).values()]:
+        if isinstance(entry, dict) and entry.get("extractor") and entry.get("value") is not None:
+            stored.setdefault(entry["extractor"], entry)
+
+    def matches(entry: dict | None, spec) -> bool:
+        return entry is not None and entry.get("reference") == spec.reference and entry.get("n_reference") == spec.n
+
+    missing = [spec for spec in ctx.suite.fid if not matches(stored.get(spec.extractor), spec)]
+    if not missing:
+        return done
+    batches = range(math.ceil(cell.samples / cell.batch_size))
+    if not all(ctx.store.batch_done(cell.cell_id, b) for b in batches):
+        return done  # images gone: keep what was measured
+    stored.update({f["extractor"]: f for f in cell_fids(ctx, cell, missing)})
+    fids = [stored[spec.extractor] for spec in ctx.suite.fid]
+    done = {k: v for k, v in done.items() if k != "fid_extra"}
+    done["fid"] = fids[0]
+    if len(fids) > 1:
+        done["fid_extra"] = {f["extractor"]: f for f in fids[1:]}
+    atomic_write_json(metrics_file, done)
+    return done
 
 
 def _guidance_summary(batches: list[dict]) -> dict:
@@ -320,6 +365,7 @@ def run_cell(ctx: RunContext, cell: Cell) -> dict:
     if metrics_file.exists():
         done = json.loads(metrics_file.read_text())
         if set(done.get("labelers", {})) >= set(ctx.suite.labelers):
+            done = _add_missing_fids(ctx, cell, done, metrics_file)
             if ctx.progress:
                 ctx.progress(cell.samples)
             return done
@@ -349,6 +395,9 @@ def result_rows(cell: Cell, results: dict) -> list[dict]:
     if not results["labelers"]:
         return [{**base, "status": "no_labeler", "labeler": None}]
     fid = results.get("fid") or {}
+    extra = {}
+    for extractor, f in (results.get("fid_extra") or {}).items():
+        extra[f"fid[{extractor}]"], extra[f"fid_target[{extractor}]"] = f.get("value"), f.get("target_value")
     cost = results["cost"]
     rows = []
     for labeler, m in results["labelers"].items():
@@ -357,7 +406,7 @@ def result_rows(cell: Cell, results: dict) -> list[dict]:
                      "tost_p": m["tost_p"], "equivalent": m["equivalent"],
                      "error_aware_fd": m.get("error_aware", {}).get("fd"),
                      "fid": fid.get("value"), "fid_target": fid.get("target_value"),
-                     "fid_extractor": fid.get("extractor"),
+                     "fid_extractor": fid.get("extractor"), **extra,
                      "clip_score": (results.get("clip_score") or {}).get("value"),
                      "seconds": cost["seconds"], "images_per_s": cost["images_per_s"]})
     return rows
@@ -376,6 +425,8 @@ def index_rows(store: RunStore, suite: Suite, cell: Cell, results: dict) -> None
         metrics.append((labeler, "chi2_p", m["chi2_p"], None, None))
     if results.get("fid"):
         metrics.append(("", f"fid[{results['fid']['extractor']}]", results["fid"]["value"], None, None))
+    for extractor, f in (results.get("fid_extra") or {}).items():
+        metrics.append(("", f"fid[{extractor}]", f.get("value"), None, None))
     store.index_cell(row, metrics)
 
 
@@ -400,7 +451,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", executor: str 
     for cell, results in zip(cells, all_results, strict=True):
         index_rows(store, suite, cell, results)
         rows.extend(result_rows(cell, results))
-    frame = pd.DataFrame(rows).reindex(columns=RESULT_COLUMNS)
+    frame = pd.DataFrame(rows).reindex(columns=result_columns(suite))
     frame.to_csv(store.out / "results.csv.tmp", index=False)
     Path(store.out / "results.csv.tmp").replace(store.out / "results.csv")
     atomic_write_json(store.out / "results.json", json.loads(frame.to_json(orient="records")))

@@ -188,11 +188,29 @@ class ProbeSpec(Strict):
     batch_size: int = Field(64, ge=1)
 
 
+FID_EXTRACTORS = ("synthfaces", "mobilenet_v2", "inception")  # audit.metrics.fid.EXTRACTORS (kept torch-free)
+WEIGHTED_EXTRACTORS = ("inception",)  # extractors whose weights the user supplies
+
+
 class FidSpec(Strict):
     extractor: str = "synthfaces"
     reference: str = Field("synthfaces:biased", description="synthfaces:WORLD or a directory of images")
     n: int = Field(1000, ge=2)
     weights: str | None = Field(None, description="extractor weights file (inception: pt_inception-2015-12-05-*.pth)")
+
+    @field_validator("extractor")
+    @classmethod
+    def _known_extractor(cls, v: str) -> str:
+        if v not in FID_EXTRACTORS:
+            raise ValueError(f"unknown FID extractor {v!r}; allowed: {', '.join(FID_EXTRACTORS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _weights_only_where_supplied(self) -> FidSpec:
+        if self.weights and self.extractor not in WEIGHTED_EXTRACTORS:
+            raise ValueError(f"weights applies to the {', '.join(WEIGHTED_EXTRACTORS)} extractor, "
+                             f"not {self.extractor!r} (its weights are built in)")
+        return self
 
 
 class Suite(Strict):
@@ -210,7 +228,9 @@ class Suite(Strict):
         default_factory=dict, description="keyword options per labeler, e.g. clip_zeroshot's model_path and classes")
     probe: ProbeSpec = Field(default_factory=ProbeSpec)
     metrics: list[Literal["fairness", "fid", "clip"]] = Field(default_factory=lambda: ["fairness", "fid"])
-    fid: FidSpec = Field(default_factory=FidSpec)
+    fid: list[FidSpec] = Field(default_factory=lambda: [FidSpec()], min_length=1, description=(
+        "one FID spec or a list of them: the first is the primary FID (columns fid, fid_target), each further "
+        "extractor adds columns fid[EXTRACTOR] and fid_target[EXTRACTOR]"))
     tolerance: float = Field(0.05, gt=0, lt=1, description="TOST equivalence margin per class")
     phrases: dict[str, dict[str, str]] = Field(default_factory=dict)
     clip_model: str | None = None
@@ -222,6 +242,27 @@ class Suite(Strict):
             if name not in LABELERS:
                 raise ValueError(f"unknown labeler {name!r}; allowed: {', '.join(sorted(LABELERS))}")
         return v
+
+    @field_validator("fid", mode="before")
+    @classmethod
+    def _one_or_many_fids(cls, v):
+        return [v] if isinstance(v, dict | FidSpec) else v
+
+    @field_validator("fid")
+    @classmethod
+    def _distinct_extractors(cls, v: list[FidSpec]) -> list[FidSpec]:
+        seen = set()
+        for spec in v:
+            if spec.extractor in seen:
+                raise ValueError(f"extractor {spec.extractor!r} is listed twice; list each extractor once "
+                                 "(it names the columns fid[EXTRACTOR])")
+            seen.add(spec.extractor)
+        return v
+
+    @property
+    def fid_primary(self) -> FidSpec:
+        """The first FID spec: its values fill the columns fid, fid_target and fid_extractor."""
+        return self.fid[0]
 
     @model_validator(mode="after")
     def _independent_labelers(self) -> Suite:
@@ -321,7 +362,18 @@ def load_suite(path: str | Path, samples: int | None = None) -> Suite:
             message = f"unknown key {err['loc'][-1]!r}" + (f"; allowed: {allowed}" if allowed else "")
         elif err["type"] == "literal_error":
             message = f"{message} (got {err.get('input')!r})"
-        raise SuiteError(f"{path}: {_format_location(err['loc'])}: {message}") from None
+        loc = err["loc"]
+        if loc[:1] == ("fid",):
+            keys, got = ", ".join(FidSpec.model_fields), type(err.get("input")).__name__
+            if err["type"] == "list_type":
+                message = f"expected a mapping with keys {keys}, or a list of such mappings (got {got})"
+            elif err["type"] == "model_type":
+                message = f"each entry must be a mapping with keys {keys} (got {got})"
+            elif err["type"] == "too_short":
+                message = "give at least one FID spec (or leave fid out of metrics)"
+            if isinstance(data.get("fid"), dict) and loc[1:2] == (0,):  # a single spec: no list index to show
+                loc = ("fid", *loc[2:])
+        raise SuiteError(f"{path}: {_format_location(loc)}: {message}") from None
     for i, model in enumerate(suite.models):
         if model.prompts_file:
             prompt_path = (path.parent / model.prompts_file).resolve()

@@ -165,21 +165,29 @@ def reference_state(out: Path, extractor: str, reference: str, n: int, weights: 
 
 
 def cell_fid(ctx, cell) -> dict:
-    """FID[extractor] of a cell's images against the suite's reference set and, for SynthFaces
-    references, also against the target-matched ground truth (`target_value`)."""
-    spec = ctx.suite.fid
-    references = {"value": None}
-    if spec.reference.startswith("synthfaces:") and all(a in ATTRIBUTES for a in cell.setting.attributes):
-        references["target_value"] = (cell.setting.attributes, cell.setting.target_vector())
-    metrics = {}
-    for key, target in references.items():
-        metrics[key] = make_fid(spec.extractor, spec.weights)
-        state = reference_state(ctx.store.out, spec.extractor, spec.reference, spec.n, spec.weights, target)
-        for name, value in state.items():
-            setattr(metrics[key], name, value)
-    for i in range(0, len(cell.seeds), 500):  # the cell's images are read once for every reference
-        images = ctx.store.load_images(cell.cell_id, cell.seeds[i:i + 500])
+    """The primary FID of a cell (the suite's first FID spec); see `cell_fids`."""
+    return cell_fids(ctx, cell, ctx.suite.fid[:1])[0]
+
+
+def cell_fids(ctx, cell, specs=None) -> list[dict]:
+    """FID[extractor] of a cell's images for each FID spec (default: the suite's list, primary
+    first) against the spec's reference set and, for SynthFaces references, also against the
+    target-matched ground truth (`target_value`). The images are read once for every spec."""
+    specs = list(ctx.suite.fid if specs is None else specs)
+    metrics: dict[tuple[int, str], object] = {}
+    for i, spec in enumerate(specs):
+        references = {"value": None}
+        if spec.reference.startswith("synthfaces:") and all(a in ATTRIBUTES for a in cell.setting.attributes):
+            references["target_value"] = (cell.setting.attributes, cell.setting.target_vector())
+        for key, target in references.items():
+            metric = metrics[i, key] = make_fid(spec.extractor, spec.weights)
+            state = reference_state(ctx.store.out, spec.extractor, spec.reference, spec.n, spec.weights, target)
+            for name, value in state.items():
+                setattr(metric, name, value)
+    for start in range(0, len(cell.seeds), 500):
+        images = ctx.store.load_images(cell.cell_id, cell.seeds[start:start + 500])
         for metric in metrics.values():
             metric.update(images, real=False)
-    return {"extractor": spec.extractor, "reference": spec.reference, "n_reference": spec.n, "n": len(cell.seeds),
-            **{key: float(metric.compute()) for key, metric in metrics.items()}}
+    return [{"extractor": spec.extractor, "reference": spec.reference, "n_reference": spec.n, "n": len(cell.seeds),
+             **{key: float(metric.compute()) for (j, key), metric in metrics.items() if j == i}}
+            for i, spec in enumerate(specs)]

@@ -83,10 +83,15 @@ class MobileNetFeatures(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
+    chunk = 64  # images per forward pass: 500 images at 224 px would hold several GB of activations
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype == torch.uint8:
             images = images.float() / 255
-        images = nn.functional.interpolate(images.float(), size=(224, 224), mode="bilinear", align_corners=False,
-                                           antialias=True)
-        return self.model.pooled((images - self.mean) / self.std).double()
+        out = []
+        for part in images.float().split(self.chunk):
+            part = nn.functional.interpolate(part, size=(224, 224), mode="bilinear", align_corners=False,
+                                             antialias=True)
+            out.append(self.model.pooled((part - self.mean) / self.std).double())
+        return torch.cat(out) if out else torch.zeros(0, self.num_features, dtype=torch.float64)

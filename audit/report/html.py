@@ -159,6 +159,9 @@ class Report:
                 "target": target, "chart": None, "heatmap": None, "small_cells": [], "gallery": [],
                 "gallery_note": "no cell directory", "invalid": [], "agreement": [], "class_rows": [],
                 "fid": _fields(metrics.get("fid"), "value", "extractor", "reference", "n_reference", "n"),
+                "fid_extra": [_fields(f, "value", "extractor", "reference", "n_reference", "n")
+                              for f in (metrics.get("fid_extra") or {}).values() if isinstance(f, dict)]
+                if isinstance(metrics.get("fid_extra"), dict) else [],
                 "clip": _fields(metrics.get("clip_score"), "value", "lo", "hi", "model", "reason"),
                 "cost": _fields(metrics.get("cost"), "seconds", "images", "images_per_s") or _fields({}, "seconds",
                                                                                                   "images_per_s"),
@@ -388,7 +391,9 @@ class Report:
         if self.run.suite.get("probe_labeler"):
             probe_labelers.add(str(self.run.suite["probe_labeler"]))
         clash = sorted(probe_labelers & set(self.run.labelers))
-        fid = _fields(self.run.suite.get("fid"), "extractor", "reference", "n")
+        specs = self.run.suite.get("fid")  # one spec (older runs) or a list, primary first
+        fid = [_fields(f, "extractor", "reference", "n") for f in (specs if isinstance(specs, list) else [specs])
+               if isinstance(f, dict)]
         return {"models": [{**e, "samplers": sorted(e["samplers"]), "steps": ", ".join(sorted(e["steps"])),
                             "guidance_scale": ", ".join(sorted(e["guidance_scale"]))} for e in models.values()],
                 "seeds": sorted(seeds), "devices": sorted(devices), "labelers": list(labelers.values()),
