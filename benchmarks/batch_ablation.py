@@ -1,0 +1,122 @@
+"""Batch-size ablation for distribution guidance: FD, KL, FID and seconds per batch size.
+
+Distribution guidance steers a batch's *predicted distribution*, so it needs batches large
+enough for that distribution to mean something (the paper used 100). This runs the base suite's
+distribution-guidance entry (efficacy.yaml: `scale: auto`, chi-square) on one setting (skin tone
+toward uniform) once per batch size, each in its own run directory OUT/batch-B (resumable: the
+runner is), and writes one JSON with a row per batch size.
+
+    python benchmarks/batch_ablation.py                      # 8 16 32 64 128, 1,000 samples, 50 steps
+    python benchmarks/batch_ablation.py --n 64 --steps 10    # a quick look
+
+`scale: auto` calibrates in each cell's own batch size. Cells of batch 64 have the ids of
+efficacy.yaml's and guidance_bars.yaml's distribution-guidance skin-tone cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCHES = (8, 16, 32, 64, 128)
+
+
+def _number(value):
+    if value is None:
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def ablation_suite(base, batch_size: int, n: int | None, steps: int | None):
+    """The base suite reduced to its first model, first distribution-guidance method and the
+    skin_tone-uniform setting (else its first setting), in batches of `batch_size`."""
+    from audit.spec import SuiteError
+
+    methods = [m for m in base.methods if m.name == "distribution_guidance"]
+    if not methods:
+        raise SuiteError(f"suite {base.name!r} lists no distribution_guidance method to ablate")
+    settings = [s for s in base.settings if s.attributes == ["skin_tone"] and s.target == "uniform"] or base.settings
+    model = base.models[0].model_copy(update={"steps": steps} if steps else {})
+    return base.model_copy(update={"name": f"{base.name}-batch-{batch_size}", "models": [model],
+                                   "methods": methods[:1], "settings": settings[:1], "batch_size": batch_size,
+                                   "samples": n or base.samples})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", type=Path, default=ROOT / "benchmarks" / "efficacy.yaml",
+                        help="base suite: its first model, first distribution_guidance method, skin_tone uniform")
+    parser.add_argument("--out", type=Path, default=Path("runs/batch-ablation"), help="root of the run directories")
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    parser.add_argument("--n", type=int, default=None, help="samples per batch size (default: the suite's)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the suite's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "batch_ablation.json")
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+
+    from audit.runner import run_suite
+    from audit.spec import SuiteError, load_suite
+    from audit.store import atomic_write_json
+
+    console = Console(stderr=True)
+    try:
+        base = load_suite(args.suite)
+        if any(b < 1 for b in args.batches) or (args.n is not None and args.n < 1) or \
+                (args.steps is not None and args.steps < 1):
+            raise SuiteError("--batches, --n and --steps must be positive")
+        suites = {b: ablation_suite(base, b, args.n, args.steps) for b in args.batches}
+    except SuiteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    rows = []
+    for batch_size, suite in suites.items():
+        out = args.out / f"batch-{batch_size}"
+        console.print(f"batch size {batch_size}: {out}", markup=False, highlight=False)
+        frame = run_suite(suite, out, device=args.device, console=console, suite_path=str(args.suite))
+        primary = suite.labelers[0]
+        found = frame[frame["labeler"] == primary]
+        record = (found if len(found) else frame).iloc[0].to_dict()
+        manifest = out / "cells" / str(record["cell_id"]) / "manifest.json"
+        scale = json.loads(manifest.read_text())["method"].get("scale") if manifest.is_file() else None
+        row = {"batch_size": batch_size, "run": str(out), "cell_id": record["cell_id"], "status": record["status"],
+               "labeler": record.get("labeler"), "scale": _number(scale), "n": _number(record.get("n")),
+               "n_valid": _number(record.get("n_valid")), "fd": _number(record.get("fd")),
+               "fd_lo": _number(record.get("fd_lo")), "fd_hi": _number(record.get("fd_hi")),
+               "kl": _number(record.get("kl")), "fid": {}, "fid_target": {},
+               "seconds": _number(record.get("seconds")), "images_per_s": _number(record.get("images_per_s"))}
+        if record.get("fid_extractor"):
+            row["fid"][record["fid_extractor"]] = _number(record.get("fid"))
+            row["fid_target"][record["fid_extractor"]] = _number(record.get("fid_target"))
+        for column, value in record.items():
+            for kind in ("fid", "fid_target"):
+                if column.startswith(f"{kind}[") and column.endswith("]"):
+                    row[kind][column[len(kind) + 1:-1]] = _number(value)
+        rows.append(row)
+        console.print(f"  FD {row['fd']} [{row['fd_lo']}, {row['fd_hi']}], KL {row['kl']}, FID {row['fid']}, "
+                      f"{row['seconds']} s", markup=False, highlight=False)
+
+    first = next(iter(suites.values()))
+    result = {"suite": str(args.suite), "model": first.models[0].model_dump(include={"name", "source", "steps"}),
+              "method": first.methods[0].model_dump(), "setting": first.settings[0].model_dump(),
+              "samples": first.samples, "seed": first.seed, "labeler": first.labelers[0],
+              "fid": [f.model_dump() for f in first.fid] if "fid" in first.metrics else [], "device": args.device,
+              "batches": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.json, result)
+    console.print(f"wrote {args.json}", markup=False, highlight=False)
+    return result
+
+
+if __name__ == "__main__":
+    main()

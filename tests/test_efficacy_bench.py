@@ -1,0 +1,151 @@
+"""Issue 8's efficacy benchmarks: the suites reuse the guidance-bars cells, and
+benchmarks/batch_ablation.py and benchmarks/efficacy_table.py work end to end on tiny runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from audit.runner import run_suite
+from audit.spec import load_suite, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_efficacy_suite_has_the_guidance_bars_cell_ids():
+    bars = {c.cell_id for c in plan(load_suite(BENCH / "guidance_bars.yaml"))}
+    efficacy = load_suite(BENCH / "efficacy.yaml")
+    cells = plan(efficacy)
+    assert {c.cell_id for c in cells if c.method.name != "universal_guidance"} == bars
+    assert {c.method.name for c in cells} == {"none", "sample_guidance", "universal_guidance",
+                                              "distribution_guidance"}
+    assert len(cells) == 16 and efficacy.samples == 1000 and efficacy.batch_size == 64
+    assert [f.extractor for f in efficacy.fid] == ["synthfaces", "mobilenet_v2"]
+    sweep = plan(load_suite(BENCH / "efficacy_sweep.yaml"))
+    assert [c.cell_id for c in sweep if c.method.name == "none"][0] in bars
+    scales = {c.method.display: c.method.params["scale"] for c in sweep if c.method.name != "none"}
+    assert len(set(scales.values())) >= 5 and len(sweep) == 9
+    t2i = plan(load_suite(BENCH / "efficacy_t2i.yaml"))
+    assert {c.prompt for c in t2i} == {"a photo of a person"} and not any(c.skip_reason for c in t2i)
+    assert "prompt" in {c.method.name for c in t2i}
+
+
+def tiny_suite_file(tmp_path, model_dir, **changes) -> Path:
+    data = {"name": "tiny-efficacy", "models": [{"name": "tiny", "source": str(model_dir), "steps": 1}],
+            "methods": [{"name": "none"}, {"name": "distribution_guidance", "params": {"scale": 1.0, "loss": "chi2"}},
+                        {"name": "sample_guidance", "params": {"scale": 2.0}}],
+            "settings": [{"attributes": ["skin_tone"], "target": "uniform"},
+                         {"attributes": ["hair_color"], "target": "uniform"}],
+            "samples": 4, "batch_size": 4, "seed": 0, "labelers": ["synthfaces-eval"],
+            "probe_labeler": "synthfaces-pseudo", "probe": {"n": 16, "batch_size": 8},
+            "metrics": ["fairness", "fid"], "fid": [{"extractor": "synthfaces", "n": 40}]}
+    data.update(changes)
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_batch_ablation_end_to_end(tmp_path, tiny_model_dir):
+    ablation = script("batch_ablation")
+    suite = tiny_suite_file(tmp_path, tiny_model_dir,
+                            models=[{"name": "tiny", "source": str(tiny_model_dir), "steps": 3}])
+    out, result_file = tmp_path / "runs", tmp_path / "batch_ablation.json"
+    args = ["--suite", str(suite), "--out", str(out), "--batches", "2", "4", "--n", "4", "--steps", "1",
+            "--json", str(result_file)]
+    result = ablation.main(args)
+    assert json.loads(result_file.read_text()) == json.loads(json.dumps(result))
+    assert result["samples"] == 4 and result["model"]["steps"] == 1 and result["setting"]["attributes"] == ["skin_tone"]
+    assert result["method"]["name"] == "distribution_guidance" and result["fid"][0]["extractor"] == "synthfaces"
+    rows = result["batches"]
+    assert [r["batch_size"] for r in rows] == [2, 4] and {r["status"] for r in rows} == {"done"}
+    for r in rows:
+        assert r["fd_lo"] <= r["fd"] <= r["fd_hi"] and r["kl"] >= 0 and r["scale"] == 1.0
+        assert r["fid"]["synthfaces"] > 0 and r["seconds"] > 0 and r["n"] == 4
+        csv = pd.read_csv(Path(r["run"]) / "results.csv")
+        assert len(csv) == 1 and csv["method"].tolist() == ["distribution_guidance"]
+    assert rows[0]["cell_id"] != rows[1]["cell_id"]  # batch size is part of a guided cell
+    events = {r["batch_size"]: (Path(r["run"]) / "events.log").read_text() for r in rows}
+    again = ablation.main(args)  # resumable: the runner reuses every finished cell
+    assert [r["fd"] for r in again["batches"]] == [r["fd"] for r in rows]
+    assert {r["batch_size"]: (Path(r["run"]) / "events.log").read_text() for r in rows} == events
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("efficacy")
+    out = tmp / "out"
+    run_suite(load_suite(tiny_suite_file(tmp, tiny_model_dir)), out)
+    return out
+
+
+def test_efficacy_table_end_to_end(tiny_run, tmp_path, capsys):
+    table_script = script("efficacy_table")
+    json_file, md_file = tmp_path / "efficacy.json", tmp_path / "efficacy.md"
+    table = table_script.main([str(tiny_run), "--json", str(json_file), "--markdown", str(md_file)])
+    printed = capsys.readouterr().out
+    assert json.loads(json_file.read_text()) == json.loads(json.dumps(table))
+    csv = pd.read_csv(tiny_run / "results.csv")
+    assert len(table["rows"]) == len(csv) == 6 and table["extractors"] == ["synthfaces"]
+
+    lines = md_file.read_text().splitlines()
+    assert lines[0] == "| Setting | Method | FD [95% CI] | KL | FID[synthfaces] | Seconds |"
+    assert lines[1] == "|---|---|---:|---:|---:|---:|"
+    body = [ln for ln in lines[2:] if ln.startswith("|")]
+    assert len(body) == 6 and all(ln.count("|") == 7 for ln in body)
+    for setting, group in csv.groupby("attributes"):
+        best = group.loc[group["fd"].idxmin()]
+        label = "skin_tone uniform" if setting == "skin_tone" else "hair_color uniform"
+        marked = [ln for ln in body if ln.startswith(f"| {label} |") and "**" in ln]
+        assert len(marked) >= 1 and any(f"| {best['method']} |" in ln for ln in marked)
+        bar = next(b for b in table["settings"] if b["setting"] == label)
+        dg, sg = (group[group["method"] == m].iloc[0] for m in ("distribution_guidance", "sample_guidance"))
+        expected = bool(dg["fd"] == group["fd"].min() and dg["fid"] <= sg["fid"])
+        assert bar["passed"] == expected
+        assert f"{'PASS' if expected else 'FAIL'}  {label}:" in printed
+    assert table["passed"] == all(b["passed"] for b in table["settings"])
+
+
+def test_efficacy_table_bar_verdicts(tmp_path):
+    """The bar on a results.csv with known numbers: passes only where distribution guidance has
+    the lowest FD and an FID no larger than sample guidance's, for every extractor measured."""
+    table_script = script("efficacy_table")
+    rows = []
+    for setting, dg, sg in (("a", (0.02, 5.0, 9.0), (0.10, 6.0, 9.5)),    # pass
+                            ("b", (0.02, 7.0, 9.0), (0.10, 6.0, 9.5)),    # FID[synthfaces] larger
+                            ("c", (0.02, 5.0, 9.9), (0.10, 6.0, 9.5)),    # FID[mobilenet_v2] larger
+                            ("d", (0.20, 5.0, 9.0), (0.10, 6.0, 9.5))):   # not the lowest FD
+        for method, (fd, fid, mob) in (("none", (0.5, 4.0, 8.0)), ("distribution_guidance", dg),
+                                       ("sample_guidance", sg)):
+            rows.append({"model": "m", "method": method, "attributes": setting, "target": "uniform", "prompt": None,
+                         "labeler": "synthfaces-eval", "status": "done", "n": 100, "n_valid": 100, "fd": fd,
+                         "fd_lo": fd / 2, "fd_hi": fd * 2, "kl": fd, "fid": fid, "fid_target": fid,
+                         "fid_extractor": "synthfaces", "fid[mobilenet_v2]": mob, "fid_target[mobilenet_v2]": mob,
+                         "seconds": 12.0, "cell_id": f"{setting}-{method}"})
+    rows.append({**rows[0], "method": "prompt", "status": "not_applicable", "fd": None, "cell_id": "a-prompt"})
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame(rows).to_csv(run / "results.csv", index=False)
+    table = table_script.main([str(run), "--markdown", str(tmp_path / "t.md")])
+    verdicts = {b["setting"]: b["passed"] for b in table["settings"]}
+    assert verdicts == {"a uniform": True, "b uniform": False, "c uniform": False, "d uniform": False}
+    assert not table["passed"] and table["extractors"] == ["synthfaces", "mobilenet_v2"]
+    text = (tmp_path / "t.md").read_text()
+    assert "| a uniform | distribution_guidance | **0.020 [0.010, 0.040]** | 0.020 | 5.00 | 9.00 | 12 |" in text
+    assert "| d uniform | sample_guidance | **0.100 [0.050, 0.200]** |" in text
+    assert "| a uniform | prompt | — (not_applicable) |" in text
+    with pytest.raises(SystemExit) as exit_:
+        table_script.main([str(tmp_path / "missing")])
+    assert exit_.value.code == 2
