@@ -136,6 +136,18 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
     return probes
 
 
+def _scale_of_started_cell(ctx: RunContext, cell: Cell) -> float | None:
+    """The scale a killed cell's finished batches were generated with: a resumed cell must
+    finish at that scale even if calibration would now choose another (a changed rule,
+    a deleted calibration record)."""
+    cell_dir = ctx.store.cell_dir(cell.cell_id)
+    manifest = cell_dir / "manifest.json"
+    if not manifest.exists() or not any((cell_dir / "batches").glob("*.json")):
+        return None
+    scale = json.loads(manifest.read_text()).get("method", {}).get("scale")
+    return float(scale) if isinstance(scale, int | float) else None
+
+
 def unlabeled(labeler, attributes: list[str]) -> list[str]:
     """The attributes a labeler does not label."""
     return [a for a in attributes if a not in labeler.attributes]
@@ -178,7 +190,9 @@ def build_method(ctx: RunContext, cell: Cell):
         if scale == "auto":
             from audit.methods.calibration import calibrated_scale
 
-            params["scale"] = calibrated_scale(ctx, cell, factory, probes, target, params)
+            resumed = _scale_of_started_cell(ctx, cell)
+            params["scale"] = resumed if resumed is not None else calibrated_scale(ctx, cell, factory, probes,
+                                                                                   target, params)
         return factory(probes=probes, target=target, **params)
     except TypeError as e:
         raise SuiteError(f"methods '{spec.display}': bad params: {e}") from None

@@ -252,6 +252,27 @@ def test_auto_scale_is_calibrated_on_images_judged_by_the_probe_labeler(tmp_path
     assert not any(str(CALIBRATION_SEED) in p.name for p in (cell / "images").iterdir())
 
 
+def test_a_resumed_cell_keeps_the_scale_its_images_were_generated_with(tmp_path, tiny_model_dir):
+    suite = tiny_suite(tmp_path, tiny_model_dir, samples=4,
+                       settings=[{"attributes": ["skin_tone"], "target": "uniform"}],
+                       methods=[{"name": "distribution_guidance", "params": {"scale": "auto"}}])
+    out = tmp_path / "out"
+    run_suite(suite, out)
+    cell = next((out / "cells").iterdir())
+    # Killed after generating, before measuring; since then the calibration record is gone
+    # (or the calibration rule changed and would choose another scale).
+    (cell / "metrics.json").unlink()
+    for record in (out / "calibration").glob("*.json"):
+        record.unlink()
+    manifest = json.loads((cell / "manifest.json").read_text())
+    manifest["method"]["scale"] = 0.125
+    (cell / "manifest.json").write_text(json.dumps(manifest))
+    frame = run_suite(suite, out)
+    assert set(frame["status"]) == {"done"}
+    assert not list((out / "calibration").glob("*.json"))  # nothing recalibrated
+    assert json.loads((cell / "manifest.json").read_text())["method"]["scale"] == 0.125
+
+
 def test_measure_only_remeasures_finished_cells_and_generates_nothing(tmp_path, tiny_model_dir):
     from audit.report.html import write_report
 
