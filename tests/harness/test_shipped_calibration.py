@@ -66,3 +66,19 @@ def test_cli_ship_calibrations_needs_a_calibrated_run(tmp_path):
     done = subprocess.run([sys.executable, "-m", "audit.cli", "zoo", "ship-calibrations", str(tmp_path)],
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "calibration/" in done.stderr
+
+
+def test_every_calibrated_quickstart_cell_has_a_shipped_record(tmp_path):
+    """Otherwise a fresh quickstart calibrates at run time and misses its 10-minute bar."""
+    suite = load_suite("benchmarks/quickstart.yaml")
+    ctx = RunContext(suite=suite, store=RunStore(tmp_path / "out"), log=lambda s: None)
+    missing = []
+    for cell in plan(suite):
+        if cell.skip_reason or cell.method.params.get("scale") != "auto":
+            continue
+        probes, target = get_probes(ctx, cell), cell.setting.target_vector()
+        n = calibration.calibration_samples(len(target))
+        config = calibration.calibration_config(ctx, cell, probes, target, dict(cell.method.params), n=n)
+        if not calibration.shipped_calibration(cell.model.source, calibration.record_name(config)).exists():
+            missing.append(cell.cell_id)
+    assert not missing, f"run the quickstart, then `diffaudit zoo ship-calibrations runs/quickstart`: {missing}"
