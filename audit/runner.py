@@ -296,6 +296,10 @@ def measure_cell(ctx: RunContext, cell: Cell) -> dict:
     return results
 
 
+def _all_batches_done(ctx: RunContext, cell: Cell) -> bool:
+    return all(ctx.store.batch_done(cell.cell_id, b) for b in range(math.ceil(cell.samples / cell.batch_size)))
+
+
 def _add_missing_fids(ctx: RunContext, cell: Cell, done: dict, metrics_file: Path) -> dict:
     """A finished cell measured without some of the suite's FID extractors (e.g. a run made with
     a single extractor, or an earlier suite's cell reused) gets only those FIDs computed from its
@@ -316,8 +320,7 @@ def _add_missing_fids(ctx: RunContext, cell: Cell, done: dict, metrics_file: Pat
     missing = [spec for spec in ctx.suite.fid if not matches(stored.get(spec.extractor), spec)]
     if not missing:
         return done
-    batches = range(math.ceil(cell.samples / cell.batch_size))
-    if not all(ctx.store.batch_done(cell.cell_id, b) for b in batches):
+    if not _all_batches_done(ctx, cell):
         return done  # images gone: keep what was measured
     stored.update({f["extractor"]: f for f in cell_fids(ctx, cell, missing)})
     fids = [stored[spec.extractor] for spec in ctx.suite.fid]
@@ -370,8 +373,7 @@ def run_cell(ctx: RunContext, cell: Cell) -> dict:
         return {"status": "not_applicable", "reason": cell.skip_reason}
     metrics_file = cell_dir / "metrics.json"
     if ctx.measure_only:
-        batches = range(math.ceil(cell.samples / cell.batch_size))
-        if not all(ctx.store.batch_done(cell.cell_id, b) for b in batches):
+        if not _all_batches_done(ctx, cell):
             return {"status": "incomplete", "reason": "images not (all) generated; run without --measure-only"}
         results = {"status": "done", **measure_cell(ctx, cell)}
         atomic_write_json(metrics_file, results)

@@ -259,11 +259,6 @@ class Suite(Strict):
             seen.add(spec.extractor)
         return v
 
-    @property
-    def fid_primary(self) -> FidSpec:
-        """The first FID spec: its values fill the columns fid, fid_target and fid_extractor."""
-        return self.fid[0]
-
     @model_validator(mode="after")
     def _independent_labelers(self) -> Suite:
         if self.probe_labeler in self.labelers and any(m.name.endswith("guidance") for m in self.methods):

@@ -125,13 +125,14 @@ def ship_calibrations(run_dir: Path, revisions: dict[str, str]) -> list[Path]:
     `revisions` maps zoo model names to their current revision; returns the files written."""
     written = []
     for path in sorted((Path(run_dir) / "calibration").glob("*.json")):
-        config = json.loads(path.read_text())["config"]
+        data = json.loads(path.read_text())
+        config = data["config"]
         source = config["model"].get("source", "")
         name = source[4:] if source.startswith("zoo:") else None
         if name not in revisions or config.get("revision") != revisions[name]:
             continue  # not a zoo model, or calibrated on other weights
         dest = shipped_calibration(source, record_name(config))
-        atomic_write_json(dest, json.loads(path.read_text()))
+        atomic_write_json(dest, data)
         written.append(dest)
     for name, revision in revisions.items():
         for old in (shipped_dir() / name).glob("*.json"):

@@ -164,11 +164,6 @@ def reference_state(out: Path, extractor: str, reference: str, n: int, weights: 
     return state
 
 
-def cell_fid(ctx, cell) -> dict:
-    """The primary FID of a cell (the suite's first FID spec); see `cell_fids`."""
-    return cell_fids(ctx, cell, ctx.suite.fid[:1])[0]
-
-
 def cell_fids(ctx, cell, specs=None) -> list[dict]:
     """FID[extractor] of a cell's images for each FID spec (default: the suite's list, primary
     first) against the spec's reference set and, for SynthFaces references, also against the

@@ -40,7 +40,7 @@ def test_extractor_names_match_the_metric_module():
 def test_one_spec_or_a_list(tmp_path, tiny_model_dir):
     single = tiny_suite(tmp_path, tiny_model_dir, SYNTHFACES, "a.yaml")
     listed = tiny_suite(tmp_path, tiny_model_dir, [SYNTHFACES, MOBILENET], "b.yaml")
-    assert [f.extractor for f in single.fid] == ["synthfaces"] and single.fid_primary.n == 40
+    assert [f.extractor for f in single.fid] == ["synthfaces"] and single.fid[0].n == 40
     assert [f.extractor for f in listed.fid] == ["synthfaces", "mobilenet_v2"]
     from audit.spec import plan
 
