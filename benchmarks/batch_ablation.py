@@ -17,22 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (8, 16, 32, 64, 128)
-
-
-def _number(value):
-    if value is None:
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def ablation_suite(base, batch_size: int, n: int | None, steps: int | None):
@@ -64,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from rich.console import Console
 
+    from audit.report.load import fid_values, number
     from audit.runner import run_suite
     from audit.spec import SuiteError, load_suite
     from audit.store import atomic_write_json
@@ -89,19 +79,13 @@ def main(argv: list[str] | None = None) -> dict:
         record = (found if len(found) else frame).iloc[0].to_dict()
         manifest = out / "cells" / str(record["cell_id"]) / "manifest.json"
         scale = json.loads(manifest.read_text())["method"].get("scale") if manifest.is_file() else None
+        fids, fid_targets = fid_values(record)
         row = {"batch_size": batch_size, "run": str(out), "cell_id": record["cell_id"], "status": record["status"],
-               "labeler": record.get("labeler"), "scale": _number(scale), "n": _number(record.get("n")),
-               "n_valid": _number(record.get("n_valid")), "fd": _number(record.get("fd")),
-               "fd_lo": _number(record.get("fd_lo")), "fd_hi": _number(record.get("fd_hi")),
-               "kl": _number(record.get("kl")), "fid": {}, "fid_target": {},
-               "seconds": _number(record.get("seconds")), "images_per_s": _number(record.get("images_per_s"))}
-        if record.get("fid_extractor"):
-            row["fid"][record["fid_extractor"]] = _number(record.get("fid"))
-            row["fid_target"][record["fid_extractor"]] = _number(record.get("fid_target"))
-        for column, value in record.items():
-            for kind in ("fid", "fid_target"):
-                if column.startswith(f"{kind}[") and column.endswith("]"):
-                    row[kind][column[len(kind) + 1:-1]] = _number(value)
+               "labeler": record.get("labeler"), "scale": number(scale), "n": number(record.get("n")),
+               "n_valid": number(record.get("n_valid")), "fd": number(record.get("fd")),
+               "fd_lo": number(record.get("fd_lo")), "fd_hi": number(record.get("fd_hi")),
+               "kl": number(record.get("kl")), "fid": fids, "fid_target": fid_targets,
+               "seconds": number(record.get("seconds")), "images_per_s": number(record.get("images_per_s"))}
         rows.append(row)
         console.print(f"  FD {row['fd']} [{row['fd_lo']}, {row['fd_hi']}], KL {row['kl']}, FID {row['fid']}, "
                       f"{row['seconds']} s", markup=False, highlight=False)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from audit.report.load import fid_values, number, text
 from audit.spec import SettingSpec
 
 EXTRACTOR_ORDER = ("synthfaces", "mobilenet_v2", "inception")
@@ -30,20 +30,6 @@ DASH = "—"
 
 class TableError(ValueError):
     """A run that cannot be tabulated; one line for the user."""
-
-
-def _number(value) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _text(value) -> str | None:
-    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else str(value)
 
 
 def read_run(out: Path, labeler: str | None) -> list[dict]:
@@ -80,27 +66,20 @@ def read_run(out: Path, labeler: str | None) -> list[dict]:
     for record in frame.astype(object).where(frame.notna(), None).to_dict("records"):
         if record.get("labeler") not in (chosen, None):
             continue
-        fids, fid_targets = {}, {}
-        if record.get("fid_extractor"):
-            fids[str(record["fid_extractor"])] = _number(record.get("fid"))
-            fid_targets[str(record["fid_extractor"])] = _number(record.get("fid_target"))
-        for column, value in record.items():
-            for kind, into in (("fid", fids), ("fid_target", fid_targets)):
-                if column.startswith(f"{kind}[") and column.endswith("]"):
-                    into[column[len(kind) + 1:-1]] = _number(value)
+        fids, fid_targets = fid_values(record)
         method = str(record["method"])
         rows.append({"run": str(out), "model": str(record["model"]), "attributes": str(record["attributes"]),
                      "attributes_label": setting_names.get(str(record["attributes"]), str(record["attributes"])),
                      "target": str(record["target"]),
                      "target_label": target_names.get((str(record["attributes"]), str(record["target"])),
                                                       str(record["target"])),
-                     "prompt": _text(record.get("prompt")), "method": method,
-                     "base_method": base_names.get(method, method), "status": _text(record.get("status")),
-                     "labeler": _text(record.get("labeler")), "n": _number(record.get("n")),
-                     "n_valid": _number(record.get("n_valid")), "fd": _number(record.get("fd")),
-                     "fd_lo": _number(record.get("fd_lo")), "fd_hi": _number(record.get("fd_hi")),
-                     "kl": _number(record.get("kl")), "fid": fids, "fid_target": fid_targets,
-                     "seconds": _number(record.get("seconds")), "cell_id": _text(record.get("cell_id"))})
+                     "prompt": text(record.get("prompt")), "method": method,
+                     "base_method": base_names.get(method, method), "status": text(record.get("status")),
+                     "labeler": text(record.get("labeler")), "n": number(record.get("n")),
+                     "n_valid": number(record.get("n_valid")), "fd": number(record.get("fd")),
+                     "fd_lo": number(record.get("fd_lo")), "fd_hi": number(record.get("fd_hi")),
+                     "kl": number(record.get("kl")), "fid": fids, "fid_target": fid_targets,
+                     "seconds": number(record.get("seconds")), "cell_id": text(record.get("cell_id"))})
     return rows
 
 
@@ -197,14 +176,14 @@ def main(argv: list[str] | None = None) -> dict:
     except (TableError, json.JSONDecodeError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2) from None
-    text = markdown(table)
+    rendered = markdown(table)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text)
+        args.markdown.write_text(rendered)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(table, indent=2) + "\n")
-    print(text)
+    print(rendered)
     for bar in table["settings"]:
         detail = bar.get("reason") or (f"lowest FD: {'yes' if bar['lowest_fd'] else 'no'}; " + "; ".join(
             f"FID[{e}] {v[args.dg]:.2f} vs {v[args.sg]:.2f}" for e, v in bar["fid"].items()))

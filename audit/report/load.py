@@ -44,6 +44,20 @@ def text(value) -> str | None:
     return str(value)
 
 
+def fid_values(record: dict) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """({extractor: FID}, {extractor: FID to the target-matched reference}) of one result row:
+    the primary extractor's `fid`/`fid_target` columns and every extra `fid[X]`/`fid_target[X]`."""
+    fids, fid_targets = {}, {}
+    if record.get("fid_extractor"):
+        fids[str(record["fid_extractor"])] = number(record.get("fid"))
+        fid_targets[str(record["fid_extractor"])] = number(record.get("fid_target"))
+    for column, value in record.items():
+        for kind, into in (("fid", fids), ("fid_target", fid_targets)):
+            if column.startswith(f"{kind}[") and column.endswith("]"):
+                into[column[len(kind) + 1:-1]] = number(value)
+    return fids, fid_targets
+
+
 def flag(value) -> bool | None:
     if isinstance(value, bool):
         return value

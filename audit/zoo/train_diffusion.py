@@ -138,7 +138,7 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
     stop = _stop_on_sigterm()
     alphas = scheduler.alphas_cumprod
     generator = torch.Generator().manual_seed(recipe.data_seed)
-    running = None
+    running, recent, recent_steps = None, 0.0, 0  # wall time and steps since the last log line
     SkipDropout(unet, recipe.skip_dropout, recipe.skip_dropout_levels, generator)  # reseeded every step
     unet.train()
     while step < end:
@@ -163,10 +163,12 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
         ema.step(params)
         step += 1
         wall += time.time() - t0
+        recent, recent_steps = recent + time.time() - t0, recent_steps + 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0:
-            log(f"{recipe.name} step {step}/{recipe.steps} loss {running:.4f} "
-                f"{wall / step:.2f}s/step lr {optimizer.param_groups[0]['lr']:.2e}")
+        if step % 50 == 0:  # the rate since the last line, not the mean of every run so far
+            rate, recent, recent_steps = recent / recent_steps, 0.0, 0
+            log(f"{recipe.name} step {step}/{recipe.steps} loss {running:.4f} {rate:.2f}s/step "
+                f"lr {optimizer.param_groups[0]['lr']:.2e} eta {(end - step) * rate / 3600:.1f} h")
         if stop["requested"]:
             log(f"SIGTERM: saving {recipe.name} at step {step} and stopping")
             end = step
