@@ -14,6 +14,7 @@ shipped with the zoo (`ship_calibrations`).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int | 
     n = n or calibration_samples(len(target))
 
     adapter = ctx.adapter(cell)
-    config = calibration_config(ctx, cell, probes, target, params, n)
+    config = calibration_config(ctx, cell, factory, probes, target, params, n)
     record = record_name(config)
     cache = inside(ctx.store.out, Path("calibration") / f"{cell.model.name}-{record}")
     shipped = shipped_calibration(cell.model.source, record)
@@ -93,11 +94,20 @@ def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int | 
     return chosen
 
 
-def calibration_config(ctx, cell, probes, target, params: dict, n: int) -> dict:
-    """Everything a calibrated scale depends on (the model's weights by revision, not its name)."""
+def effective_params(factory, params: dict) -> dict:
+    """The method's keyword defaults overlaid with the suite's params: a record calibrated under
+    one default (say `stop`) must not be reused once that default changes."""
+    defaults = {name: p.default for name, p in inspect.signature(factory).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **params}
+
+
+def calibration_config(ctx, cell, factory, probes, target, params: dict, n: int) -> dict:
+    """Everything a calibrated scale depends on (the model's weights by revision, not its name;
+    the method's params with its defaults filled in)."""
     return {"model": cell.model.model_dump(exclude={"name"}), "revision": ctx.adapter(cell).revision,
-            "method": cell.method.name, "params": params, "attributes": cell.setting.attributes,
-            "target": [float(v) for v in target], "batch": cell.batch_size,
+            "method": cell.method.name, "params": effective_params(factory, params),
+            "attributes": cell.setting.attributes, "target": [float(v) for v in target], "batch": cell.batch_size,
             "probes": [p.meta.get("val_accuracy", [])[:3] for p in probes], "prompt": cell.prompt,
             "judge": ctx.suite.probe_labeler, "n": n, "rule": "images, interpolated"}
 

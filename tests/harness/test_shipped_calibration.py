@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from audit.methods import calibration
+from audit.registry import METHODS, resolve
 from audit.runner import RunContext, get_probes, plan
 from audit.spec import load_suite
 from audit.store import RunStore
@@ -36,7 +37,7 @@ def test_shipped_record_is_used_and_copied_into_the_run(tmp_path, zoo_weights):
     probes, target = get_probes(ctx, cell), cell.setting.target_vector()
     params = {**cell.method.params, "scale": "auto"}
     revision = ctx.adapter(cell).revision
-    config = calibration.calibration_config(ctx, cell, probes, target, params, n=128)
+    config = calibration.calibration_config(ctx, cell, never_called, probes, target, params, n=128)
     # The run directory a maintainer calibrated in: one record of the current weights, one stale.
     run, current = tmp_path / "calibrated-run", {"scale": 2.5, "tried": []}
     (run / "calibration").mkdir(parents=True)
@@ -78,7 +79,28 @@ def test_every_calibrated_quickstart_cell_has_a_shipped_record(tmp_path):
             continue
         probes, target = get_probes(ctx, cell), cell.setting.target_vector()
         n = calibration.calibration_samples(len(target))
-        config = calibration.calibration_config(ctx, cell, probes, target, dict(cell.method.params), n=n)
+        factory = resolve(METHODS, cell.method.name, "method")
+        config = calibration.calibration_config(ctx, cell, factory, probes, target, dict(cell.method.params), n=n)
         if not calibration.shipped_calibration(cell.model.source, calibration.record_name(config)).exists():
             missing.append(cell.cell_id)
     assert not missing, f"run the quickstart, then `diffaudit zoo ship-calibrations runs/quickstart`: {missing}"
+
+
+def test_a_changed_method_default_does_not_reuse_a_record(tmp_path):
+    """Records are keyed by the method's effective params: defaults count as if written out."""
+    ctx, cell = quickstart_cell(tmp_path)
+    probes, target = get_probes(ctx, cell), cell.setting.target_vector()
+    factory = resolve(METHODS, cell.method.name, "method")
+
+    def key(method_factory, params):
+        config = calibration.calibration_config(ctx, cell, method_factory, probes, target, params, n=128)
+        return calibration.record_name(config)
+
+    def other_default(probes, target, scale=1.0, loss="chi2", path="h", start=0.0, stop=0.5, normalize=True,
+                      grad_tau=8.0):
+        raise AssertionError("never built")
+
+    assert calibration.effective_params(factory, {"scale": "auto"})["stop"] == 1.0
+    assert key(factory, {"scale": "auto"}) == key(factory, {"scale": "auto", "stop": 1.0})
+    assert key(factory, {"scale": "auto"}) != key(other_default, {"scale": "auto"})
+    assert key(factory, {"scale": "auto"}) != key(factory, {"scale": "auto", "stop": 0.8})
