@@ -111,6 +111,10 @@ def test_guided_sampling_runs_end_to_end(tiny_adapter, path):
     assert torch.isfinite(guided.images).all() and not torch.equal(plain, guided.images)
     late = DistributionGuidance([probe], [0.9, 0.1], path=path, start=0.5)
     assert len(tiny_adapter.generate(seeds, steps=4, method=late).stats["loss"]) == 2
+    early = DistributionGuidance([probe], [0.9, 0.1], path=path, stop=0.5)
+    assert len(tiny_adapter.generate(seeds, steps=4, method=early).stats["loss"]) == 2
+    default = DistributionGuidance([probe], [0.9, 0.1], path=path)  # stop 0.8: progress 0.9 is not guided
+    assert len(tiny_adapter.generate(seeds, steps=10, method=default).stats["loss"]) == 8
 
 
 def test_h_edit_lowers_the_batch_loss_at_that_step(tiny_adapter):

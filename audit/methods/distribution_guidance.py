@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from audit.methods.base import BatchContext, Method
-from audit.methods.guidance import LOSSES, ProbeGuidance, batch_distribution_loss
+from audit.methods.guidance import DEFAULT_STOP, LOSSES, ProbeGuidance, batch_distribution_loss
 from audit.probes.probe import Probe
 
 
@@ -24,7 +24,7 @@ class DistributionGuidance(ProbeGuidance, Method):
     needs_probe = True
 
     def __init__(self, probes: list[Probe], target: np.ndarray | list[float], scale: float = 1.0,
-                 loss: str = "chi2", path: str = "h", start: float = 0.0, stop: float = 1.0,
+                 loss: str = "chi2", path: str = "h", start: float = 0.0, stop: float = DEFAULT_STOP,
                  normalize: bool = True, grad_tau: float = 8.0):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")

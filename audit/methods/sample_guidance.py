@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from audit.methods.base import AllocatingMethod, BatchContext
-from audit.methods.guidance import ProbeGuidance, per_sample_loss
+from audit.methods.guidance import DEFAULT_STOP, ProbeGuidance, per_sample_loss
 from audit.probes.probe import Probe
 
 
@@ -18,7 +18,7 @@ class SampleGuidance(ProbeGuidance, AllocatingMethod):
     needs_probe = True
 
     def __init__(self, probes: list[Probe], target, scale: float = 1.0, path: str = "h",
-                 start: float = 0.0, stop: float = 1.0, normalize: bool = True):
+                 start: float = 0.0, stop: float = DEFAULT_STOP, normalize: bool = True):
         if path not in ("h", "x"):
             raise ValueError(f"path must be 'h' or 'x', got {path!r}")
         self.probes, self.target = probes, np.asarray(target, dtype=float)

@@ -9,14 +9,14 @@ import numpy as np
 import torch
 
 from audit.methods.base import AllocatingMethod, BatchContext
-from audit.methods.guidance import displacement
+from audit.methods.guidance import DEFAULT_STOP, displacement
 
 
 class UniversalGuidance(AllocatingMethod):
     name = "universal_guidance"
 
     def __init__(self, labeler, attributes: list[str], target, scale: float = 1.0, start: float = 0.0,
-                 stop: float = 1.0, normalize: bool = True):
+                 stop: float = DEFAULT_STOP, normalize: bool = True):
         if not getattr(labeler, "differentiable", False):
             raise ValueError(f"universal guidance needs a differentiable labeler; {labeler.name} is not")
         self.labeler, self.attributes = labeler, list(attributes)

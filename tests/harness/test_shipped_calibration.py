@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from audit.methods import calibration
+from audit.methods.guidance import DEFAULT_STOP
 from audit.registry import METHODS, resolve
 from audit.runner import RunContext, get_probes, plan
 from audit.spec import load_suite
@@ -96,11 +97,11 @@ def test_a_changed_method_default_does_not_reuse_a_record(tmp_path):
         config = calibration.calibration_config(ctx, cell, method_factory, probes, target, params, n=128)
         return calibration.record_name(config)
 
-    def other_default(probes, target, scale=1.0, loss="chi2", path="h", start=0.0, stop=0.5, normalize=True,
+    def other_default(probes, target, scale=1.0, loss="chi2", path="h", start=0.0, stop=0.123, normalize=True,
                       grad_tau=8.0):
         raise AssertionError("never built")
 
-    assert calibration.effective_params(factory, {"scale": "auto"})["stop"] == 1.0
-    assert key(factory, {"scale": "auto"}) == key(factory, {"scale": "auto", "stop": 1.0})
+    assert calibration.effective_params(factory, {"scale": "auto"})["stop"] == DEFAULT_STOP
+    assert key(factory, {"scale": "auto"}) == key(factory, {"scale": "auto", "stop": DEFAULT_STOP})
     assert key(factory, {"scale": "auto"}) != key(other_default, {"scale": "auto"})
-    assert key(factory, {"scale": "auto"}) != key(factory, {"scale": "auto", "stop": 0.8})
+    assert key(factory, {"scale": "auto"}) != key(factory, {"scale": "auto", "stop": DEFAULT_STOP / 2})
