@@ -157,7 +157,7 @@ def interpolated_scale(tried: list[dict], target: np.ndarray, points_per_interva
     choice, which may fall between grid points (on the joint skin tone x eyeglasses target the
     optimum lay between 2.0 and 2.8). Farther intervals are not used: shares are far from linear
     across them, and with 4 classes the straight line from an overshoot at 8 to a collapse at 16
-    passed near uniform (hair colour: 8.8 chosen, measured FD 0.073, where 4.0 measured 0.062)."""
+    passed near uniform (hair colour: 8.8 chosen, where the best tried scale was 4.0)."""
     tried = sorted(tried, key=lambda t: t["scale"])
     target = np.asarray(target, dtype=float)
     best = int(np.argmin([np.linalg.norm(np.asarray(t["p_hat"]) - target) for t in tried]))  # first on ties
