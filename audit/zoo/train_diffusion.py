@@ -162,8 +162,8 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
         optimizer.step()
         ema.step(params)
         step += 1
-        wall += time.time() - t0
-        recent, recent_steps = recent + time.time() - t0, recent_steps + 1
+        elapsed = time.time() - t0
+        wall, recent, recent_steps = wall + elapsed, recent + elapsed, recent_steps + 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0:  # the rate since the last line, not the mean of every run so far
             rate, recent, recent_steps = recent / recent_steps, 0.0, 0
