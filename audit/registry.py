@@ -43,6 +43,24 @@ def resolve(registry: dict[str, str | Callable], name: str, kind: str) -> Callab
     return entry
 
 
+def effective_params(factory: Callable, params: dict) -> dict:
+    """The factory's keyword defaults overlaid with the suite's params: what a cell actually ran
+    with. Cell ids and calibration records hash this, so a changed default (say `stop`) never
+    reuses results produced under the old one."""
+    import inspect
+
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a registered callable without a signature: params as written
+        return dict(params)
+    defaults = {key: p.default for key, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
+    return {**defaults, **params}
+
+
+def method_params(name: str, params: dict) -> dict:
+    return effective_params(resolve(METHODS, name, "method"), params)
+
+
 def make_labeler(name: str, **options):
     """Instantiate a registered labeler; zoo labelers get their zoo name."""
     factory = resolve(LABELERS, name, "labeler")

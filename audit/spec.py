@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from audit.registry import LABELERS, METHODS, resolve
+from audit.registry import LABELERS, METHODS, method_params, resolve
 from audit.zoo.synthfaces import ATTRIBUTE_PHRASES, ATTRIBUTES
 
 DEFAULT_PROMPT = "a photo of a person"  # text models' prompt when a suite gives none
@@ -298,7 +298,8 @@ class Cell(BaseModel):
 
     @property
     def cell_id(self) -> str:
-        identity = [self.model.identity(), self.method.model_dump(), self.setting.model_dump(), self.prompt, self.seed]
+        method = {**self.method.model_dump(), "params": method_params(self.method.name, self.method.params)}
+        identity = [self.model.identity(), method, self.setting.model_dump(), self.prompt, self.seed]
         if self.method.name not in BATCH_INDEPENDENT_METHODS:  # guidance couples the samples of a batch
             identity.append(self.batch_size)
         payload = json.dumps(identity, sort_keys=True)

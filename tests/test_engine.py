@@ -10,7 +10,7 @@ from audit.methods.guidance import batch_distribution_loss
 from audit.methods.prompt import PromptDebiasing
 from audit.methods.sample_guidance import SampleGuidance
 from audit.models.hspace import h_shape
-from audit.probes.probe import Probe, joint_probs
+from audit.probes.probe import Probe, joint_confusion, joint_probs
 from audit.probes.train import fit_heads, fit_mean_heads
 
 
@@ -290,3 +290,93 @@ def test_interpolated_scale_finds_the_crossing_between_grid_points():
         (16.0, [0.039, 0.297, 0.211, 0.453])]]
     assert 2.8 < interpolated_scale(hair, [0.25] * 4) < 5.6
     assert interpolated_scale(hair[3:], [0.25] * 4) > 8.0  # what using every interval chose
+
+
+def noisy_class_mean_probe(k=3, n=300, d=8, seed=0):
+    """(probe, H, labels): a class-mean probe fitted on overlapping classes, so it confuses them."""
+    torch.manual_seed(seed)
+    labels = torch.randint(0, k, (n,))
+    centers = torch.randn(k, d)
+    H = torch.stack([centers[labels] + torch.randn(n, d) for _ in range(2)])
+    weight, bias, mean, std, _ = fit_mean_heads(H, labels, k)
+    probe = Probe("hair_color", [f"c{i}" for i in range(k)], [999, 500], d)
+    with torch.no_grad():
+        probe.weight.copy_(weight)
+        probe.bias.copy_(bias)
+        probe.mean.copy_(mean)
+        probe.std.copy_(std)
+    return probe.requires_grad_(False), H, labels
+
+
+def test_probe_confusion_is_the_mean_prediction_per_label_and_round_trips(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    probe, H, labels = noisy_class_mean_probe()
+    assert torch.equal(probe.step_confusion(999), torch.eye(3))  # unmeasured: no correction
+    probe.measure_confusion(H, labels)
+    for step, t in enumerate(probe.timesteps):
+        confusion = probe.step_confusion(t)
+        probs = probe.probs(H[step], t)
+        for i in range(3):
+            assert torch.allclose(confusion[i], probs[labels == i].mean(0), atol=1e-6)
+        assert torch.allclose(confusion.sum(1), torch.ones(3))
+        assert 0.3 < confusion.diag().min() < 0.99  # confused, yet right more often than not
+    # The probe's mean prediction over a batch is M^T q for the batch's label distribution q.
+    q = torch.bincount(labels, minlength=3).float() / len(labels)
+    assert torch.allclose(probe.probs(H[0], 999).mean(0), probe.step_confusion(999).T @ q, atol=1e-5)
+
+    probe.save(tmp_path / "new")
+    assert torch.equal(Probe.load(tmp_path / "new").confusion, probe.confusion)
+    # Probes saved before confusions were measured load with the identity, and say so.
+    probe.save(tmp_path / "old")
+    tensors = load_file(tmp_path / "old" / "probe.safetensors")
+    del tensors["confusion"]
+    save_file(tensors, tmp_path / "old" / "probe.safetensors")
+    old = Probe.load(tmp_path / "old")
+    assert torch.equal(old.step_confusion(500), torch.eye(3)) and "identity" in old.meta["confusion"]
+
+    # A class absent from the labels keeps an identity row rather than NaN.
+    probe.measure_confusion(H, torch.where(labels == 2, 0, labels))
+    assert torch.equal(probe.step_confusion(999)[2], torch.tensor([0.0, 0.0, 1.0]))
+
+
+def test_joint_confusion_uses_the_layout_of_joint_probs():
+    first, second = Probe("skin_tone", ["light", "dark"], [999], 2), Probe("smile", ["no", "yes", "maybe"], [999], 2)
+    with torch.no_grad():
+        first.confusion.copy_(torch.tensor([[[0.9, 0.1], [0.3, 0.7]]]))
+        second.confusion.copy_(torch.tensor([[[0.8, 0.1, 0.1], [0.2, 0.6, 0.2], [0.0, 0.5, 0.5]]]))
+        first.weight.copy_(torch.randn(1, 2, 2))
+        second.weight.copy_(torch.randn(1, 3, 2))
+    joint = joint_confusion([first, second], 999)
+    assert joint.shape == (6, 6) and torch.allclose(joint.sum(1), torch.ones(6))
+    h = torch.randn(1, 2)
+    layout = joint_probs([first, second], h, 999)[0].reshape(2, 3)  # [light/dark, no/yes/maybe]
+    assert torch.allclose(layout.sum(1), first.probs(h, 999)[0])
+    # Row (dark, maybe) of the joint confusion is dark's row times maybe's row, in that layout.
+    expected = first.confusion[0, 1][:, None] * second.confusion[0, 2][None, :]
+    assert torch.allclose(joint[1 * 3 + 2].reshape(2, 3), expected)
+
+
+def test_distribution_guidance_aims_the_probe_mean_at_the_confusion_corrected_target():
+    """With a confused probe, a batch whose labels follow pi shows the probe mean M^T pi, so
+    that is where guidance must steer the mean; without the correction it steers to pi."""
+    probe, H, labels = noisy_class_mean_probe()
+    probe.measure_confusion(H, labels)
+    target = [0.6, 0.3, 0.1]
+    h = H[0, :64].clone()
+
+    class Batch:
+        t, progress, state = 999, 0.0, {}
+
+    means, aims = {}, {}
+    for correct in (True, False):
+        method = DistributionGuidance([probe], target, scale=0.5, correct_confusion=correct)
+        guided = h.clone()
+        for _ in range(60):
+            guided = method.on_h(guided, Batch)
+        means[correct], aims[correct] = probe.probs(guided, 999).mean(0), Batch.state["probe_target"]
+    corrected = probe.step_confusion(999).T @ torch.tensor(target)
+    assert (corrected - torch.tensor(target)).abs().max() > 0.05  # the two aims really differ
+    assert torch.allclose(means[True], corrected, atol=0.01), (means[True], corrected)
+    assert torch.allclose(means[False], torch.tensor(target), atol=0.01), means[False]
+    assert aims == {True: pytest.approx(corrected.tolist(), abs=1e-4), False: pytest.approx(target)}

@@ -14,13 +14,13 @@ shipped with the zoo (`ship_calibrations`).
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from audit.registry import effective_params
 from audit.spec import DEFAULT_PROMPT
 from audit.store import atomic_write_json, inside
 
@@ -92,14 +92,6 @@ def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int | 
     chosen = interpolated_scale(tried, target)
     atomic_write_json(cache, {"scale": chosen, "noise": noise, "tried": tried, "config": config})
     return chosen
-
-
-def effective_params(factory, params: dict) -> dict:
-    """The method's keyword defaults overlaid with the suite's params: a record calibrated under
-    one default (say `stop`) must not be reused once that default changes."""
-    defaults = {name: p.default for name, p in inspect.signature(factory).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    return {**defaults, **params}
 
 
 def calibration_config(ctx, cell, factory, probes, target, params: dict, n: int) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from audit.methods.base import BatchContext, Method
-from audit.methods.guidance import DEFAULT_STOP, LOSSES, ProbeGuidance, batch_distribution_loss
+from audit.methods.guidance import DEFAULT_STOP, LOSSES, ProbeGuidance, batch_distribution_loss, probe_space_target
 from audit.probes.probe import Probe
 
 
@@ -25,7 +25,7 @@ class DistributionGuidance(ProbeGuidance, Method):
 
     def __init__(self, probes: list[Probe], target: np.ndarray | list[float], scale: float = 1.0,
                  loss: str = "chi2", path: str = "h", start: float = 0.0, stop: float = DEFAULT_STOP,
-                 normalize: bool = True, grad_tau: float = 8.0):
+                 normalize: bool = True, grad_tau: float = 8.0, correct_confusion: bool = True):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         if path not in ("h", "x"):
@@ -43,16 +43,29 @@ class DistributionGuidance(ProbeGuidance, Method):
         if grad_tau < 1:
             raise ValueError(f"grad_tau must be >= 1 (1 = the calibrated probabilities), got {grad_tau}")
         self.grad_tau = float(grad_tau)
+        self.correct_confusion = bool(correct_confusion)
+
+    def probe_target(self, t) -> torch.Tensor:
+        """Where the probes' batch mean must go at step t for the final labels to match the
+        target. Without the correction, a soft probe's mean reads 0.60/0.40 on a batch whose
+        images are 0.51/0.49 (zoo DDPM, skin tone): aiming it at 0.5/0.5 overshoots unless the
+        scale is tuned to stop short, and a 4-class target (hair colour) is missed in three
+        directions that no single scale can fix."""
+        if not self.correct_confusion:
+            return self.target
+        return probe_space_target(self.probes, t, self.target)
 
     def probe_loss(self, h: torch.Tensor, batch: BatchContext) -> torch.Tensor:
-        loss, p_hat = batch_distribution_loss(self.probes, h, batch.t, self.target, self.loss,
-                                              self.grad_tau)
+        target = self.probe_target(batch.t)
+        loss, p_hat = batch_distribution_loss(self.probes, h, batch.t, target, self.loss, self.grad_tau)
         batch.state.setdefault("loss", []).append(round(float(loss.detach()), 6))
         batch.state["p_hat_probe"] = [round(float(v), 4) for v in p_hat.detach()]
+        batch.state["probe_target"] = [round(float(v), 4) for v in target]
         return loss
 
     def config(self) -> dict:
         return {"name": self.name, "attributes": [p.attribute for p in self.probes],
                 "target": self.target.tolist(), "scale": self.scale, "loss": self.loss, "path": self.path,
                 "start": self.start, "stop": self.stop, "normalize": self.normalize, "grad_tau": self.grad_tau,
+                "correct_confusion": self.correct_confusion,
                 "probes": [p.meta for p in self.probes]}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from audit.probes.probe import Probe, joint_probs
+from audit.probes.probe import Probe, joint_confusion, joint_probs
 
 MAX_DISPLACEMENT = 3.0  # per-sample step cap, in units of the tensor's rms (the guard)
 # Guidance acts on the first 80% of the steps by default: the last steps draw details, not
@@ -65,9 +65,16 @@ def displacement(g: torch.Tensor, ref: torch.Tensor, scale: float, loss: torch.T
     return (step * factor.view(-1, *[1] * (step.dim() - 1))).to(ref.dtype)
 
 
+def probe_space_target(probes: list[Probe], t: int, target: torch.Tensor) -> torch.Tensor:
+    """The probes' batch mean to aim for at step t so that the final labels follow `target`:
+    M^T target, M the probes' joint confusion at t (see audit.probes.probe)."""
+    return joint_confusion(probes, t).T @ target
+
+
 def batch_distribution_loss(probes: list[Probe], h: torch.Tensor, t: int, target: torch.Tensor,
                             loss: str, grad_tau: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, p_hat) of the batch's probe-predicted joint distribution against the target.
+    """(loss, p_hat) of the batch's probe-predicted joint distribution against the target
+    (already in probe space, see probe_space_target).
 
     The value always uses the calibrated probabilities; with grad_tau > 1 the gradient flows
     through probabilities softened by grad_tau (straight-through). A calibrated softmax's

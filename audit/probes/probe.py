@@ -3,6 +3,11 @@
 One linear head per sampling timestep on the flattened, standardised h, K classes, logits
 divided by a temperature tau (the paper uses 8 for its SD heads; ours are calibrated by
 validation and default to 1). Saved as safetensors + JSON meta.
+
+Each probe also keeps its confusion at every step: row i is the mean predicted distribution
+over samples whose final label is i. A probe's batch mean then estimates M^T q, not the
+batch's label distribution q, so distribution guidance aims the probe's mean at M^T pi to make
+the final images' distribution pi (label-shift correction, as in Lipton et al. 2018's BBSE).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class Probe(nn.Module):
         self.bias = nn.Parameter(torch.zeros(steps, k))
         self.register_buffer("mean", torch.zeros(steps, dim))
         self.register_buffer("std", torch.ones(steps, dim))
+        self.register_buffer("confusion", torch.eye(k).repeat(steps, 1, 1))
 
     def index(self, t: int | torch.Tensor) -> int:
         """Head of the trained timestep nearest to t (sampling may use other step counts)."""
@@ -43,6 +49,22 @@ class Probe(nn.Module):
         """Class probabilities at the probe's temperature, or at `tau` (times its own)."""
         logits = self.logits(h, t)
         return (logits if tau is None else logits / tau).softmax(-1)
+
+    def measure_confusion(self, H: torch.Tensor, labels: torch.Tensor) -> None:
+        """Set each step's confusion from recorded h [S, N, D] and final labels [N]; a class
+        without samples keeps an identity row (no evidence of confusion)."""
+        k = len(self.classes)
+        onehot = torch.nn.functional.one_hot(labels.long(), k).float()
+        counts = onehot.sum(0)
+        with torch.no_grad():
+            for s, t in enumerate(self.timesteps):
+                probs = self.probs(H[s], t)
+                rows = onehot.T @ probs / counts.clamp(min=1)[:, None]
+                rows[counts == 0] = torch.eye(k)[counts == 0]
+                self.confusion[s] = rows
+
+    def step_confusion(self, t: int | torch.Tensor) -> torch.Tensor:
+        return self.confusion[self.index(t)]
 
     def save(self, directory: str | Path, half: bool = False) -> None:
         """safetensors + JSON; `half` stores float16 (loading always gives float32)."""
@@ -63,8 +85,21 @@ class Probe(nn.Module):
             raise FileNotFoundError(f"no probe at {directory}: train one with `diffaudit probe train`")
         meta = json.loads(meta_file.read_text())
         probe = cls(meta["attribute"], meta["classes"], meta["timesteps"], meta["dim"], meta["tau"], meta)
-        probe.load_state_dict(load_file(directory / "probe.safetensors"))
+        tensors = load_file(directory / "probe.safetensors")
+        if "confusion" not in tensors:  # probes saved before confusions were measured
+            tensors["confusion"] = probe.confusion
+            probe.meta["confusion"] = "not measured (identity)"
+        probe.load_state_dict(tensors)
         return probe.eval().requires_grad_(False)
+
+
+def joint_confusion(probes: list[Probe], t) -> torch.Tensor:
+    """Confusion over the product space (first attribute most significant), assuming the
+    probes err independently given the labels."""
+    joint = probes[0].step_confusion(t)
+    for probe in probes[1:]:
+        joint = torch.kron(joint, probe.step_confusion(t))
+    return joint
 
 
 def joint_probs(probes: list[Probe], h: torch.Tensor, t, tau: float | None = None) -> torch.Tensor:

@@ -149,5 +149,6 @@ def train_probes(adapter, labeler, attributes: list[str], n: int = 1000, steps: 
             probe.bias.copy_(bias)
             probe.mean.copy_(mean)
             probe.std.copy_(std)
+        probe.measure_confusion(H[:, keep], y)  # all samples: a head has only K+1 fitted numbers per step
         probes[a] = probe.eval().requires_grad_(False)
     return probes

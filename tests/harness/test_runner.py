@@ -6,9 +6,11 @@ import sqlite3
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from audit.metrics.functional import cohens_kappa
+from audit.probes.probe import Probe
 from audit.runner import run_suite
 from audit.spec import load_suite
 from audit.store import UnsafePathError, inside
@@ -71,6 +73,10 @@ def test_run_writes_results_store_and_index(finished_run):
         assert con.execute("SELECT COUNT(*) FROM metrics WHERE metric='fd'").fetchone()[0] == 4
     probes = list((out / "probes").rglob("probe.json"))
     assert len(probes) == 2  # skin_tone and eyeglasses, trained once, shared by both settings
+    for probe_json in probes:  # each measured its confusion on its own samples (not the identity)
+        confusion = Probe.load(probe_json.parent).confusion
+        assert torch.allclose(confusion.sum(-1), torch.ones(confusion.shape[:2]))
+        assert not torch.equal(confusion, torch.eye(confusion.shape[-1]).expand_as(confusion))
 
 
 def test_same_seeds_give_identical_images_across_methods_and_runs(finished_run, tmp_path, tiny_model_dir):

@@ -9,7 +9,7 @@ import pytest
 
 from audit.methods import calibration
 from audit.methods.guidance import DEFAULT_STOP
-from audit.registry import METHODS, resolve
+from audit.registry import METHODS, effective_params, resolve
 from audit.runner import RunContext, get_probes, plan
 from audit.spec import load_suite
 from audit.store import RunStore
@@ -101,7 +101,7 @@ def test_a_changed_method_default_does_not_reuse_a_record(tmp_path):
                       grad_tau=8.0):
         raise AssertionError("never built")
 
-    assert calibration.effective_params(factory, {"scale": "auto"})["stop"] == DEFAULT_STOP
+    assert effective_params(factory, {"scale": "auto"})["stop"] == DEFAULT_STOP
     assert key(factory, {"scale": "auto"}) == key(factory, {"scale": "auto", "stop": DEFAULT_STOP})
     assert key(factory, {"scale": "auto"}) != key(other_default, {"scale": "auto"})
     assert key(factory, {"scale": "auto"}) != key(factory, {"scale": "auto", "stop": DEFAULT_STOP / 2})

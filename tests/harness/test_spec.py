@@ -150,3 +150,28 @@ def test_batch_size_is_part_of_a_guided_cell_but_not_of_an_unguided_one():
     assert cell_id("none", 16) == cell_id("none", 64)
     assert cell_id("distribution_guidance", 16) != cell_id("distribution_guidance", 64)
     assert cell_id("sample_guidance", 16) != cell_id("sample_guidance", 64)
+
+
+def test_a_cell_is_identified_by_what_its_method_ran_with_defaults_included(monkeypatch):
+    """A cell written under one method default must not be taken as done once that default
+    changes: finished cells are skipped by id."""
+    from audit import registry
+    from audit.methods.distribution_guidance import DistributionGuidance
+    from audit.spec import Cell, MethodSpec, ModelSpec, SettingSpec
+
+    def cell_id(**params):
+        return Cell(model=ModelSpec(name="m", source="zoo:synthfaces-ddpm"),
+                    method=MethodSpec(name="distribution_guidance", params=params),
+                    setting=SettingSpec(attributes=["skin_tone"]), prompt=None, samples=8,
+                    batch_size=8, seed=0).cell_id
+
+    before = cell_id(scale=2.0)
+    assert before == cell_id(scale=2.0, correct_confusion=True)  # the default, written or not
+    assert before != cell_id(scale=2.0, correct_confusion=False)
+
+    class OldDefault(DistributionGuidance):
+        def __init__(self, probes, target, scale=1.0, correct_confusion=False):
+            raise AssertionError("never built")
+
+    monkeypatch.setitem(registry.METHODS, "distribution_guidance", OldDefault)
+    assert cell_id(scale=2.0) != before
