@@ -125,6 +125,9 @@ def zoo_train(
     workdir: Path = typer.Option(Path(".zoo-work"), help="Where checkpoints go."),
     threads: int = typer.Option(2, help="torch CPU threads."),
     export_every: int = typer.Option(1000, help="Export the EMA weights into the zoo every this many steps."),
+    export_dir: Path | None = typer.Option(
+        None, help="Export here instead of into the zoo (which stays consistent with its probes and "
+                   "calibrations until you copy the export in); warm-starts from the zoo's weights."),
 ):
     """Train (or resume training) a zoo model with its recipe; exports into the zoo."""
     import torch
@@ -137,8 +140,8 @@ def zoo_train(
     if isinstance(recipe, DiffusionRecipe):
         from audit.zoo.train_diffusion import train
 
-        train(recipe, workdir / name, zoo_path(name), max_steps=max_steps, export_every=export_every,
-              log=lambda s: print(s, flush=True))
+        train(recipe, workdir / name, export_dir or zoo_path(name), max_steps=max_steps,
+              export_every=export_every, log=lambda s: print(s, flush=True), warm_start_dir=zoo_path(name))
     elif isinstance(recipe, ClipRecipe):
         from audit.zoo.train_clip import train
 

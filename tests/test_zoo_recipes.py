@@ -5,6 +5,7 @@ import dataclasses
 import json
 import shutil
 
+import pytest
 import torch
 
 from audit.models.adapter import ModelAdapter
@@ -112,3 +113,50 @@ def test_text_to_image_training_keeps_the_tokenizer_its_encoder_learnt(tmp_path)
     shutil.rmtree(work)
     train(dataclasses.replace(recipe, steps=3), work, out, log=lambda s: None)
     assert CLIPTokenizer.from_pretrained(work / "tokenizer").convert_tokens_to_ids("dark</w>") == vocab["dark</w>"]
+
+
+def test_training_exported_elsewhere_warm_starts_from_the_zoo_weights(tmp_path):
+    """`zoo train --export-dir` keeps the zoo's weights (and the probes keyed by them) intact:
+    a new run warm-starts from the zoo's export, ramps the fresh optimizer's lr up again, and
+    later runs continue from their own export; the export's history note survives."""
+    recipe = dataclasses.replace(small("synthfaces-ddpm", steps=2), warmup_steps=4)
+    zoo, wip = tmp_path / "zoo", tmp_path / "wip"
+    train(recipe, tmp_path / "zoo-work", zoo, log=lambda s: None)
+    zoo_weights = (zoo / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    messages = []
+    longer = dataclasses.replace(recipe, steps=4)
+    assert train(longer, tmp_path / "work", wip, log=messages.append, warm_start_dir=zoo) == 4
+    assert any("warm-started" in m and "step 2" in m and str(zoo) in m for m in messages)
+    assert (zoo / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == zoo_weights
+    assert json.loads((zoo / "training.json").read_text())["steps"] == 2
+    info = json.loads((wip / "training.json").read_text())
+    assert info["steps"] == 4
+    info["history"] = "steps 0-2 in the zoo run"
+    (wip / "training.json").write_text(json.dumps(info))
+    shutil.rmtree(tmp_path / "work")
+    messages.clear()
+    assert train(dataclasses.replace(recipe, steps=5), tmp_path / "work", wip, log=messages.append,
+                 warm_start_dir=zoo) == 5
+    assert any("warm-started" in m and "step 4" in m and str(wip) in m for m in messages)
+    assert json.loads((wip / "training.json").read_text())["history"] == "steps 0-2 in the zoo run"
+
+
+def test_a_warm_start_ramps_the_learning_rate_up_again(tmp_path, monkeypatch):
+    """Adam's first steps after a fresh start move every weight by about lr: the re-warm-up
+    keeps a trained model from being jolted at the schedule's full lr."""
+    from audit.zoo import train_diffusion
+
+    recipe = dataclasses.replace(small("synthfaces-ddpm", steps=2), warmup_steps=4)
+    train(recipe, tmp_path / "work", tmp_path / "out", log=lambda s: None)
+    shutil.rmtree(tmp_path / "work")
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def record(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    train(dataclasses.replace(recipe, steps=6), tmp_path / "work", tmp_path / "out", log=lambda s: None)
+    schedule = [recipe.lr * train_diffusion.lr_factor(s, dataclasses.replace(recipe, steps=6)) for s in range(2, 6)]
+    assert seen == [pytest.approx(lr * (i + 1) / 4) for i, lr in enumerate(schedule)]

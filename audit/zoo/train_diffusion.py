@@ -107,19 +107,24 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 
 def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: int | None = None,
-          checkpoint_every: int = 250, export_every: int = 1000, log=print) -> int:
-    """Train until recipe.steps (or max_steps this call); returns the step reached."""
+          checkpoint_every: int = 250, export_every: int = 1000, log=print,
+          warm_start_dir: Path | None = None) -> int:
+    """Train until recipe.steps (or max_steps this call); returns the step reached.
+
+    Without a checkpoint in workdir, training warm-starts from exported weights: export_dir's,
+    else warm_start_dir's (e.g. the zoo's committed weights while exporting elsewhere)."""
     from diffusers.training_utils import EMAModel
 
     workdir.mkdir(parents=True, exist_ok=True)
-    tokenizer_dir, exported = workdir / "tokenizer", export_dir / "tokenizer"
-    if recipe.conditional and not tokenizer_dir.exists() and exported.exists():
+    tokenizer_dir = workdir / "tokenizer"
+    exported = next((d / "tokenizer" for d in (export_dir, warm_start_dir) if d and (d / "tokenizer").exists()), None)
+    if recipe.conditional and not tokenizer_dir.exists() and exported is not None:
         shutil.copytree(exported, tokenizer_dir)  # warm start: keep the ids the exported encoder learnt
     unet, text_encoder, tokenizer, scheduler = build_models(recipe, tokenizer_dir)
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if text_encoder else [])
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
     ema = EMAModel(params, decay=recipe.ema_decay, use_ema_warmup=True, power=0.75)
-    step, wall = 0, 0.0
+    step, wall, rewarm_from = 0, 0.0, None
     ckpt = workdir / CHECKPOINT
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)
@@ -130,9 +135,12 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
         ema.load_state_dict(state["ema"])
         step, wall = int(state["step"]), float(state["wall"])
         log(f"resumed {recipe.name} at step {step}")
-    elif (export_dir / "training.json").exists():
-        step, wall = warm_start(recipe, unet, text_encoder, ema, export_dir)
-        log(f"warm-started {recipe.name} from exported weights at step {step}")
+    else:
+        source = next((d for d in (export_dir, warm_start_dir) if d and (d / "training.json").exists()), None)
+        if source is not None:
+            step, wall = warm_start(recipe, unet, text_encoder, ema, source)
+            rewarm_from = step
+            log(f"warm-started {recipe.name} from the weights exported at step {step} in {source}")
 
     end = recipe.steps if max_steps is None else min(recipe.steps, step + max_steps)
     stop = _stop_on_sigterm()
@@ -149,8 +157,11 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
         t = torch.randint(0, len(alphas), (len(x0),), generator=generator)
         x_t = scheduler.add_noise(x0, noise, t)
         target = scheduler.get_velocity(x0, noise, t)
+        factor = lr_factor(step, recipe)
+        if rewarm_from is not None:  # a fresh optimizer's first Adam steps are full-size: ramp up again
+            factor *= min(1.0, (step - rewarm_from + 1) / recipe.warmup_steps)
         for group in optimizer.param_groups:
-            group["lr"] = recipe.lr * lr_factor(step, recipe)
+            group["lr"] = recipe.lr * factor
         if recipe.conditional:
             pred = unet(x_t, t, encoder_hidden_states=encode_text(tokenizer, text_encoder, captions)).sample
         else:
@@ -253,4 +264,7 @@ def export(recipe, unet, text_encoder, tokenizer, scheduler, ema, params, export
             "train_seconds": round(wall, 1), "final_loss": loss, "torch": torch.__version__,
             "diffusers": diffusers.__version__, "transformers": transformers.__version__,
             "description": recipe.description}
+    previous = export_dir / "training.json"
+    if previous.exists() and "history" in json.loads(previous.read_text()):  # how earlier runs got here
+        info["history"] = json.loads(previous.read_text())["history"]
     (export_dir / "training.json").write_text(json.dumps(info, indent=2))
