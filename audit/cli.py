@@ -211,6 +211,9 @@ def zoo_check(
                                            "score margin (clip)."),
     only: list[str] = typer.Option([], help="Check only these (labelers, synthfaces-ddpm, synthfaces-t2i, clip)."),
     threads: int = typer.Option(2, help="torch CPU threads."),
+    candidate: Path | None = typer.Option(
+        None, help="Check this export (e.g. from `zoo train --export-dir`) in place of the committed weights "
+                   "of the one diffusion model named by --only."),
 ):
     """Measure every zoo model against its bars and print the table."""
     import json
@@ -222,8 +225,20 @@ def zoo_check(
     from audit.zoo.check import rows_to_json, run_check
 
     torch.set_num_threads(threads)
-    models = tuple(only) or ("labelers", "synthfaces-ddpm", "synthfaces-t2i", "clip")
-    rows = run_check(n=n, steps=steps, n_heldout=heldout, n_prompt=n_prompt, models=models)
+    checks = ("labelers", "synthfaces-ddpm", "synthfaces-t2i", "clip")
+    unknown = sorted(set(only) - set(checks))
+    if unknown:
+        fail(f"--only {unknown[0]!r} is not a check; allowed: {', '.join(checks)}")
+    models = tuple(only) or checks
+    candidates = {}
+    if candidate is not None:
+        diffusion = [m for m in models if m in ("synthfaces-ddpm", "synthfaces-t2i")]
+        if len(diffusion) != 1:
+            fail("--candidate needs --only naming exactly one diffusion model (synthfaces-ddpm or synthfaces-t2i)")
+        if not (candidate / "training.json").exists():
+            fail(f"--candidate {candidate}: no training.json there; point it at a `zoo train --export-dir` folder")
+        candidates[diffusion[0]] = candidate
+    rows = run_check(n=n, steps=steps, n_heldout=heldout, n_prompt=n_prompt, models=models, candidates=candidates)
     table = Table(title="diffaudit zoo check")
     for column in ("model", "check", "value", "bar", "pass", "detail"):
         table.add_column(column)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from audit.models.batch_invariant import make_batch_invariant
 from audit.models.hspace import HSpaceHook
 
 
@@ -42,6 +43,9 @@ class ModelAdapter:
     _added: dict | None = field(default=None, repr=False)
 
     def __post_init__(self):
+        if str(self.device) == "cpu":  # bit-identical images whatever the batch (see batch_invariant.py)
+            self.info["batch_invariant_linear_layers"] = make_batch_invariant(
+                self.unet, self.text_encoder, self.text_encoder_2, self.vae)
         if getattr(self.unet.config, "addition_embed_type", None) == "text_time":
             self.unet.register_forward_pre_hook(self._add_conditions, with_kwargs=True)
 

@@ -7,6 +7,7 @@ the zoo reproduces its training world faithfully.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,15 +71,28 @@ def marginal_rows(model: str, probs: dict[str, np.ndarray], target: dict[str, tu
     return rows
 
 
-def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int) -> None:
-    from audit.metrics.fid import fid_between
+def _diffusion_model(name: str, candidate: Path | None):
+    """The zoo model's committed weights, or a candidate export of it (e.g. `zoo train --export-dir`)."""
     from audit.models.adapter import ModelAdapter
 
+    if candidate is None:
+        return ModelAdapter.from_zoo(name)
+    return ModelAdapter.from_directory(candidate, model_id=f"{name} candidate {candidate}")
+
+
+def _present(name: str, candidate: Path | None) -> bool:
+    trained = (candidate / "training.json").exists() if candidate is not None else is_trained(name)
+    return trained and is_trained_classifier("synthfaces-eval")
+
+
+def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int, candidate: Path | None = None) -> None:
+    from audit.metrics.fid import fid_between
+
     name = "synthfaces-ddpm"
-    if not is_trained(name) or not is_trained_classifier("synthfaces-eval"):
+    if not _present(name, candidate):
         rows.append(CheckRow(name, "trained", None, "weights present", None, "model or labeler not trained"))
         return
-    adapter = ModelAdapter.from_zoo(name)
+    adapter = _diffusion_model(name, candidate)
     images = torch.cat([adapter.generate(list(range(i, min(i + batch_size, n))), steps=steps).images
                         for i in range(0, n, batch_size)])
     probs = label_probabilities(images)
@@ -103,15 +117,15 @@ def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int) -> Non
 T2I_GUIDANCE = 2.0  # the classifier-free guidance scale the t2i bars are measured at
 
 
-def check_t2i(rows: list[CheckRow], n: int, n_prompt: int, steps: int, batch_size: int) -> None:
-    from audit.models.adapter import ModelAdapter
+def check_t2i(rows: list[CheckRow], n: int, n_prompt: int, steps: int, batch_size: int,
+              candidate: Path | None = None) -> None:
     from audit.zoo.synthfaces import ATTRIBUTE_PHRASES
 
     name = "synthfaces-t2i"
-    if not is_trained(name) or not is_trained_classifier("synthfaces-eval"):
+    if not _present(name, candidate):
         rows.append(CheckRow(name, "trained", None, "weights present", None, "model or labeler not trained"))
         return
-    adapter = ModelAdapter.from_zoo(name)
+    adapter = _diffusion_model(name, candidate)
 
     def sample(prompt: str, count: int, seed0: int) -> torch.Tensor:
         return torch.cat([adapter.generate(list(range(i, min(i + batch_size, count))),
@@ -223,14 +237,17 @@ def clip_t2i_measurements(n: int = 200, steps: int = 50, batch_size: int = 100, 
 
 
 def run_check(n: int = 1000, steps: int = 50, batch_size: int = 100, n_heldout: int = 10_000, n_prompt: int = 200,
-              models: tuple[str, ...] = ("labelers", "synthfaces-ddpm", "synthfaces-t2i", "clip")) -> list[CheckRow]:
+              models: tuple[str, ...] = ("labelers", "synthfaces-ddpm", "synthfaces-t2i", "clip"),
+              candidates: dict[str, Path] | None = None) -> list[CheckRow]:
+    """candidates: {diffusion model name: export directory} checked in place of the committed weights."""
     rows: list[CheckRow] = []
+    candidates = candidates or {}
     if "labelers" in models:
         check_labelers(rows, n_heldout)
     if "synthfaces-ddpm" in models:
-        check_ddpm(rows, n, steps, batch_size)
+        check_ddpm(rows, n, steps, batch_size, candidates.get("synthfaces-ddpm"))
     if "synthfaces-t2i" in models:
-        check_t2i(rows, n, n_prompt, steps, batch_size)
+        check_t2i(rows, n, n_prompt, steps, batch_size, candidates.get("synthfaces-t2i"))
     if "clip" in models:
         check_clip(rows, n_heldout, n_prompt, steps, batch_size)
     return rows
