@@ -128,6 +128,7 @@ def zoo_train(
     export_dir: Path | None = typer.Option(
         None, help="Export here instead of into the zoo (which stays consistent with its probes and "
                    "calibrations until you copy the export in); warm-starts from the zoo's weights."),
+    device: str = typer.Option("cpu", help="cpu or cuda (diffusion models; the same batches on either)."),
 ):
     """Train (or resume training) a zoo model with its recipe; exports into the zoo."""
     import torch
@@ -136,12 +137,21 @@ def zoo_train(
     from audit.zoo.recipes import RECIPES, ClipRecipe, DiffusionRecipe
 
     torch.set_num_threads(threads)
+    if name not in RECIPES:
+        fail(f"unknown zoo model {name!r}; allowed: {', '.join(RECIPES)}")
+    if device not in ("cpu", "cuda"):
+        fail(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda but no CUDA device is visible to torch; use --device cpu")
     recipe = RECIPES[name]
+    if device != "cpu" and not isinstance(recipe, DiffusionRecipe):
+        fail(f"--device {device}: only the diffusion recipes train off the CPU; {name} trains on cpu")
     if isinstance(recipe, DiffusionRecipe):
         from audit.zoo.train_diffusion import train
 
         train(recipe, workdir / name, export_dir or zoo_path(name), max_steps=max_steps,
-              export_every=export_every, log=lambda s: print(s, flush=True), warm_start_dir=zoo_path(name))
+              export_every=export_every, log=lambda s: print(s, flush=True), warm_start_dir=zoo_path(name),
+              device=device)
     elif isinstance(recipe, ClipRecipe):
         from audit.zoo.train_clip import train
 

@@ -197,3 +197,15 @@ def test_zoo_check_rejects_a_candidate_it_cannot_place(tmp_path):
     assert empty.exit_code == 2 and "no training.json" in empty.output
     typo = runner.invoke(app, ["zoo", "check", "--only", "ddpm"])
     assert typo.exit_code == 2 and "allowed: labelers" in typo.output
+
+
+def test_zoo_train_rejects_unknown_models_and_devices():
+    from typer.testing import CliRunner
+
+    from audit.cli import app
+
+    runner = CliRunner()
+    unknown = runner.invoke(app, ["zoo", "train", "synthfaces-gan"])
+    assert unknown.exit_code == 2 and "allowed: synthfaces-ddpm" in unknown.output
+    device = runner.invoke(app, ["zoo", "train", "synthfaces-ddpm", "--device", "tpu"])
+    assert device.exit_code == 2 and "cpu or cuda" in device.output

@@ -48,7 +48,7 @@ def build_models(recipe: DiffusionRecipe, tokenizer_dir: Path | None = None):
 def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
-    return text_encoder(ids)[0]
+    return text_encoder(ids.to(text_encoder.device))[0]
 
 
 class SkipDropout:
@@ -108,11 +108,13 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: int | None = None,
           checkpoint_every: int = 250, export_every: int = 1000, log=print,
-          warm_start_dir: Path | None = None) -> int:
+          warm_start_dir: Path | None = None, device: str = "cpu") -> int:
     """Train until recipe.steps (or max_steps this call); returns the step reached.
 
     Without a checkpoint in workdir, training warm-starts from exported weights: export_dir's,
-    else warm_start_dir's (e.g. the zoo's committed weights while exporting elsewhere)."""
+    else warm_start_dir's (e.g. the zoo's committed weights while exporting elsewhere).
+    device: where the networks train; data, noise and timesteps are drawn on the CPU from the
+    same seeds whatever the device, so a run can move between CPU and GPU sessions."""
     from diffusers.training_utils import EMAModel
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -121,13 +123,16 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
     if recipe.conditional and not tokenizer_dir.exists() and exported is not None:
         shutil.copytree(exported, tokenizer_dir)  # warm start: keep the ids the exported encoder learnt
     unet, text_encoder, tokenizer, scheduler = build_models(recipe, tokenizer_dir)
+    unet.to(device)
+    if text_encoder is not None:
+        text_encoder.to(device)
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if text_encoder else [])
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
     ema = EMAModel(params, decay=recipe.ema_decay, use_ema_warmup=True, power=0.75)
     step, wall, rewarm_from = 0, 0.0, None
     ckpt = workdir / CHECKPOINT
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=device)
         unet.load_state_dict(state["unet"])
         if text_encoder is not None:
             text_encoder.load_state_dict(state["text_encoder"])
@@ -155,6 +160,7 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
         x0, captions = training_batch(recipe, step)
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, len(alphas), (len(x0),), generator=generator)
+        x0, noise, t = x0.to(device), noise.to(device), t.to(device)
         x_t = scheduler.add_noise(x0, noise, t)
         target = scheduler.get_velocity(x0, noise, t)
         factor = lr_factor(step, recipe)
