@@ -172,7 +172,7 @@ def zoo_list():
     from rich.console import Console
     from rich.table import Table
 
-    from audit.zoo import zoo_path
+    from audit.zoo import WIP_DIR, zoo_path
     from audit.zoo.recipes import RECIPES
 
     table = Table(title="SynthFaces zoo")
@@ -187,6 +187,9 @@ def zoo_list():
         trained = "yes" if files else "no"
         if steps is not None:
             trained += f" ({steps}/{recipe.steps} steps)"
+        wip_file = WIP_DIR / name / "training.json"
+        if wip_file.exists():
+            trained += f"; in training: {json.loads(wip_file.read_text())['steps']} steps in audit/zoo/wip/{name}"
         kind = "diffusion" if hasattr(recipe, "unet") else recipe.kind
         table.add_row(name, kind, trained, f"{size / 1e6:.1f} MB", recipe.description)
     Console().print(table)

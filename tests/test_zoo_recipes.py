@@ -209,3 +209,20 @@ def test_zoo_train_rejects_unknown_models_and_devices():
     assert unknown.exit_code == 2 and "allowed: synthfaces-ddpm" in unknown.output
     device = runner.invoke(app, ["zoo", "train", "synthfaces-ddpm", "--device", "tpu"])
     assert device.exit_code == 2 and "cpu or cuda" in device.output
+
+
+def test_zoo_list_shows_a_training_run_in_progress(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import audit.zoo
+    from audit.cli import app
+
+    wip = tmp_path / "wip"
+    (wip / "synthfaces-ddpm").mkdir(parents=True)
+    (wip / "synthfaces-ddpm" / "training.json").write_text(json.dumps({"steps": 1234}))
+    monkeypatch.setattr(audit.zoo, "WIP_DIR", wip)
+    result = CliRunner().invoke(app, ["zoo", "list"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    line = next(row for row in result.output.splitlines() if "synthfaces-ddpm" in row)
+    assert "in training: 1234 steps" in line
+    assert "in training" not in next(row for row in result.output.splitlines() if "synthfaces-eval" in row)

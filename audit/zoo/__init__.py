@@ -7,6 +7,9 @@ from pathlib import Path
 from audit.zoo.recipes import RECIPES
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+# Exports of training runs in progress (`zoo train --export-dir audit/zoo/wip/NAME`), committed
+# between sessions; never loaded as the zoo's model until copied into WEIGHTS_DIR.
+WIP_DIR = Path(__file__).parent / "wip"
 
 
 def zoo_path(name: str) -> Path:
