@@ -18,6 +18,16 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def check_device(device: str) -> None:
+    """--device must name cpu or a cuda device torch can see."""
+    if device not in ("cpu", "cuda"):
+        fail(f"--device must be cpu or cuda, got {device!r}")
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda but no CUDA device is visible to torch; use --device cpu")
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     from audit.models.loading import ModelNotAvailable
     from audit.spec import SuiteError
@@ -139,10 +149,7 @@ def zoo_train(
     torch.set_num_threads(threads)
     if name not in RECIPES:
         fail(f"unknown zoo model {name!r}; allowed: {', '.join(RECIPES)}")
-    if device not in ("cpu", "cuda"):
-        fail(f"--device must be cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda but no CUDA device is visible to torch; use --device cpu")
+    check_device(device)
     recipe = RECIPES[name]
     if device != "cpu" and not isinstance(recipe, DiffusionRecipe):
         fail(f"--device {device}: only the diffusion recipes train off the CPU; {name} trains on cpu")

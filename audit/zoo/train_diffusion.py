@@ -119,9 +119,9 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
 
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = workdir / "tokenizer"
-    exported = next((d / "tokenizer" for d in (export_dir, warm_start_dir) if d and (d / "tokenizer").exists()), None)
-    if recipe.conditional and not tokenizer_dir.exists() and exported is not None:
-        shutil.copytree(exported, tokenizer_dir)  # warm start: keep the ids the exported encoder learnt
+    source = next((d for d in (export_dir, warm_start_dir) if d and (d / "training.json").exists()), None)
+    if recipe.conditional and not tokenizer_dir.exists() and source and (source / "tokenizer").exists():
+        shutil.copytree(source / "tokenizer", tokenizer_dir)  # warm start: keep the ids the exported encoder learnt
     unet, text_encoder, tokenizer, scheduler = build_models(recipe, tokenizer_dir)
     unet.to(device)
     if text_encoder is not None:
@@ -140,12 +140,10 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
         ema.load_state_dict(state["ema"])
         step, wall = int(state["step"]), float(state["wall"])
         log(f"resumed {recipe.name} at step {step}")
-    else:
-        source = next((d for d in (export_dir, warm_start_dir) if d and (d / "training.json").exists()), None)
-        if source is not None:
-            step, wall = warm_start(recipe, unet, text_encoder, ema, source)
-            rewarm_from = step
-            log(f"warm-started {recipe.name} from the weights exported at step {step} in {source}")
+    elif source is not None:
+        step, wall = warm_start(recipe, unet, text_encoder, ema, source)
+        rewarm_from = step
+        log(f"warm-started {recipe.name} from the weights exported at step {step} in {source}")
 
     end = recipe.steps if max_steps is None else min(recipe.steps, step + max_steps)
     stop = _stop_on_sigterm()
@@ -270,7 +268,8 @@ def export(recipe, unet, text_encoder, tokenizer, scheduler, ema, params, export
             "train_seconds": round(wall, 1), "final_loss": loss, "torch": torch.__version__,
             "diffusers": diffusers.__version__, "transformers": transformers.__version__,
             "description": recipe.description}
-    previous = export_dir / "training.json"
-    if previous.exists() and "history" in json.loads(previous.read_text()):  # how earlier runs got here
-        info["history"] = json.loads(previous.read_text())["history"]
-    (export_dir / "training.json").write_text(json.dumps(info, indent=2))
+    info_file = export_dir / "training.json"
+    previous = json.loads(info_file.read_text()) if info_file.exists() else {}
+    if "history" in previous:  # how earlier runs got here
+        info["history"] = previous["history"]
+    info_file.write_text(json.dumps(info, indent=2))
