@@ -11,7 +11,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -25,26 +24,35 @@ from audit.zoo.synthfaces import WORLDS, caption_for, generate
 CHECKPOINT = "checkpoint.pt"
 
 
-def build_models(recipe: DiffusionRecipe, tokenizer_dir: Path | None = None):
+def build_models(recipe: DiffusionRecipe):
     """Fresh (unet, text_encoder, tokenizer, scheduler) for a recipe; text parts are None when
-    the recipe is unconditional."""
+    the recipe is unconditional. The text encoder is the frozen text tower of a zoo CLIP."""
     from diffusers import DDIMScheduler, UNet2DConditionModel, UNet2DModel
 
     torch.manual_seed(0)
     scheduler = DDIMScheduler(**recipe.scheduler)
     if not recipe.conditional:
         return UNet2DModel(**recipe.unet), None, None, scheduler
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from audit.zoo.tokenizer import load_or_save_tokenizer
-
-    tokenizer = load_or_save_tokenizer(tokenizer_dir)
-    config = CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                            **recipe.text_encoder)
-    return UNet2DConditionModel(**recipe.unet), CLIPTextModel(config), tokenizer, scheduler
+    text_encoder, tokenizer = frozen_text_encoder(recipe.text_encoder_from)
+    return UNet2DConditionModel(**recipe.unet), text_encoder, tokenizer, scheduler
 
 
+def frozen_text_encoder(clip_name: str):
+    """(CLIPTextModel, tokenizer) of a zoo CLIP's text tower, in eval mode with no gradients."""
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    from audit.zoo import is_trained, zoo_path
+
+    if not is_trained(clip_name):
+        raise ValueError(f"the text encoder comes from {clip_name}, which is not trained; "
+                         f"run `diffaudit zoo train {clip_name}` first")
+    clip = CLIPModel.from_pretrained(zoo_path(clip_name), torch_dtype=torch.float32)
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())
+    return text_encoder.eval().requires_grad_(False), CLIPTokenizer.from_pretrained(zoo_path(clip_name))
+
+
+@torch.no_grad()
 def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
@@ -118,32 +126,35 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
     from diffusers.training_utils import EMAModel
 
     workdir.mkdir(parents=True, exist_ok=True)
-    tokenizer_dir = workdir / "tokenizer"
     source = next((d for d in (export_dir, warm_start_dir) if d and (d / "training.json").exists()), None)
-    if recipe.conditional and not tokenizer_dir.exists() and source and (source / "tokenizer").exists():
-        shutil.copytree(source / "tokenizer", tokenizer_dir)  # warm start: keep the ids the exported encoder learnt
-    unet, text_encoder, tokenizer, scheduler = build_models(recipe, tokenizer_dir)
+    unet, text_encoder, tokenizer, scheduler = build_models(recipe)
     unet.to(device)
     if text_encoder is not None:
         text_encoder.to(device)
-    params = list(unet.parameters()) + (list(text_encoder.parameters()) if text_encoder else [])
+    params = list(unet.parameters())  # the text encoder is frozen
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
     ema = EMAModel(params, decay=recipe.ema_decay, use_ema_warmup=True, power=0.75)
     step, wall, rewarm_from = 0, 0.0, None
     ckpt = workdir / CHECKPOINT
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True, map_location=device)
-        unet.load_state_dict(state["unet"])
-        if text_encoder is not None:
-            text_encoder.load_state_dict(state["text_encoder"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            unet.load_state_dict(state["unet"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"{ckpt} was written by another version of the {recipe.name} recipe "
+                             f"({str(error).splitlines()[0]}); delete it to warm-start from "
+                             f"the exported weights instead") from None
         ema.load_state_dict(state["ema"])
         step, wall = int(state["step"]), float(state["wall"])
         log(f"resumed {recipe.name} at step {step}")
     elif source is not None:
-        step, wall = warm_start(recipe, unet, text_encoder, ema, source)
+        step, wall, fresh = warm_start(recipe, unet, ema, source)
         rewarm_from = step
         log(f"warm-started {recipe.name} from the weights exported at step {step} in {source}")
+        if fresh:
+            log(f"the export was conditioned on another text encoder: {len(fresh)} cross-attention "
+                "input projections start afresh (value projections at zero)")
 
     end = recipe.steps if max_steps is None else min(recipe.steps, step + max_steps)
     stop = _stop_on_sigterm()
@@ -190,8 +201,6 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
         if step % checkpoint_every == 0 or step == end:
             state = {"unet": unet.state_dict(), "optimizer": optimizer.state_dict(),
                      "ema": ema.state_dict(), "step": step, "wall": wall}
-            if text_encoder is not None:
-                state["text_encoder"] = text_encoder.state_dict()
             _atomic_torch_save(state, ckpt)
         if step % export_every == 0 or step == end:
             export(recipe, unet, text_encoder, tokenizer, scheduler, ema, params, export_dir,
@@ -218,23 +227,31 @@ def _stop_on_sigterm() -> dict:
     return flag
 
 
-def warm_start(recipe, unet, text_encoder, ema, export_dir: Path) -> tuple[int, float]:
+def warm_start(recipe, unet, ema, export_dir: Path) -> tuple[int, float, list[str]]:
     """Continue from committed (EMA) weights when the work checkpoint is gone, e.g. in a new
-    session: model and EMA both start from the exported weights; the optimizer starts fresh."""
+    session: model and EMA both start from the exported weights; the optimizer starts fresh.
+
+    An export conditioned on a text encoder of another width keeps everything but the
+    cross-attention key/value projections, which read the encoder; they start afresh, values at
+    zero so that the warm-started model first draws as before. Returns (step, seconds, the
+    names of those projections)."""
     from diffusers import UNet2DConditionModel, UNet2DModel
 
     info = json.loads((export_dir / "training.json").read_text())
     cls = UNet2DConditionModel if recipe.conditional else UNet2DModel
-    unet.load_state_dict(cls.from_pretrained(export_dir / "unet", torch_dtype=torch.float32).state_dict())
-    if text_encoder is not None:
-        from transformers import CLIPTextModel
-
-        loaded = CLIPTextModel.from_pretrained(export_dir / "text_encoder", torch_dtype=torch.float32)
-        text_encoder.load_state_dict(loaded.state_dict())
-    params = list(unet.parameters()) + (list(text_encoder.parameters()) if text_encoder else [])
-    ema.shadow_params = [p.detach().clone() for p in params]
+    exported = cls.from_pretrained(export_dir / "unet", torch_dtype=torch.float32).state_dict()
+    current = unet.state_dict()
+    fresh = [k for k, v in exported.items() if k in current and current[k].shape != v.shape]
+    if any(".attn2.to_k." not in k and ".attn2.to_v." not in k for k in fresh):
+        raise ValueError(f"{export_dir / 'unet'} has another shape than the {recipe.name} recipe's "
+                         f"UNet ({fresh[0]}); export to a new --export-dir to train from scratch")
+    with torch.no_grad():
+        for key in fresh:
+            exported[key] = torch.zeros_like(current[key]) if ".attn2.to_v." in key else current[key]
+    unet.load_state_dict(exported)
+    ema.shadow_params = [p.detach().clone() for p in unet.parameters()]
     ema.optimization_step = int(info["steps"])
-    return int(info["steps"]), float(info.get("train_seconds", 0.0))
+    return int(info["steps"]), float(info.get("train_seconds", 0.0)), fresh
 
 
 def export(recipe, unet, text_encoder, tokenizer, scheduler, ema, params, export_dir: Path,
@@ -265,6 +282,7 @@ def export(recipe, unet, text_encoder, tokenizer, scheduler, ema, params, export
              "_diffusers_version": diffusers.__version__, **components}
     (export_dir / "model_index.json").write_text(json.dumps(index, indent=2))
     info = {"recipe": recipe.name, "steps": step, "target_steps": recipe.steps,
+            **({"text_encoder_from": recipe.text_encoder_from} if recipe.conditional else {}),
             "train_seconds": round(wall, 1), "final_loss": loss, "torch": torch.__version__,
             "diffusers": diffusers.__version__, "transformers": transformers.__version__,
             "description": recipe.description}
