@@ -110,7 +110,7 @@ def test_text_to_image_training_conditions_on_the_frozen_clip_text_tower(tmp_pat
     clip = CLIPModel.from_pretrained(zoo_path("synthfaces-clip"))
     exported = CLIPTextModel.from_pretrained(tmp_path / "out" / "text_encoder", torch_dtype=torch.float32)
     for key, value in clip.text_model.state_dict().items():
-        assert torch.allclose(exported.state_dict()[key], value, atol=1e-2, rtol=1e-3), key
+        assert torch.equal(exported.state_dict()[key], value), key
     tokenizer = CLIPTokenizer.from_pretrained(tmp_path / "out" / "tokenizer")
     assert tokenizer.get_vocab() == CLIPTokenizer.from_pretrained(zoo_path("synthfaces-clip")).get_vocab()
     phrases = ("wearing eyeglasses", "without eyeglasses", "smiling", "not smiling")

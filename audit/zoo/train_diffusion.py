@@ -256,7 +256,7 @@ def warm_start(recipe, unet, ema, export_dir: Path) -> tuple[int, float, list[st
 
 def export(recipe, unet, text_encoder, tokenizer, scheduler, ema, params, export_dir: Path,
            step: int, wall: float, loss: float | None) -> None:
-    """Write the EMA weights (float16 safetensors) in diffusers' directory layout."""
+    """Write the EMA weights (UNet in float16 safetensors) in diffusers' directory layout."""
     import copy
 
     import diffusers
@@ -270,8 +270,8 @@ def export(recipe, unet, text_encoder, tokenizer, scheduler, ema, params, export
         components = {"unet": ["diffusers", type(unet).__name__],
                       "scheduler": ["diffusers", type(scheduler).__name__]}
         if text_encoder is not None:
-            copy.deepcopy(text_encoder).to(torch.float16).save_pretrained(
-                export_dir / "text_encoder", safe_serialization=True)
+            # float32: the frozen encoder exactly as training saw it (88k parameters)
+            text_encoder.save_pretrained(export_dir / "text_encoder", safe_serialization=True)
             tokenizer.save_pretrained(export_dir / "tokenizer")
             components["text_encoder"] = ["transformers", "CLIPTextModel"]
             components["tokenizer"] = ["transformers", "CLIPTokenizer"]
