@@ -119,8 +119,8 @@ def test_text_to_image_training_conditions_on_the_frozen_clip_text_tower(tmp_pat
 
 
 def test_a_warm_start_across_a_text_encoder_change_keeps_the_image_model(tmp_path):
-    """An export conditioned on a wider text encoder (the jointly trained one) warm-starts the
-    frozen-CLIP recipe: every UNet weight carries over except the cross-attention key/value
+    """An export conditioned on another text encoder (the jointly trained, wider one) warm-starts
+    the frozen-CLIP recipe: every UNet weight carries over except the cross-attention key/value
     projections, whose values start at zero; any other shape change is a one-line error."""
     from diffusers import UNet2DConditionModel
     from diffusers.training_utils import EMAModel
@@ -145,6 +145,12 @@ def test_a_warm_start_across_a_text_encoder_change_keeps_the_image_model(tmp_pat
     assert train(recipe, tmp_path / "work", tmp_path / "new", log=messages.append,
                  warm_start_dir=tmp_path / "old") == 8
     assert any("start afresh" in m for m in messages)
+    # The new run's own export names its encoder: warm-starting from it keeps every weight.
+    new = build_models(recipe)[0]
+    assert warm_start(recipe, new, EMAModel(list(new.parameters())), tmp_path / "new")[2] == []
+    exported = UNet2DConditionModel.from_pretrained(tmp_path / "new" / "unet", torch_dtype=torch.float32)
+    saved = exported.state_dict()
+    assert all(torch.equal(value, saved[key]) for key, value in new.state_dict().items())
 
     other = UNet2DConditionModel(**{**recipe.unet, "block_out_channels": (8, 16, 16, 32)})
     other.save_pretrained(tmp_path / "other" / "unet")

@@ -231,20 +231,25 @@ def warm_start(recipe, unet, ema, export_dir: Path) -> tuple[int, float, list[st
     """Continue from committed (EMA) weights when the work checkpoint is gone, e.g. in a new
     session: model and EMA both start from the exported weights; the optimizer starts fresh.
 
-    An export conditioned on a text encoder of another width keeps everything but the
-    cross-attention key/value projections, which read the encoder; they start afresh, values at
-    zero so that the warm-started model first draws as before. Returns (step, seconds, the
-    names of those projections)."""
+    An export conditioned on another text encoder (its training.json names another, or none:
+    the jointly trained encoder of sessions 1-6) keeps everything but the cross-attention
+    key/value projections, which read the encoder: they start afresh, values at zero so that
+    cross-attention first adds nothing rather than noise. Returns (step, seconds, the names of
+    those projections)."""
     from diffusers import UNet2DConditionModel, UNet2DModel
 
     info = json.loads((export_dir / "training.json").read_text())
     cls = UNet2DConditionModel if recipe.conditional else UNet2DModel
     exported = cls.from_pretrained(export_dir / "unet", torch_dtype=torch.float32).state_dict()
     current = unet.state_dict()
-    fresh = [k for k, v in exported.items() if k in current and current[k].shape != v.shape]
-    if any(".attn2.to_k." not in k and ".attn2.to_v." not in k for k in fresh):
+    fresh = []
+    if recipe.conditional and info.get("text_encoder_from") != recipe.text_encoder_from:
+        fresh = [k for k in current if ".attn2.to_k." in k or ".attn2.to_v." in k]
+    mismatched = [k for k, v in exported.items()
+                  if k not in fresh and (k not in current or current[k].shape != v.shape)]
+    if mismatched:
         raise ValueError(f"{export_dir / 'unet'} has another shape than the {recipe.name} recipe's "
-                         f"UNet ({fresh[0]}); export to a new --export-dir to train from scratch")
+                         f"UNet ({mismatched[0]}); export to a new --export-dir to train from scratch")
     with torch.no_grad():
         for key in fresh:
             exported[key] = torch.zeros_like(current[key]) if ".attn2.to_v." in key else current[key]
