@@ -154,13 +154,13 @@ def zoo_train(
     if device != "cpu" and not isinstance(recipe, DiffusionRecipe):
         fail(f"--device {device}: only the diffusion recipes train off the CPU; {name} trains on cpu")
     if isinstance(recipe, DiffusionRecipe):
-        from audit.zoo.train_diffusion import train
+        from audit.zoo.train_diffusion import TrainingStateError, train
 
         try:
             train(recipe, workdir / name, export_dir or zoo_path(name), max_steps=max_steps,
                   export_every=export_every, log=lambda s: print(s, flush=True),
                   warm_start_dir=zoo_path(name), device=device)
-        except ValueError as error:  # a stale checkpoint or export, an untrained text encoder
+        except TrainingStateError as error:  # a stale checkpoint or export, an untrained text encoder
             fail(str(error))
     elif isinstance(recipe, ClipRecipe):
         from audit.zoo.train_clip import train

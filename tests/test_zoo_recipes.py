@@ -278,3 +278,20 @@ def test_zoo_list_shows_a_training_run_in_progress(tmp_path, monkeypatch):
     line = next(row for row in result.output.splitlines() if "synthfaces-ddpm" in row)
     assert "in training: 1234 steps" in line
     assert "in training" not in next(row for row in result.output.splitlines() if "synthfaces-eval" in row)
+
+
+def test_zoo_train_reports_a_stale_checkpoint_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from audit.cli import app
+
+    (tmp_path / "synthfaces-t2i").mkdir()
+    torch.save({"unet": {}, "optimizer": {}, "ema": {}, "step": 1, "wall": 0.0},
+               tmp_path / "synthfaces-t2i" / "checkpoint.pt")
+    result = CliRunner().invoke(app, ["zoo", "train", "synthfaces-t2i", "--workdir", str(tmp_path),
+                                      "--export-dir", str(tmp_path / "out"), "--threads", "1"])
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output  # (above it: loading progress bars)
+    assert "another version of the synthfaces-t2i recipe" in errors[0] and "delete it" in errors[0]
+    assert not (tmp_path / "out").exists()

@@ -24,6 +24,11 @@ from audit.zoo.synthfaces import WORLDS, caption_for, generate
 CHECKPOINT = "checkpoint.pt"
 
 
+class TrainingStateError(ValueError):
+    """A checkpoint, export or text encoder that this recipe cannot continue from: the user's to
+    fix (the message says how), not a bug."""
+
+
 def build_models(recipe: DiffusionRecipe):
     """Fresh (unet, text_encoder, tokenizer, scheduler) for a recipe; text parts are None when
     the recipe is unconditional. The text encoder is the frozen text tower of a zoo CLIP."""
@@ -44,7 +49,7 @@ def frozen_text_encoder(clip_name: str):
     from audit.zoo import is_trained, zoo_path
 
     if not is_trained(clip_name):
-        raise ValueError(f"the text encoder comes from {clip_name}, which is not trained; "
+        raise TrainingStateError(f"the text encoder comes from {clip_name}, which is not trained; "
                          f"run `diffaudit zoo train {clip_name}` first")
     clip = CLIPModel.from_pretrained(zoo_path(clip_name), torch_dtype=torch.float32)
     text_encoder = CLIPTextModel(clip.config.text_config)
@@ -142,7 +147,7 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
             unet.load_state_dict(state["unet"])
             optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as error:
-            raise ValueError(f"{ckpt} was written by another version of the {recipe.name} recipe "
+            raise TrainingStateError(f"{ckpt} was written by another version of the {recipe.name} recipe "
                              f"({str(error).splitlines()[0]}); delete it to warm-start from "
                              f"the exported weights instead") from None
         ema.load_state_dict(state["ema"])
@@ -248,11 +253,10 @@ def warm_start(recipe, unet, ema, export_dir: Path) -> tuple[int, float, list[st
     mismatched = [k for k, v in exported.items()
                   if k not in fresh and (k not in current or current[k].shape != v.shape)]
     if mismatched:
-        raise ValueError(f"{export_dir / 'unet'} has another shape than the {recipe.name} recipe's "
+        raise TrainingStateError(f"{export_dir / 'unet'} has another shape than the {recipe.name} recipe's "
                          f"UNet ({mismatched[0]}); export to a new --export-dir to train from scratch")
-    with torch.no_grad():
-        for key in fresh:
-            exported[key] = torch.zeros_like(current[key]) if ".attn2.to_v." in key else current[key]
+    for key in fresh:
+        exported[key] = torch.zeros_like(current[key]) if ".attn2.to_v." in key else current[key]
     unet.load_state_dict(exported)
     ema.shadow_params = [p.detach().clone() for p in unet.parameters()]
     ema.optimization_step = int(info["steps"])
