@@ -41,6 +41,8 @@ def test_efficacy_suite_has_the_guidance_bars_cell_ids():
     t2i = plan(load_suite(BENCH / "efficacy_t2i.yaml"))
     assert {c.prompt for c in t2i} == {"a photo of a person"} and not any(c.skip_reason for c in t2i)
     assert "prompt" in {c.method.name for c in t2i}
+    t2i_bars = plan(load_suite(BENCH / "guidance_bars_t2i.yaml"))  # issue 3's t2i bar: a subset of the table
+    assert {c.cell_id for c in t2i_bars} <= {c.cell_id for c in t2i} and len(t2i_bars) == 2
 
 
 def tiny_suite_file(tmp_path, model_dir, **changes) -> Path:
