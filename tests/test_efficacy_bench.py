@@ -37,7 +37,8 @@ def test_efficacy_suite_has_the_guidance_bars_cell_ids():
     sweep = plan(load_suite(BENCH / "efficacy_sweep.yaml"))
     assert [c.cell_id for c in sweep if c.method.name == "none"][0] in bars
     scales = {c.method.display: c.method.params["scale"] for c in sweep if c.method.name != "none"}
-    assert len(set(scales.values())) >= 5 and len(sweep) == 9
+    assert len(set(scales.values())) >= 5 and len(sweep) == 13
+    assert {c.method.name for c in sweep} == {"none", "sample_guidance", "universal_guidance", "distribution_guidance"}
     t2i = plan(load_suite(BENCH / "efficacy_t2i.yaml"))
     assert {c.prompt for c in t2i} == {"a photo of a person"} and not any(c.skip_reason for c in t2i)
     assert "prompt" in {c.method.name for c in t2i}
