@@ -128,8 +128,9 @@ def check_t2i(rows: list[CheckRow], n: int, n_prompt: int, steps: int, batch_siz
     adapter = _diffusion_model(name, candidate)
 
     def sample(prompt: str, count: int, seed0: int) -> torch.Tensor:
-        return torch.cat([adapter.generate(list(range(i, min(i + batch_size, count))),
-                                           prompts=[prompt] * min(batch_size, count - i), steps=steps,
+        end = seed0 + count
+        return torch.cat([adapter.generate(list(range(i, min(i + batch_size, end))),
+                                           prompts=[prompt] * (min(i + batch_size, end) - i), steps=steps,
                                            guidance_scale=T2I_GUIDANCE).images
                           for i in range(seed0, seed0 + count, batch_size)])
 
