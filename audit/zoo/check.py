@@ -85,6 +85,15 @@ def _present(name: str, candidate: Path | None) -> bool:
     return trained and is_trained_classifier("synthfaces-eval")
 
 
+def generate_in_batches(adapter, seeds: list[int], batch_size: int, prompts: list[str] | None = None,
+                        **kwargs) -> torch.Tensor:
+    """adapter.generate over `seeds` (and their prompts) in batches of `batch_size`: images [N, 3, H, W]."""
+    return torch.cat([adapter.generate(seeds[i:i + batch_size],
+                                       prompts=None if prompts is None else prompts[i:i + batch_size],
+                                       **kwargs).images
+                      for i in range(0, len(seeds), batch_size)])
+
+
 def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int, candidate: Path | None = None) -> None:
     from audit.metrics.fid import fid_between
 
@@ -93,8 +102,7 @@ def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int, candid
         rows.append(CheckRow(name, "trained", None, "weights present", None, "model or labeler not trained"))
         return
     adapter = _diffusion_model(name, candidate)
-    images = torch.cat([adapter.generate(list(range(i, min(i + batch_size, n))), steps=steps).images
-                        for i in range(0, n, batch_size)])
+    images = generate_in_batches(adapter, list(range(n)), batch_size, steps=steps)
     probs = label_probabilities(images)
     rows.extend(marginal_rows(name, probs, BIASED_WORLD.marginals, 0.05))
     for attribute in ATTRIBUTES:
@@ -128,11 +136,8 @@ def check_t2i(rows: list[CheckRow], n: int, n_prompt: int, steps: int, batch_siz
     adapter = _diffusion_model(name, candidate)
 
     def sample(prompt: str, count: int, seed0: int) -> torch.Tensor:
-        end = seed0 + count
-        return torch.cat([adapter.generate(list(range(i, min(i + batch_size, end))),
-                                           prompts=[prompt] * (min(i + batch_size, end) - i), steps=steps,
-                                           guidance_scale=T2I_GUIDANCE).images
-                          for i in range(seed0, seed0 + count, batch_size)])
+        return generate_in_batches(adapter, list(range(seed0, seed0 + count)), batch_size, [prompt] * count,
+                                   steps=steps, guidance_scale=T2I_GUIDANCE)
 
     neutral = "a photo of a person"
     probs = label_probabilities(sample(neutral, n, 0))
@@ -210,9 +215,8 @@ def clip_t2i_measurements(n: int = 200, steps: int = 50, batch_size: int = 100, 
 
     prompts = [prompt(i) for i in range(n)]
     adapter = ModelAdapter.from_zoo("synthfaces-t2i")
-    images = torch.cat([adapter.generate(list(range(i, min(i + batch_size, n))), prompts=prompts[i:i + batch_size],
-                                         steps=steps, guidance_scale=T2I_GUIDANCE).images
-                        for i in range(0, n, batch_size)])
+    images = generate_in_batches(adapter, list(range(n)), batch_size, prompts, steps=steps,
+                                 guidance_scale=T2I_GUIDANCE)
     path = str(zoo_path(ZOO_CLIP))
     matching = clip_scores(images, prompts, path)
     order = rng.permutation(n)

@@ -50,7 +50,7 @@ def frozen_text_encoder(clip_name: str):
 
     if not is_trained(clip_name):
         raise TrainingStateError(f"the text encoder comes from {clip_name}, which is not trained; "
-                         f"run `diffaudit zoo train {clip_name}` first")
+                                 f"run `diffaudit zoo train {clip_name}` first")
     clip = CLIPModel.from_pretrained(zoo_path(clip_name), torch_dtype=torch.float32)
     text_encoder = CLIPTextModel(clip.config.text_config)
     text_encoder.load_state_dict(clip.text_model.state_dict())
@@ -148,8 +148,8 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
             optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as error:
             raise TrainingStateError(f"{ckpt} was written by another version of the {recipe.name} recipe "
-                             f"({str(error).splitlines()[0]}); delete it to warm-start from "
-                             f"the exported weights instead") from None
+                                     f"({str(error).splitlines()[0]}); delete it to warm-start from "
+                                     f"the exported weights instead") from None
         ema.load_state_dict(state["ema"])
         step, wall = int(state["step"]), float(state["wall"])
         log(f"resumed {recipe.name} at step {step}")
@@ -254,7 +254,7 @@ def warm_start(recipe, unet, ema, export_dir: Path) -> tuple[int, float, list[st
                   if k not in fresh and (k not in current or current[k].shape != v.shape)]
     if mismatched:
         raise TrainingStateError(f"{export_dir / 'unet'} has another shape than the {recipe.name} recipe's "
-                         f"UNet ({mismatched[0]}); export to a new --export-dir to train from scratch")
+                                 f"UNet ({mismatched[0]}); export to a new --export-dir to train from scratch")
     for key in fresh:
         exported[key] = torch.zeros_like(current[key]) if ".attn2.to_v." in key else current[key]
     unet.load_state_dict(exported)
