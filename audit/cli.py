@@ -239,12 +239,11 @@ def zoo_check(
                    "of the one diffusion model named by --only."),
 ):
     """Measure every zoo model against its bars and print the table."""
-    import json
-
     import torch
     from rich.console import Console
     from rich.table import Table
 
+    from audit.store import atomic_write_json
     from audit.zoo.check import rows_to_json, run_check
 
     torch.set_num_threads(threads)
@@ -261,17 +260,26 @@ def zoo_check(
         if not (candidate / "training.json").exists():
             fail(f"--candidate {candidate}: no training.json there; point it at a `zoo train --export-dir` folder")
         candidates[diffusion[0]] = candidate
-    rows = run_check(n=n, steps=steps, n_heldout=heldout, n_prompt=n_prompt, models=models, candidates=candidates)
+    console = Console(width=200)
+    measured = []
+
+    def show(row) -> None:  # each figure as it comes; the JSON holds every figure measured so far
+        measured.append(row)
+        mark = {True: "pass", False: "FAIL", None: "-"}[row.passed]
+        console.print(f"{row.model}: {row.check} = {row.value_text()} ({row.bar}: {mark})", markup=False,
+                      highlight=False)
+        if json_file is not None:
+            atomic_write_json(json_file, rows_to_json(measured))
+
+    rows = run_check(n=n, steps=steps, n_heldout=heldout, n_prompt=n_prompt, models=models, candidates=candidates,
+                     on_row=show)
     table = Table(title="diffaudit zoo check")
     for column in ("model", "check", "value", "bar", "pass", "detail"):
         table.add_column(column)
     for r in rows:
         mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "-"}[r.passed]
-        value = "-" if r.value is None else f"{r.value:.4f}"
-        table.add_row(r.model, r.check, value, r.bar, mark, r.detail)
-    Console(width=200).print(table)
-    if json_file is not None:
-        json_file.write_text(json.dumps(rows_to_json(rows), indent=2))
+        table.add_row(r.model, r.check, r.value_text(), r.bar, mark, r.detail)
+    console.print(table)
     if any(r.passed is False for r in rows):
         raise typer.Exit(1)
 

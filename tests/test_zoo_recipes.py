@@ -237,6 +237,38 @@ def test_zoo_check_measures_a_candidate_export_in_place_of_the_zoo_weights(tmp_p
     assert any(r["check"].endswith("marginal gap skin_tone") for r in rows)
 
 
+def test_zoo_check_shows_each_figure_as_it_comes_and_keeps_them_when_stopped(tmp_path, monkeypatch):
+    """A full t2i check takes hours on 2 cores: each row is printed and written to --json as soon as
+    it is measured, so a check stopped after the neutral prompt still leaves its marginals."""
+    from typer.testing import CliRunner
+
+    from audit.cli import app
+    from audit.zoo import check
+
+    train(small("synthfaces-t2i", steps=1), tmp_path / "work", tmp_path / "candidate", log=lambda s: None)
+    label = check.label_probabilities
+    calls = []
+
+    def stop_at_the_first_attribute_prompt(images01):
+        calls.append(len(images01))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return label(images01)
+
+    monkeypatch.setattr(check, "label_probabilities", stop_at_the_first_attribute_prompt)
+    report = tmp_path / "check.json"
+    result = CliRunner().invoke(app, ["zoo", "check", "--only", "synthfaces-t2i", "--candidate",
+                                      str(tmp_path / "candidate"), "--n", "6", "--n-prompt", "3",
+                                      "--steps", "2", "--threads", "1", "--json", str(report)])
+    assert result.exit_code == 130 and calls == [6, 3]  # Ctrl-C after the neutral prompt
+    rows = json.loads(report.read_text())
+    from audit.zoo.synthfaces import ATTRIBUTES
+
+    assert [r["check"] for r in rows] == [f"'a photo of a person' marginal gap {a}" for a in ATTRIBUTES]
+    for r in rows:
+        assert f"synthfaces-t2i: {r['check']} = {r['value']:.4f} (<= 0.07: " in result.output
+
+
 def test_zoo_check_rejects_a_candidate_it_cannot_place(tmp_path):
     from typer.testing import CliRunner
 

@@ -27,6 +27,28 @@ class CheckRow:
     passed: bool | None  # None: not measured (model missing)
     detail: str = ""
 
+    def value_text(self) -> str:
+        return "-" if self.value is None else f"{self.value:.4f}"
+
+
+class CheckRows(list):
+    """The check's rows, each also handed to `on_row` as soon as it is measured: a full check takes
+    hours on 2 cores, so its figures should show as they come, and a check stopped early should
+    still leave the ones it measured."""
+
+    def __init__(self, on_row=None):
+        super().__init__()
+        self.on_row = on_row
+
+    def append(self, row: CheckRow) -> None:
+        super().append(row)
+        if self.on_row is not None:
+            self.on_row(row)
+
+    def extend(self, rows) -> None:
+        for row in rows:
+            self.append(row)
+
 
 def _labeler(name: str):
     from audit.zoo.networks import SynthFacesCNN
@@ -243,9 +265,10 @@ def clip_t2i_measurements(n: int = 200, steps: int = 50, batch_size: int = 100, 
 
 def run_check(n: int = 1000, steps: int = 50, batch_size: int = 100, n_heldout: int = 10_000, n_prompt: int = 200,
               models: tuple[str, ...] = ("labelers", "synthfaces-ddpm", "synthfaces-t2i", "clip"),
-              candidates: dict[str, Path] | None = None) -> list[CheckRow]:
-    """candidates: {diffusion model name: export directory} checked in place of the committed weights."""
-    rows: list[CheckRow] = []
+              candidates: dict[str, Path] | None = None, on_row=None) -> list[CheckRow]:
+    """candidates: {diffusion model name: export directory} checked in place of the committed weights;
+    on_row: called with each row as soon as it is measured."""
+    rows = CheckRows(on_row)
     candidates = candidates or {}
     if "labelers" in models:
         check_labelers(rows, n_heldout)
