@@ -9,12 +9,12 @@ images/s: higher first); a second click reverses. Missing values always sort las
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from audit.report.load import ReportError, RunData, load_run, number
 from audit.report.render import render, url
+from audit.store import atomic_path
 
 METRICS = [
     # key, header, better, note
@@ -48,18 +48,11 @@ def write_leaderboard(outs: list[Path], dest: Path) -> Path:
         raise ReportError(f"{dest}: the leaderboard is an HTML page; give a path ending in .html")
     dest.parent.mkdir(parents=True, exist_ok=True)
     groups = build_groups(runs, dest.parent.resolve())
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        render("leaderboard.html.j2", Path(tmp), groups=groups, metrics=METRICS,
+    with atomic_path(dest) as tmp:
+        render("leaderboard.html.j2", tmp, groups=groups, metrics=METRICS,
                runs=[{"name": r.name, "out": str(r.out), "rows": len(r.rows)} for r in runs],
                has_prompts=any(row["prompt"] for g in groups for row in g["rows"]),
                generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -1,6 +1,7 @@
 """The runner end to end on a tiny real diffusers model: store layout, resume, label cache, index."""
 
 import json
+import os
 import sqlite3
 
 import numpy as np
@@ -13,7 +14,7 @@ from audit.metrics.functional import cohens_kappa
 from audit.probes.probe import Probe
 from audit.runner import run_suite
 from audit.spec import load_suite
-from audit.store import UnsafePathError, inside
+from audit.store import RunStore, UnsafePathError, atomic_write_json, atomic_write_parquet, inside
 
 
 def tiny_suite(tmp_path, model_dir, **changes):
@@ -315,6 +316,24 @@ def test_a_batch_finished_but_not_logged_is_logged_on_resume(tmp_path, tiny_mode
     replayed = events(out)[1:]
     assert len(replayed) == 1 and replayed[0].endswith("(logged on resume)")
     assert " ".join(replayed[0].split()[1:]) == " ".join(lines[1].split()[1:]) + " (logged on resume)"
+
+
+def test_store_files_get_the_permissions_of_a_plain_write(tmp_path):
+    """Images, tables and JSON are created as open() would create them (0666 less the umask), so a
+    run directory can be shared or served; mkstemp's owner-only 0600 locked everyone else out."""
+    previous = os.umask(0o022)
+    try:
+        for umask, mode in ((0o022, 0o644), (0o077, 0o600)):
+            os.umask(umask)
+            out = tmp_path / f"umask-{umask:03o}"
+            atomic_write_json(out / "metrics.json", {"fd": 0.1})
+            atomic_write_parquet(out / "samples.parquet", pd.DataFrame({"seed": [3]}))
+            RunStore(out).write_batch("cell", 0, [3], None, torch.rand(1, 3, 8, 8), 0.1, {})
+            files = [p for p in out.rglob("*") if p.is_file()]
+            assert {p.suffix for p in files} == {".json", ".parquet", ".png"}
+            assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(mode) for p in files}
+    finally:
+        os.umask(previous)
 
 
 def test_half_written_files_of_a_killed_batch_are_removed_on_resume(tmp_path, tiny_model_dir):
