@@ -234,6 +234,9 @@ def zoo_check(
                                            "score margin (clip)."),
     only: list[str] = typer.Option([], help="Check only these (labelers, synthfaces-ddpm, synthfaces-t2i, clip)."),
     threads: int = typer.Option(2, help="torch CPU threads."),
+    t2i_guidance_scale: float = typer.Option(
+        1.0, min=1.0, help="Classifier-free guidance scale of the synthfaces-t2i samples; 1 samples the "
+                           "conditional distribution training fitted, which is what its bars ask about."),
     candidate: Path | None = typer.Option(
         None, help="Check this export (e.g. from `zoo train --export-dir`) in place of the committed weights "
                    "of the one diffusion model named by --only."),
@@ -272,7 +275,7 @@ def zoo_check(
             atomic_write_json(json_file, rows_to_json(measured))
 
     rows = run_check(n=n, steps=steps, n_heldout=heldout, n_prompt=n_prompt, models=models, candidates=candidates,
-                     on_row=show)
+                     on_row=show, t2i_guidance_scale=t2i_guidance_scale)
     table = Table(title="diffaudit zoo check")
     for column in ("model", "check", "value", "bar", "pass", "detail"):
         table.add_column(column)

@@ -214,21 +214,36 @@ def test_a_warm_start_ramps_the_learning_rate_up_again(tmp_path, monkeypatch):
     assert seen == [pytest.approx(lr * (i + 1) / 4) for i, lr in enumerate(schedule)]
 
 
-def test_zoo_check_measures_a_candidate_export_in_place_of_the_zoo_weights(tmp_path):
+def test_zoo_check_measures_a_candidate_export_in_place_of_the_zoo_weights(tmp_path, monkeypatch):
     """`zoo check --candidate DIR` judges a training export before it replaces the committed
-    weights; its rows come from the candidate (a 1-step model is far from the bars)."""
+    weights; its rows come from the candidate (a 1-step model is far from the bars). The t2i bars
+    sample the conditional distribution (CFG 1) unless --t2i-guidance-scale asks for more."""
     from typer.testing import CliRunner
 
     from audit.cli import app
+    from audit.zoo import check
 
     recipe = small("synthfaces-t2i", steps=1)
     train(recipe, tmp_path / "work", tmp_path / "candidate", log=lambda s: None)
+    generate = check.generate_in_batches
+    scales = []
+
+    def recording(adapter, seeds, batch_size, prompts=None, **kwargs):
+        scales.append(kwargs["guidance_scale"])
+        return generate(adapter, seeds, batch_size, prompts, **kwargs)
+
+    monkeypatch.setattr(check, "generate_in_batches", recording)
+    args = ["zoo", "check", "--only", "synthfaces-t2i", "--candidate", str(tmp_path / "candidate"), "--n", "8",
+            "--n-prompt", "4", "--steps", "2", "--threads", "1"]
     report = tmp_path / "check.json"
-    result = CliRunner().invoke(app, ["zoo", "check", "--only", "synthfaces-t2i", "--candidate",
-                                      str(tmp_path / "candidate"), "--n", "8", "--n-prompt", "4",
-                                      "--steps", "2", "--threads", "1", "--json", str(report)])
+    result = CliRunner().invoke(app, [*args, "--json", str(report)])
     rows = json.loads(report.read_text())
     assert result.exit_code == 1  # an untrained candidate fails its bars
+    assert set(scales) == {1.0} and all("CFG 1.0" in r["detail"] for r in rows)
+    scales.clear()
+    guided = CliRunner().invoke(app, [*args, "--t2i-guidance-scale", "2.5", "--json", str(tmp_path / "cfg.json")])
+    assert guided.exit_code == 1 and set(scales) == {2.5}
+    assert all("CFG 2.5" in r["detail"] for r in json.loads((tmp_path / "cfg.json").read_text()))
     assert {r["model"] for r in rows} == {"synthfaces-t2i"}
     from audit.zoo.synthfaces import ATTRIBUTES
 

@@ -81,7 +81,7 @@ def label_probabilities(images01: torch.Tensor, labeler: str = "synthfaces-eval"
 
 
 def marginal_rows(model: str, probs: dict[str, np.ndarray], target: dict[str, tuple], tolerance: float,
-                  prefix: str = "") -> list[CheckRow]:
+                  prefix: str = "", detail: str = "") -> list[CheckRow]:
     rows = []
     for attribute, classes in ATTRIBUTES.items():
         observed = np.bincount(probs[attribute].argmax(1), minlength=len(classes)) / len(probs[attribute])
@@ -89,7 +89,7 @@ def marginal_rows(model: str, probs: dict[str, np.ndarray], target: dict[str, tu
         shown = ", ".join(f"{c} {o:.3f}/{t:.2f}" for c, o, t in zip(classes, observed, target[attribute],
                                                                    strict=True))
         rows.append(CheckRow(model, f"{prefix}marginal gap {attribute}", gap, f"<= {tolerance}",
-                             gap <= tolerance, f"observed/training: {shown}"))
+                             gap <= tolerance, f"observed/training: {shown}" + (f"; {detail}" if detail else "")))
     return rows
 
 
@@ -144,11 +144,15 @@ def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int, candid
     rows.append(CheckRow(name, "samples", float(n), f"{steps} DDIM steps", True, "judged by synthfaces-eval"))
 
 
-T2I_GUIDANCE = 2.0  # the classifier-free guidance scale the t2i bars are measured at
+T2I_GUIDANCE = 2.0  # the classifier-free guidance scale the benchmarks sample synthfaces-t2i at
+# The t2i bars ask whether training fitted p(image | caption), so by default they sample that distribution
+# itself: classifier-free guidance > 1 samples a sharpened p(x|c) p(c|x)^(w-1), which overshoots rare
+# classes' colours (at CFG 2-3 the step-8,000 export draws 'with blond hair' as gray hair ever more often).
+T2I_CHECK_GUIDANCE = 1.0
 
 
 def check_t2i(rows: list[CheckRow], n: int, n_prompt: int, steps: int, batch_size: int,
-              candidate: Path | None = None) -> None:
+              candidate: Path | None = None, guidance_scale: float = T2I_CHECK_GUIDANCE) -> None:
     from audit.zoo.synthfaces import ATTRIBUTE_PHRASES
 
     name = "synthfaces-t2i"
@@ -159,18 +163,19 @@ def check_t2i(rows: list[CheckRow], n: int, n_prompt: int, steps: int, batch_siz
 
     def sample(prompt: str, count: int, seed0: int) -> torch.Tensor:
         return generate_in_batches(adapter, list(range(seed0, seed0 + count)), batch_size, [prompt] * count,
-                                   steps=steps, guidance_scale=T2I_GUIDANCE)
+                                   steps=steps, guidance_scale=guidance_scale)
 
     neutral = "a photo of a person"
     probs = label_probabilities(sample(neutral, n, 0))
-    rows.extend(marginal_rows(name, probs, BIASED_WORLD.marginals, 0.07, prefix=f"'{neutral}' "))
+    rows.extend(marginal_rows(name, probs, BIASED_WORLD.marginals, 0.07, prefix=f"'{neutral}' ",
+                              detail=f"{n} samples, CFG {guidance_scale}"))
     for attribute, per_class in ATTRIBUTE_PHRASES.items():
         for index, cls in enumerate(ATTRIBUTES[attribute]):
             phrase = per_class[cls][0]
             share = float((label_probabilities(sample(f"{neutral} {phrase}", n_prompt, 0))[attribute].argmax(1)
                            == index).mean())
             rows.append(CheckRow(name, f"'{phrase}' gives {attribute}={cls}", share, ">= 0.90", share >= 0.9,
-                                 f"{n_prompt} samples, CFG {T2I_GUIDANCE}"))
+                                 f"{n_prompt} samples, CFG {guidance_scale}"))
 
 
 CLIP_BARS = {"hair_color": 0.80}  # zero-shot accuracy bars; binary attributes: 0.90
@@ -265,7 +270,8 @@ def clip_t2i_measurements(n: int = 200, steps: int = 50, batch_size: int = 100, 
 
 def run_check(n: int = 1000, steps: int = 50, batch_size: int = 100, n_heldout: int = 10_000, n_prompt: int = 200,
               models: tuple[str, ...] = ("labelers", "synthfaces-ddpm", "synthfaces-t2i", "clip"),
-              candidates: dict[str, Path] | None = None, on_row=None) -> list[CheckRow]:
+              candidates: dict[str, Path] | None = None, on_row=None,
+              t2i_guidance_scale: float = T2I_CHECK_GUIDANCE) -> list[CheckRow]:
     """candidates: {diffusion model name: export directory} checked in place of the committed weights;
     on_row: called with each row as soon as it is measured."""
     rows = CheckRows(on_row)
@@ -275,7 +281,7 @@ def run_check(n: int = 1000, steps: int = 50, batch_size: int = 100, n_heldout: 
     if "synthfaces-ddpm" in models:
         check_ddpm(rows, n, steps, batch_size, candidates.get("synthfaces-ddpm"))
     if "synthfaces-t2i" in models:
-        check_t2i(rows, n, n_prompt, steps, batch_size, candidates.get("synthfaces-t2i"))
+        check_t2i(rows, n, n_prompt, steps, batch_size, candidates.get("synthfaces-t2i"), t2i_guidance_scale)
     if "clip" in models:
         check_clip(rows, n_heldout, n_prompt, steps, batch_size)
     return rows
