@@ -10,12 +10,12 @@ measures the t2i bars at CFG 1 by default. Labels: synthfaces-eval, seeds 0..n-1
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import typer
 
+from audit.store import atomic_write_json
 from audit.zoo import zoo_path
 from audit.zoo.check import _diffusion_model, generate_in_batches, label_probabilities
 from audit.zoo.synthfaces import ATTRIBUTES
@@ -41,7 +41,7 @@ def main(model_dir: Path = typer.Argument(None, help="A synthfaces-t2i export (d
             results["counts"][f"CFG {scale}: {prompt}"] = counts
             typer.echo(f"CFG {scale} '{prompt}': {counts}")
     if json_file is not None:
-        json_file.write_text(json.dumps(results, indent=1))
+        atomic_write_json(json_file, results)
 
 
 if __name__ == "__main__":
