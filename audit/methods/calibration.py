@@ -2,13 +2,15 @@
 
 On calibration seeds disjoint from every evaluation seed (64 per target class, at least 128),
 sampled in the cell's own batch size, a geometric grid of scales is walked upward until it
-passes the optimum or stops making progress. Each batch's final images are labelled by the
+passes the optimum or stops making progress (up to 64: attributes the model's h encodes weakly,
+skin tone on synthfaces-t2i, still improve at 16). Each batch's final images are labelled by the
 suite's probe labeler (the labeler the probes learnt from, never an evaluation labeler), and the
 chosen scale minimises the FD of the class shares interpolated between the tried scales
 (`interpolated_scale`). Judging images rather than the probe matters: at the last step the probe
 sees the h that guidance itself has just edited, so it always reports success. Records are
 cached per (model revision, method, setting, steps, batch size) in OUT/calibration/ and may be
-shipped with the zoo (`ship_calibrations`).
+shipped with the zoo (`ship_calibrations`). A trial is deterministic, so when only the walk's rule
+changes, the trials of an earlier record of the same cell are reused rather than regenerated.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from audit.spec import DEFAULT_PROMPT
 from audit.store import atomic_write_json, inside
 
 CALIBRATION_SEED = 20_000_000
-GRID = (1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 16.0)  # walked upward; calibrated scales fell in 2-7
+GRID = (1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 16.0, 32.0, 64.0)  # walked upward; most calibrated scales fell in 2-7
+RULE = "images, interpolated, grid to 64"  # bump when the walk or the choice changes: records are keyed on it
 BELOW = (0.5, 0.25)  # tried only when the smallest grid scale is already the best
 PATIENCE = 3  # stop when this many larger scales brought no progress (guidance without effect)
 
@@ -58,8 +61,14 @@ def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int | 
     target = np.asarray(target, dtype=float)
     noise = float(np.sqrt((target * (1 - target)).sum() / n))  # FD's sampling spread at the target
     tried = []
+    earlier = earlier_trials(config, [cache.parent, shipped.parent] if shipped is not None else [cache.parent])
 
     def trial(scale: float) -> float:
+        if scale in earlier:
+            tried.append(earlier[scale])
+            ctx.log(f"calibrating {cell.method.name} on {cell.model.name}/{cell.setting.key}: "
+                    f"scale {scale:g} -> FD {earlier[scale]['fd']:.3f} (an earlier record's trial)")
+            return earlier[scale]["fd"]
         method = factory(probes=probes, target=target, **{**params, "scale": scale})
         method.start_cell(seeds)
         images = []
@@ -101,7 +110,21 @@ def calibration_config(ctx, cell, factory, probes, target, params: dict, n: int)
             "method": cell.method.name, "params": effective_params(factory, params),
             "attributes": cell.setting.attributes, "target": [float(v) for v in target], "batch": cell.batch_size,
             "probes": [p.meta.get("val_accuracy", [])[:3] for p in probes], "prompt": cell.prompt,
-            "judge": ctx.suite.probe_labeler, "n": n, "rule": "images, interpolated"}
+            "judge": ctx.suite.probe_labeler, "n": n, "rule": RULE}
+
+
+def earlier_trials(config: dict, folders: list[Path]) -> dict[float, dict]:
+    """Trials of records that differ from `config` only in the calibration rule, by scale: the
+    same seeds, weights, method params and judge give the same images and FD."""
+    same = json.loads(json.dumps({k: v for k, v in config.items() if k != "rule"}, default=str))
+    trials = {}
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
+            data = json.loads(path.read_text())
+            other = data.get("config", {})
+            if other.get("rule") != config["rule"] and {k: v for k, v in other.items() if k != "rule"} == same:
+                trials.update({float(t["scale"]): t for t in data.get("tried", [])})
+    return trials
 
 
 def record_name(config: dict) -> str:
@@ -123,7 +146,8 @@ def shipped_calibration(source: str, record: str) -> Path | None:
 
 def ship_calibrations(run_dir: Path, revisions: dict[str, str]) -> list[Path]:
     """Copy a run's calibration records of zoo models into the zoo, so suites on the zoo (the
-    quickstart) start calibrated; records of other revisions of those models are removed.
+    quickstart) start calibrated; records of other revisions of those models, or of an earlier
+    calibration rule, are removed (they can never be used again).
     `revisions` maps zoo model names to their current revision; returns the files written."""
     written = []
     for path in sorted((Path(run_dir) / "calibration").glob("*.json")):
@@ -131,14 +155,15 @@ def ship_calibrations(run_dir: Path, revisions: dict[str, str]) -> list[Path]:
         config = data["config"]
         source = config["model"].get("source", "")
         name = source[4:] if source.startswith("zoo:") else None
-        if name not in revisions or config.get("revision") != revisions[name]:
-            continue  # not a zoo model, or calibrated on other weights
+        if name not in revisions or config.get("revision") != revisions[name] or config.get("rule") != RULE:
+            continue  # not a zoo model, calibrated on other weights, or by an earlier rule
         dest = shipped_calibration(source, record_name(config))
         atomic_write_json(dest, data)
         written.append(dest)
     for name, revision in revisions.items():
         for old in (shipped_dir() / name).glob("*.json"):
-            if json.loads(old.read_text())["config"].get("revision") != revision:
+            config = json.loads(old.read_text())["config"]
+            if config.get("revision") != revision or config.get("rule") != RULE:
                 old.unlink()
     return written
 

@@ -105,3 +105,41 @@ def test_a_changed_method_default_does_not_reuse_a_record(tmp_path):
     assert key(factory, {"scale": "auto"}) == key(factory, {"scale": "auto", "stop": DEFAULT_STOP})
     assert key(factory, {"scale": "auto"}) != key(other_default, {"scale": "auto"})
     assert key(factory, {"scale": "auto"}) != key(factory, {"scale": "auto", "stop": DEFAULT_STOP / 2})
+
+
+def walk_record(config: dict, fds: dict[float, float]) -> dict:
+    """A record of a two-class calibration whose trials measured `fds` (scale -> FD)."""
+    tried = [{"scale": s, "fd": fd, "p_hat": [0.5 + fd / 2 ** 0.5, 0.5 - fd / 2 ** 0.5]} for s, fd in fds.items()]
+    return {"scale": 1.0, "tried": tried, "config": config}
+
+
+def test_a_new_calibration_rule_reuses_an_earlier_records_trials(tmp_path, zoo_weights):
+    """Trials are deterministic: a changed walk replays the earlier rule's trials and generates
+    only the scales they lack (here 32, past the old grid's top, where FD still fell)."""
+    ctx, cell = quickstart_cell(tmp_path)
+    probes, target = get_probes(ctx, cell), cell.setting.target_vector()
+    params = {**cell.method.params, "scale": "auto"}
+    config = calibration.calibration_config(ctx, cell, never_called, probes, target, params, n=128)
+    old_rule = {**config, "rule": "images, interpolated"}
+    (tmp_path / "out" / "calibration").mkdir(parents=True)
+    early = {1.0: 0.30, 1.4: 0.20, 2.0: 0.08, 2.8: 0.02, 4.0: 0.25}  # passes the optimum at 4.0
+    (tmp_path / "out" / "calibration" / "synthfaces-ddpm-old.json").write_text(
+        json.dumps(walk_record(old_rule, early)))
+    scale = calibration.calibrated_scale(ctx, cell, never_called, probes, target, params)
+    record = json.loads((tmp_path / "out" / "calibration" / f"synthfaces-ddpm-{calibration.record_name(config)}")
+                        .read_text())
+    assert record["config"]["rule"] == calibration.RULE and scale == record["scale"]
+    assert [t["scale"] for t in record["tried"]] == list(early)
+    assert 2.0 < scale < 4.0
+
+    # Shipped with the zoo, a record whose FD was still falling at 16 is extended upward.
+    (tmp_path / "out" / "calibration").rename(tmp_path / "first-run")
+    still_falling = {s: 0.5 - 0.03 * i for i, s in enumerate(calibration.GRID) if s <= 16}
+    (zoo_weights / "synthfaces-ddpm").mkdir(parents=True)
+    (zoo_weights / "synthfaces-ddpm" / "old.json").write_text(json.dumps(walk_record(old_rule, still_falling)))
+    with pytest.raises(AssertionError, match="generated images"):
+        calibration.calibrated_scale(ctx, cell, never_called, probes, target, params)
+    # Records of the earlier rule are never shipped and are removed from the zoo.
+    assert calibration.ship_calibrations(tmp_path / "first-run", {}) == []
+    calibration.ship_calibrations(tmp_path / "first-run", {"synthfaces-ddpm": config["revision"]})
+    assert not (zoo_weights / "synthfaces-ddpm" / "old.json").exists()
