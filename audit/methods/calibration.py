@@ -63,12 +63,7 @@ def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int | 
     tried = []
     earlier = earlier_trials(config, [cache.parent, shipped.parent] if shipped is not None else [cache.parent])
 
-    def trial(scale: float) -> float:
-        if scale in earlier:
-            tried.append(earlier[scale])
-            ctx.log(f"calibrating {cell.method.name} on {cell.model.name}/{cell.setting.key}: "
-                    f"scale {scale:g} -> FD {earlier[scale]['fd']:.3f} (an earlier record's trial)")
-            return earlier[scale]["fd"]
+    def measure(scale: float) -> dict:
         method = factory(probes=probes, target=target, **{**params, "scale": scale})
         method.start_cell(seeds)
         images = []
@@ -81,11 +76,16 @@ def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int | 
         joint, k = joint_labels([labels.hard(a)[labels.valid] for a in cell.setting.attributes],
                                 [len(judge.attributes[a]) for a in cell.setting.attributes])
         p_hat = np.bincount(joint, minlength=k) / max(1, len(joint))
-        fd = float(np.linalg.norm(p_hat - target))
-        tried.append({"scale": scale, "fd": fd, "p_hat": p_hat.round(4).tolist()})
+        return {"scale": scale, "fd": float(np.linalg.norm(p_hat - target)), "p_hat": p_hat.round(4).tolist()}
+
+    def trial(scale: float) -> float:
+        result, source = earlier.get(scale), "an earlier record's trial"
+        if result is None:
+            result, source = measure(scale), f"judged by {judge.name}"
+        tried.append(result)
         ctx.log(f"calibrating {cell.method.name} on {cell.model.name}/{cell.setting.key}: "
-                f"scale {scale:g} -> FD {fd:.3f} (judged by {judge.name})")
-        return fd
+                f"scale {scale:g} -> FD {result['fd']:.3f} ({source})")
+        return result["fd"]
 
     for scale in GRID:
         fd = trial(scale)
@@ -119,7 +119,7 @@ def earlier_trials(config: dict, folders: list[Path]) -> dict[float, dict]:
     same = json.loads(json.dumps({k: v for k, v in config.items() if k != "rule"}, default=str))
     trials = {}
     for folder in folders:
-        for path in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
+        for path in sorted(Path(folder).glob("*.json")):
             data = json.loads(path.read_text())
             other = data.get("config", {})
             if other.get("rule") != config["rule"] and {k: v for k, v in other.items() if k != "rule"} == same:
@@ -144,6 +144,11 @@ def shipped_calibration(source: str, record: str) -> Path | None:
     return shipped_dir() / source[4:] / record if source.startswith("zoo:") else None
 
 
+def usable(config: dict, revision: str) -> bool:
+    """Whether a record can still be used: made on these weights, by the current rule."""
+    return config.get("revision") == revision and config.get("rule") == RULE
+
+
 def ship_calibrations(run_dir: Path, revisions: dict[str, str]) -> list[Path]:
     """Copy a run's calibration records of zoo models into the zoo, so suites on the zoo (the
     quickstart) start calibrated; records of other revisions of those models, or of an earlier
@@ -155,15 +160,14 @@ def ship_calibrations(run_dir: Path, revisions: dict[str, str]) -> list[Path]:
         config = data["config"]
         source = config["model"].get("source", "")
         name = source[4:] if source.startswith("zoo:") else None
-        if name not in revisions or config.get("revision") != revisions[name] or config.get("rule") != RULE:
+        if name not in revisions or not usable(config, revisions[name]):
             continue  # not a zoo model, calibrated on other weights, or by an earlier rule
         dest = shipped_calibration(source, record_name(config))
         atomic_write_json(dest, data)
         written.append(dest)
     for name, revision in revisions.items():
         for old in (shipped_dir() / name).glob("*.json"):
-            config = json.loads(old.read_text())["config"]
-            if config.get("revision") != revision or config.get("rule") != RULE:
+            if not usable(json.loads(old.read_text())["config"], revision):
                 old.unlink()
     return written
 
