@@ -17,7 +17,7 @@ import typer
 
 from audit.store import atomic_write_json
 from audit.zoo import zoo_path
-from audit.zoo.check import _diffusion_model, generate_in_batches, label_probabilities
+from audit.zoo.check import diffusion_model, generate_in_batches, label_probabilities
 from audit.zoo.synthfaces import ATTRIBUTES
 
 
@@ -29,7 +29,7 @@ def main(model_dir: Path = typer.Argument(None, help="A synthfaces-t2i export (d
          threads: int = typer.Option(2),
          json_file: Path | None = typer.Option(None, "--json")):
     torch.set_num_threads(threads)
-    adapter = _diffusion_model("synthfaces-t2i", model_dir)
+    adapter = diffusion_model("synthfaces-t2i", model_dir)
     results = {"model": str(model_dir or zoo_path("synthfaces-t2i")), "n": n, "steps": steps, "counts": {}}
     for scale in scales:
         for colour in colours:

@@ -93,7 +93,7 @@ def marginal_rows(model: str, probs: dict[str, np.ndarray], target: dict[str, tu
     return rows
 
 
-def _diffusion_model(name: str, candidate: Path | None):
+def diffusion_model(name: str, candidate: Path | None):
     """The zoo model's committed weights, or a candidate export of it (e.g. `zoo train --export-dir`)."""
     from audit.models.adapter import ModelAdapter
 
@@ -123,7 +123,7 @@ def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int, candid
     if not _present(name, candidate):
         rows.append(CheckRow(name, "trained", None, "weights present", None, "model or labeler not trained"))
         return
-    adapter = _diffusion_model(name, candidate)
+    adapter = diffusion_model(name, candidate)
     images = generate_in_batches(adapter, list(range(n)), batch_size, steps=steps)
     probs = label_probabilities(images)
     rows.extend(marginal_rows(name, probs, BIASED_WORLD.marginals, 0.05))
@@ -159,7 +159,7 @@ def check_t2i(rows: list[CheckRow], n: int, n_prompt: int, steps: int, batch_siz
     if not _present(name, candidate):
         rows.append(CheckRow(name, "trained", None, "weights present", None, "model or labeler not trained"))
         return
-    adapter = _diffusion_model(name, candidate)
+    adapter = diffusion_model(name, candidate)
 
     def sample(prompt: str, count: int, seed0: int) -> torch.Tensor:
         return generate_in_batches(adapter, list(range(seed0, seed0 + count)), batch_size, [prompt] * count,
