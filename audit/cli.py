@@ -240,6 +240,9 @@ def zoo_check(
     candidate: Path | None = typer.Option(
         None, help="Check this export (e.g. from `zoo train --export-dir`) in place of the committed weights "
                    "of the one diffusion model named by --only."),
+    first_seed: int = typer.Option(
+        0, min=0, help="First sample seed of the diffusion models. The bars are measured from 0; another "
+                       "start shows how much a figure owes to its particular seeds."),
 ):
     """Measure every zoo model against its bars and print the table."""
     import torch
@@ -275,7 +278,7 @@ def zoo_check(
             atomic_write_json(json_file, rows_to_json(measured))
 
     rows = run_check(n=n, steps=steps, n_heldout=heldout, n_prompt=n_prompt, models=models, candidates=candidates,
-                     on_row=show, t2i_guidance_scale=t2i_guidance_scale)
+                     on_row=show, t2i_guidance_scale=t2i_guidance_scale, first_seed=first_seed)
     table = Table(title="diffaudit zoo check")
     for column in ("model", "check", "value", "bar", "pass", "detail"):
         table.add_column(column)

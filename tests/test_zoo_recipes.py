@@ -217,7 +217,8 @@ def test_a_warm_start_ramps_the_learning_rate_up_again(tmp_path, monkeypatch):
 def test_zoo_check_measures_a_candidate_export_in_place_of_the_zoo_weights(tmp_path, monkeypatch):
     """`zoo check --candidate DIR` judges a training export before it replaces the committed
     weights; its rows come from the candidate (a 1-step model is far from the bars). The t2i bars
-    sample the conditional distribution (CFG 1) unless --t2i-guidance-scale asks for more."""
+    sample the conditional distribution (CFG 1) unless --t2i-guidance-scale asks for more, from
+    seed 0 unless --first-seed moves them to other seeds."""
     from typer.testing import CliRunner
 
     from audit.cli import app
@@ -226,10 +227,11 @@ def test_zoo_check_measures_a_candidate_export_in_place_of_the_zoo_weights(tmp_p
     recipe = small("synthfaces-t2i", steps=1)
     train(recipe, tmp_path / "work", tmp_path / "candidate", log=lambda s: None)
     generate = check.generate_in_batches
-    scales = []
+    scales, first_seeds = [], []
 
     def recording(adapter, seeds, batch_size, prompts=None, **kwargs):
         scales.append(kwargs["guidance_scale"])
+        first_seeds.append(seeds[0])
         return generate(adapter, seeds, batch_size, prompts, **kwargs)
 
     monkeypatch.setattr(check, "generate_in_batches", recording)
@@ -240,10 +242,14 @@ def test_zoo_check_measures_a_candidate_export_in_place_of_the_zoo_weights(tmp_p
     rows = json.loads(report.read_text())
     assert result.exit_code == 1  # an untrained candidate fails its bars
     assert set(scales) == {1.0} and all("CFG 1.0" in r["detail"] for r in rows)
+    assert set(first_seeds) == {0} and all("from seed 0" in r["detail"] for r in rows)
     scales.clear()
-    guided = CliRunner().invoke(app, [*args, "--t2i-guidance-scale", "2.5", "--json", str(tmp_path / "cfg.json")])
-    assert guided.exit_code == 1 and set(scales) == {2.5}
-    assert all("CFG 2.5" in r["detail"] for r in json.loads((tmp_path / "cfg.json").read_text()))
+    first_seeds.clear()
+    guided = CliRunner().invoke(app, [*args, "--t2i-guidance-scale", "2.5", "--first-seed", "100",
+                                      "--json", str(tmp_path / "cfg.json")])
+    assert guided.exit_code == 1 and set(scales) == {2.5} and set(first_seeds) == {100}
+    assert all("CFG 2.5" in r["detail"] and "from seed 100" in r["detail"]
+               for r in json.loads((tmp_path / "cfg.json").read_text()))
     assert {r["model"] for r in rows} == {"synthfaces-t2i"}
     from audit.zoo.synthfaces import ATTRIBUTES
 

@@ -116,7 +116,8 @@ def generate_in_batches(adapter, seeds: list[int], batch_size: int, prompts: lis
                       for i in range(0, len(seeds), batch_size)])
 
 
-def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int, candidate: Path | None = None) -> None:
+def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int, candidate: Path | None = None,
+               first_seed: int = 0) -> None:
     from audit.metrics.fid import fid_between
 
     name = "synthfaces-ddpm"
@@ -124,7 +125,7 @@ def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int, candid
         rows.append(CheckRow(name, "trained", None, "weights present", None, "model or labeler not trained"))
         return
     adapter = diffusion_model(name, candidate)
-    images = generate_in_batches(adapter, list(range(n)), batch_size, steps=steps)
+    images = generate_in_batches(adapter, list(range(first_seed, first_seed + n)), batch_size, steps=steps)
     probs = label_probabilities(images)
     rows.extend(marginal_rows(name, probs, BIASED_WORLD.marginals, 0.05))
     for attribute in ATTRIBUTES:
@@ -141,7 +142,8 @@ def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int, candid
         fid = fid_between(reference, images)
         rows.append(CheckRow(name, "FID[synthfaces] ratio", fid / baseline, "<= 2.0", fid / baseline <= 2.0,
                              f"FID {fid:.3f} vs ground-truth/ground-truth FID {baseline:.3f} (n={n} each)"))
-    rows.append(CheckRow(name, "samples", float(n), f"{steps} DDIM steps", True, "judged by synthfaces-eval"))
+    rows.append(CheckRow(name, "samples", float(n), f"{steps} DDIM steps", True,
+                         f"seeds {first_seed}-{first_seed + n - 1}, judged by synthfaces-eval"))
 
 
 T2I_GUIDANCE = 2.0  # the classifier-free guidance scale the benchmarks sample synthfaces-t2i at
@@ -152,7 +154,8 @@ T2I_CHECK_GUIDANCE = 1.0
 
 
 def check_t2i(rows: list[CheckRow], n: int, n_prompt: int, steps: int, batch_size: int,
-              candidate: Path | None = None, guidance_scale: float = T2I_CHECK_GUIDANCE) -> None:
+              candidate: Path | None = None, guidance_scale: float = T2I_CHECK_GUIDANCE,
+              first_seed: int = 0) -> None:
     from audit.zoo.synthfaces import ATTRIBUTE_PHRASES
 
     name = "synthfaces-t2i"
@@ -161,21 +164,21 @@ def check_t2i(rows: list[CheckRow], n: int, n_prompt: int, steps: int, batch_siz
         return
     adapter = diffusion_model(name, candidate)
 
-    def sample(prompt: str, count: int, seed0: int) -> torch.Tensor:
-        return generate_in_batches(adapter, list(range(seed0, seed0 + count)), batch_size, [prompt] * count,
-                                   steps=steps, guidance_scale=guidance_scale)
+    def sample(prompt: str, count: int) -> torch.Tensor:
+        return generate_in_batches(adapter, list(range(first_seed, first_seed + count)), batch_size,
+                                   [prompt] * count, steps=steps, guidance_scale=guidance_scale)
 
     neutral = "a photo of a person"
-    probs = label_probabilities(sample(neutral, n, 0))
+    probs = label_probabilities(sample(neutral, n))
     rows.extend(marginal_rows(name, probs, BIASED_WORLD.marginals, 0.07, prefix=f"'{neutral}' ",
-                              detail=f"{n} samples, CFG {guidance_scale}"))
+                              detail=f"{n} samples from seed {first_seed}, CFG {guidance_scale}"))
     for attribute, per_class in ATTRIBUTE_PHRASES.items():
         for index, cls in enumerate(ATTRIBUTES[attribute]):
             phrase = per_class[cls][0]
-            share = float((label_probabilities(sample(f"{neutral} {phrase}", n_prompt, 0))[attribute].argmax(1)
+            share = float((label_probabilities(sample(f"{neutral} {phrase}", n_prompt))[attribute].argmax(1)
                            == index).mean())
             rows.append(CheckRow(name, f"'{phrase}' gives {attribute}={cls}", share, ">= 0.90", share >= 0.9,
-                                 f"{n_prompt} samples, CFG {guidance_scale}"))
+                                 f"{n_prompt} samples from seed {first_seed}, CFG {guidance_scale}"))
 
 
 CLIP_BARS = {"hair_color": 0.80}  # zero-shot accuracy bars; binary attributes: 0.90
@@ -271,17 +274,20 @@ def clip_t2i_measurements(n: int = 200, steps: int = 50, batch_size: int = 100, 
 def run_check(n: int = 1000, steps: int = 50, batch_size: int = 100, n_heldout: int = 10_000, n_prompt: int = 200,
               models: tuple[str, ...] = ("labelers", "synthfaces-ddpm", "synthfaces-t2i", "clip"),
               candidates: dict[str, Path] | None = None, on_row=None,
-              t2i_guidance_scale: float = T2I_CHECK_GUIDANCE) -> list[CheckRow]:
+              t2i_guidance_scale: float = T2I_CHECK_GUIDANCE, first_seed: int = 0) -> list[CheckRow]:
     """candidates: {diffusion model name: export directory} checked in place of the committed weights;
-    on_row: called with each row as soon as it is measured."""
+    on_row: called with each row as soon as it is measured; first_seed: the diffusion models'
+    samples use seeds first_seed.. (the bars are measured from 0; another start shows how much a
+    figure owes to its particular seeds)."""
     rows = CheckRows(on_row)
     candidates = candidates or {}
     if "labelers" in models:
         check_labelers(rows, n_heldout)
     if "synthfaces-ddpm" in models:
-        check_ddpm(rows, n, steps, batch_size, candidates.get("synthfaces-ddpm"))
+        check_ddpm(rows, n, steps, batch_size, candidates.get("synthfaces-ddpm"), first_seed)
     if "synthfaces-t2i" in models:
-        check_t2i(rows, n, n_prompt, steps, batch_size, candidates.get("synthfaces-t2i"), t2i_guidance_scale)
+        check_t2i(rows, n, n_prompt, steps, batch_size, candidates.get("synthfaces-t2i"), t2i_guidance_scale,
+                  first_seed)
     if "clip" in models:
         check_clip(rows, n_heldout, n_prompt, steps, batch_size)
     return rows
