@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from audit.spec import DEFAULT_PROMPT, Cell, Suite, SuiteError, plan, prompt_slug
-from audit.store import RunStore, atomic_write_json, inside
+from audit.store import RunStore, atomic_path, atomic_write_json, inside
 
 RESULT_COLUMNS = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "n", "n_valid",
                   "fd", "fd_lo", "fd_hi", "fd_soft", "kl", "chi2_p", "tost_p", "equivalent",
@@ -468,8 +468,8 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", executor: str 
         index_rows(store, suite, cell, results)
         rows.extend(result_rows(cell, results))
     frame = pd.DataFrame(rows).reindex(columns=result_columns(suite))
-    frame.to_csv(store.out / "results.csv.tmp", index=False)
-    Path(store.out / "results.csv.tmp").replace(store.out / "results.csv")
+    with atomic_path(store.out / "results.csv") as tmp:
+        frame.to_csv(tmp, index=False)
     atomic_write_json(store.out / "results.json", json.loads(frame.to_json(orient="records")))
     return frame
 
