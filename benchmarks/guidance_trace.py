@@ -52,6 +52,7 @@ def main() -> dict:
     parser.add_argument("--scale", type=float, required=True)
     parser.add_argument("--stop", type=float, default=0.8)
     parser.add_argument("--no-correction", action="store_true", help="aim at the target itself")
+    parser.add_argument("--grad-tau", type=float, default=8.0, help="softening of the gradient (1 = none)")
     parser.add_argument("--seeds", type=int, default=64, help="seeds 0..N-1, one batch")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--json", type=Path, default=None)
@@ -60,7 +61,7 @@ def main() -> dict:
     adapter = ModelAdapter.from_zoo(args.model)
     probe = Probe.load(WEIGHTS_DIR / "probes" / args.model / "synthfaces-pseudo" / args.attribute)
     method = TracedGuidance([probe], args.target, scale=args.scale, stop=args.stop,
-                            correct_confusion=not args.no_correction)
+                            correct_confusion=not args.no_correction, grad_tau=args.grad_tau)
     out = adapter.generate(list(range(args.seeds)), steps=args.steps, method=method)
     final = SynthFacesLabeler("synthfaces-eval").label(out.images).hard(args.attribute)
     k = len(probe.classes)
@@ -75,7 +76,8 @@ def main() -> dict:
               f"agrees with final {rows[-1]['probe_hard_agrees_with_final']:.2f} "
               f"by final class {rows[-1]['probe_mean_by_final_class']}")
     result = {"model": args.model, "attribute": args.attribute, "target": args.target, "scale": args.scale,
-              "stop": args.stop, "correct_confusion": not args.no_correction, "seeds": args.seeds,
+              "stop": args.stop, "correct_confusion": not args.no_correction, "grad_tau": args.grad_tau,
+              "seeds": args.seeds,
               "final_shares": (np.bincount(final, minlength=k) / len(final)).round(4).tolist(), "steps": rows}
     print("final shares", result["final_shares"])
     if args.json:
