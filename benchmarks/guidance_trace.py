@@ -9,8 +9,8 @@ end in the other one.
     python benchmarks/guidance_trace.py --attribute skin_tone --target 0.1 0.9 --scale 7.774
 
 Session 15 (synthfaces-ddpm, seeds 0-63, 0.1/0.9, scale 7.774, stop 0.8): the edited h read
-0.00-0.04 light while guiding, the fresh h 0.35 light at the stop, the images ended 0.20 light,
-and the probe at the stop called only 69% of the final-light samples light.
+0.00-0.06 light while guiding, the fresh h 0.35 light at the stop, the images ended 0.20 light,
+and the probe's mean reading of the final-light samples at the stop was only 0.71 light.
 """
 
 from __future__ import annotations
