@@ -27,10 +27,31 @@ def random_probe(adapter, attribute="skin_tone", classes=("light", "dark"), step
 
 def test_images_do_not_depend_on_batch_composition(tiny_adapter):
     whole = tiny_adapter.generate(list(range(6)), steps=3).images
-    parts = torch.cat([tiny_adapter.generate([0, 1], steps=3).images,
-                       tiny_adapter.generate([2, 3, 4, 5], steps=3).images])
+    parts = torch.cat([tiny_adapter.generate([0], steps=3).images,  # a lone sample takes other kernels
+                       tiny_adapter.generate([1, 2], steps=3).images,
+                       tiny_adapter.generate([3, 4, 5], steps=3).images])
     assert torch.equal(whole, parts)
     assert not torch.equal(whole[0], whole[1])
+
+
+def test_stochastic_ddim_is_seeded_per_image_and_differs_from_eta_0(tiny_adapter):
+    whole = tiny_adapter.generate([0, 1, 2], steps=3, eta=1.0).images
+    part = tiny_adapter.generate([1], steps=3, eta=1.0).images
+    assert torch.equal(whole[1:2], part)
+    deterministic = tiny_adapter.generate([0, 1, 2], steps=3).images
+    assert torch.equal(deterministic, tiny_adapter.generate([0, 1, 2], steps=3, eta=0.0).images)
+    assert (whole - deterministic).abs().max() > 1e-3
+
+
+def test_eta_on_a_scheduler_without_it_names_the_fix(tiny_adapter):
+    from diffusers import EulerDiscreteScheduler
+
+    from audit.models.adapter import ModelAdapter
+
+    euler = EulerDiscreteScheduler.from_config(tiny_adapter.scheduler.config)
+    adapter = ModelAdapter(unet=tiny_adapter.unet, scheduler=euler, model_id="tiny-euler")
+    with pytest.raises(ValueError, match="EulerDiscreteScheduler has no eta; use DDIMScheduler"):
+        adapter.generate([0], steps=2, eta=1.0)
 
 
 def test_text_model_images_do_not_depend_on_batch_composition(tiny_text_adapter):

@@ -170,7 +170,8 @@ class ModelAdapter:
         if kwargs.get("added_cond_kwargs") is not None or self._added is None:
             return None
         n = (args[0] if args else kwargs["sample"]).shape[0]
-        kwargs["added_cond_kwargs"] = {k: v[-n:] for k, v in self._added.items()}
+        # (a lone sample's call carries a copy of it: see unet_output)
+        kwargs["added_cond_kwargs"] = {k: v[-n:] if len(v) >= n else torch.cat([v] * n) for k, v in self._added.items()}
         return args, kwargs
 
     def timesteps(self, steps: int) -> list[int]:
@@ -188,14 +189,19 @@ class ModelAdapter:
                     guidance_scale: float) -> torch.Tensor:
         """The UNet's prediction at (x, t), with classifier-free guidance when a negative
         context is stacked in front of the positive one."""
-        model_in = x
+        if x.shape[0] == 1 and (context is None or context.shape[0] == 1) and str(self.device) == "cpu":
+            # A lone sample meets other CPU convolution kernels than any batch of two or more
+            # (1e-6 apart), so it is computed beside a copy of itself; the copy comes first
+            # because methods and recordings take a batch's last rows as its conditional ones.
+            context = None if context is None else torch.cat([context] * 2)
+            return self.unet_output(torch.cat([x, x]), t, context, guidance_scale)[-1:]
         if context is None:
-            return self.unet(model_in, t).sample
+            return self.unet(x, t).sample
         if context.shape[0] == 2 * x.shape[0]:
-            both = self.unet(torch.cat([model_in] * 2), t, encoder_hidden_states=context).sample
+            both = self.unet(torch.cat([x] * 2), t, encoder_hidden_states=context).sample
             uncond, cond = both.chunk(2)
             return uncond + guidance_scale * (cond - uncond)
-        return self.unet(model_in, t, encoder_hidden_states=context).sample
+        return self.unet(x, t, encoder_hidden_states=context).sample
 
     def predict_x0(self, scheduler, x: torch.Tensor, t, output: torch.Tensor) -> torch.Tensor:
         """x0 implied by the model output under the scheduler's prediction type."""
@@ -209,9 +215,13 @@ class ModelAdapter:
 
     def generate(self, seeds: Sequence[int], prompts: Sequence[str] | None = None, steps: int = 50,
                  guidance_scale: float = 1.0, negative_prompt: str = "", method=None,
-                 record_h: bool = False) -> Generated:
+                 record_h: bool = False, eta: float | None = None) -> Generated:
         """Images [N, 3, H, W] in [0, 1] for the given per-image seeds (and prompts), under a
-        method's hooks; optionally the h recorded at every step ([N, D] per step)."""
+        method's hooks; optionally the h recorded at every step ([N, D] per step).
+
+        eta: DDIM's stochasticity (0 the deterministic probability-flow sampler, its default; 1 as
+        ancestral DDPM), for schedulers whose step takes it; the two can draw an attribute in
+        different shares from the same model (benchmarks/sampler_marginals.py)."""
         from audit.methods.base import BatchContext, Method
 
         method = method or Method()
@@ -220,7 +230,13 @@ class ModelAdapter:
         x = self.initial_noise(seeds) * scheduler.init_noise_sigma
         generators = [torch.Generator().manual_seed(int(s) + 1) for s in seeds]
         # Stochastic samplers draw each image's step noise from its own generator (PNDM takes none).
-        noise = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        step_parameters = inspect.signature(scheduler.step).parameters
+        noise = {"generator": generators} if "generator" in step_parameters else {}
+        if eta is not None:
+            if "eta" not in step_parameters:
+                raise ValueError(f"eta={eta}: {type(scheduler).__name__} has no eta; use DDIMScheduler "
+                                 "or leave eta unset")
+            noise["eta"] = eta
         context, self._added = None, None
         if self.conditional:
             if prompts is None or len(prompts) != len(seeds):

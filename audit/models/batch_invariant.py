@@ -3,7 +3,9 @@
 A CPU GEMM picks its kernel (and so its rounding) by the shape of the whole problem: on an AVX2
 EPYC, `Linear` rows computed in a batch of 6 differed from the same rows in a batch of 2 (the
 time embedding, 1e-7), and the difference grew through 25 steps into images that were no longer
-bit-identical. Convolutions, group norms and attention already compute each sample alone.
+bit-identical. Convolutions, group norms and attention already compute each sample alone in
+any batch of two or more; a batch of one takes other convolution kernels (1e-6 apart), so the
+adapter computes a lone sample beside a copy of itself (ModelAdapter.unet_output).
 
 The fix computes every linear layer as one GEMM per sample (a batched matmul whose problems have
 the same shape whatever the batch size), so a sample always meets the same kernel; a batch of
