@@ -18,7 +18,7 @@ from audit.probes.probe import Probe, joint_confusion, joint_probs
 
 MAX_DISPLACEMENT = 3.0  # per-sample step cap, in units of the tensor's rms (the guard)
 # Guidance acts on the first 80% of the steps by default: the last steps draw details, not
-# attributes. On the zoo DDPM (skin tone to uniform, 1,000 samples, calibrated scale) guiding
+# attributes. On the step-8,000 zoo DDPM (skin tone to uniform, 1,000 samples, calibrated scale) guiding
 # every step cost FID-to-target 3.73 vs 3.18 unguided; stopping at 0.8 gave 3.18 at FD 0.020.
 # Toward a skewed target (0.1/0.9) stopping early needed a larger scale and cost more FID
 # (15.2 vs 10.9): pass stop=1.0 there.

@@ -140,8 +140,7 @@ RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe | ClipRecipe] = {
         # 2,000 with skip dropout on three levels as synthfaces-t2i: with two, substituting a
         # dark-skinned sample's h turned 3 of 16 light-skinned samples dark (t2i: 1 of 16 with two
         # levels, 10 of 16 with three; benchmarks/hspace_swap.py), and h guidance toward
-        # 0.1/0.9 left ~17% light (issue 3). The exports await promotion in
-        # audit/zoo/wip/synthfaces-ddpm; the zoo serves step 8,000.
+        # 0.1/0.9 left ~17% light (issue 3). The zoo serves step 12,000 since session 17.
         name="synthfaces-ddpm", conditional=False, unet=DDPM_UNET, scheduler=SCHEDULER,
         steps=12_000, skip_dropout=0.5, skip_dropout_levels=3,
         description="Unconditional UNet2DModel (4.3M params, v-prediction, DDIM) trained on "
