@@ -4,7 +4,7 @@ DDIM (eta 1, as ancestral DDPM), on the same seeds, judged by synthfaces-eval.
 
 A perfectly trained model draws the same distribution either way; an imperfect one need not, and
 the gap shows how much of a measured bias is the sampler's. On the 12,000-step export (seeds 0-999)
-the share of short hair was 0.365 at eta 0 with 50 steps, 0.359 at eta 0 with 200 steps and 0.332 at
+the share of short hair was 0.364 at eta 0 with 50 steps, 0.359 at eta 0 with 200 steps and 0.332 at
 eta 1 with 50 steps (training 0.30): more steps do not close it, so it is not discretisation error.
 
     python benchmarks/sampler_marginals.py [--candidate EXPORT_DIR] [--eta 0 --eta 1] --json FILE
