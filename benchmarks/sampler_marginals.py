@@ -15,14 +15,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import typer
 
 from audit.models.loading import zoo_revision
 from audit.store import atomic_write_json
 from audit.zoo import zoo_path
-from audit.zoo.check import diffusion_model, generate_in_batches, label_probabilities
+from audit.zoo.check import diffusion_model, generate_in_batches, label_probabilities, observed_marginals
 from audit.zoo.synthfaces import ATTRIBUTES, BIASED_WORLD
 
 
@@ -42,9 +41,9 @@ def main(candidate: Path | None = typer.Option(None, help="An export of synthfac
         start = time.perf_counter()
         images = generate_in_batches(adapter, seeds, batch_size, steps=steps, eta=value)
         probs = label_probabilities(images)
-        shares = {a: np.bincount(p.argmax(1), minlength=len(ATTRIBUTES[a])) / n for a, p in probs.items()}
-        gaps = {a: float(np.abs(s - np.asarray(BIASED_WORLD.marginals[a])).max()) for a, s in shares.items()}
-        named = {a: dict(zip(ATTRIBUTES[a], s.round(3).tolist(), strict=True)) for a, s in shares.items()}
+        marginals = observed_marginals(probs, BIASED_WORLD.marginals)
+        gaps = {a: gap for a, (_, gap) in marginals.items()}
+        named = {a: dict(zip(ATTRIBUTES[a], s.round(3).tolist(), strict=True)) for a, (s, _) in marginals.items()}
         results.append({"eta": value, "seconds": round(time.perf_counter() - start, 1), "shares": named,
                         "gap_to_training": {a: round(g, 3) for a, g in gaps.items()}})
         typer.echo(f"eta {value:g}: " + ", ".join(f"{a} gap {g:.3f}" for a, g in gaps.items()))

@@ -231,12 +231,12 @@ class ModelAdapter:
         generators = [torch.Generator().manual_seed(int(s) + 1) for s in seeds]
         # Stochastic samplers draw each image's step noise from its own generator (PNDM takes none).
         step_parameters = inspect.signature(scheduler.step).parameters
-        noise = {"generator": generators} if "generator" in step_parameters else {}
+        step_options = {"generator": generators} if "generator" in step_parameters else {}
         if eta is not None:
             if "eta" not in step_parameters:
                 raise ValueError(f"eta={eta}: {type(scheduler).__name__} has no eta; use DDIMScheduler "
                                  "or leave eta unset")
-            noise["eta"] = eta
+            step_options["eta"] = eta
         context, self._added = None, None
         if self.conditional:
             if prompts is None or len(prompts) != len(seeds):
@@ -268,7 +268,7 @@ class ModelAdapter:
             if record_h:
                 recorded.append(hook.recorded[-1][-len(seeds):].flatten(1))
             out = method.on_output(out, x, batch)
-            x = scheduler.step(out, t, x, **noise).prev_sample
+            x = scheduler.step(out, t, x, **step_options).prev_sample
         with torch.no_grad():
             if self.vae is not None:
                 latents = x.to(self.vae.dtype) / self.vae.config.scaling_factor

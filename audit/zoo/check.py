@@ -80,12 +80,20 @@ def label_probabilities(images01: torch.Tensor, labeler: str = "synthfaces-eval"
     return SynthFacesLabeler(labeler).label(images01).probs
 
 
+def observed_marginals(probs: dict[str, np.ndarray], target: dict[str, tuple]) -> dict[str, tuple[np.ndarray, float]]:
+    """Each attribute's shares of labels (argmax) and their largest gap to the target marginal."""
+    result = {}
+    for attribute, classes in ATTRIBUTES.items():
+        observed = np.bincount(probs[attribute].argmax(1), minlength=len(classes)) / len(probs[attribute])
+        result[attribute] = observed, float(np.abs(observed - np.asarray(target[attribute])).max())
+    return result
+
+
 def marginal_rows(model: str, probs: dict[str, np.ndarray], target: dict[str, tuple], tolerance: float,
                   prefix: str = "", detail: str = "") -> list[CheckRow]:
     rows = []
-    for attribute, classes in ATTRIBUTES.items():
-        observed = np.bincount(probs[attribute].argmax(1), minlength=len(classes)) / len(probs[attribute])
-        gap = float(np.abs(observed - np.asarray(target[attribute])).max())
+    for attribute, (observed, gap) in observed_marginals(probs, target).items():
+        classes = ATTRIBUTES[attribute]
         shown = ", ".join(f"{c} {o:.3f}/{t:.2f}" for c, o, t in zip(classes, observed, target[attribute],
                                                                    strict=True))
         rows.append(CheckRow(model, f"{prefix}marginal gap {attribute}", gap, f"<= {tolerance}",
