@@ -136,16 +136,18 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
     return probes
 
 
-def _scale_of_started_cell(ctx: RunContext, cell: Cell) -> float | None:
-    """The scale a killed cell's finished batches were generated with: a resumed cell must
-    finish at that scale even if calibration would now choose another (a changed rule,
-    a deleted calibration record)."""
+def _calibration_of_started_cell(ctx: RunContext, cell: Cell) -> dict | None:
+    """The scale (and aim) a killed cell's finished batches were generated with: a resumed cell
+    must finish with them even if calibration would now choose others (a changed rule, a
+    deleted calibration record)."""
     cell_dir = ctx.store.cell_dir(cell.cell_id)
     manifest = cell_dir / "manifest.json"
     if not manifest.exists() or not any((cell_dir / "batches").glob("*.json")):
         return None
-    scale = json.loads(manifest.read_text()).get("method", {}).get("scale")
-    return float(scale) if isinstance(scale, int | float) else None
+    method = json.loads(manifest.read_text()).get("method", {})
+    if not isinstance(method.get("scale"), int | float):
+        return None
+    return {"scale": float(method["scale"]), "aim": method.get("aim")}
 
 
 def unlabeled(labeler, attributes: list[str]) -> list[str]:
@@ -186,13 +188,14 @@ def build_method(ctx: RunContext, cell: Cell):
             labeler = ctx.labeler(params.pop("labeler", ctx.suite.probe_labeler))
             return factory(labeler=labeler, attributes=setting.attributes, target=target, **params)
         probes = get_probes(ctx, cell)
-        scale = params.get("scale", "auto")
-        if scale == "auto":
-            from audit.methods.calibration import calibrated_scale
+        if params.get("scale", "auto") == "auto":
+            from audit.methods.calibration import calibrate
 
-            resumed = _scale_of_started_cell(ctx, cell)
-            params["scale"] = resumed if resumed is not None else calibrated_scale(ctx, cell, factory, probes,
-                                                                                   target, params)
+            calibrated = _calibration_of_started_cell(ctx, cell) or calibrate(ctx, cell, factory, probes, target,
+                                                                             params)
+            params["scale"] = calibrated["scale"]
+            if params.get("aim") is None and calibrated["aim"] is not None:
+                params["aim"] = calibrated["aim"]
         return factory(probes=probes, target=target, **params)
     except TypeError as e:
         raise SuiteError(f"methods '{spec.display}': bad params: {e}") from None

@@ -292,6 +292,36 @@ def test_softened_gradient_keeps_the_calibrated_loss_and_spreads_the_push():
     assert norms[16.0][0] > 0.3 * norms[16.0][2]
 
 
+def test_corrected_aim_moves_only_by_the_systematic_part_of_a_miss():
+    from audit.methods.calibration import corrected_aim
+
+    target = np.array([0.5, 0.5])
+    assert corrected_aim(target, np.array([0.47, 0.53]), target, noise=0.05) is None  # within the noise
+    # A miss of FD 0.212 with noise 0.05 is shrunk by 1 - 0.05^2 / 0.212^2 = 0.944.
+    aim = corrected_aim(target, np.array([0.35, 0.65]), target, noise=0.05)
+    assert aim == pytest.approx([0.5 + 0.15 * 0.9444, 0.5 - 0.15 * 0.9444], abs=1e-3)
+    # An aim never leaves the simplex: a class the target excludes stays at zero.
+    skewed = np.array([0.9, 0.1, 0.0])
+    aim = corrected_aim(skewed, np.array([0.7, 0.1, 0.2]), skewed, noise=0.01)
+    assert aim.sum() == pytest.approx(1.0) and aim.min() >= 0 and aim[2] == 0 and aim[0] > 0.9
+
+
+def test_a_calibrated_aim_replaces_the_target_where_guidance_steers():
+    probe, H, labels = noisy_class_mean_probe()
+    probe.measure_confusion(H, labels)
+    target, aim = [0.6, 0.3, 0.1], [0.5, 0.3, 0.2]
+    method = DistributionGuidance([probe], target, aim=aim)
+    assert torch.allclose(method.probe_target(999), probe.step_confusion(999).T @ torch.tensor(aim))
+    assert method.config()["target"] == pytest.approx(target) and method.config()["aim"] == aim
+    sample = SampleGuidance([probe], target, aim=aim)
+    seeds = list(range(100))
+    sample.start_cell(seeds)
+    assert np.bincount(sample.allocated(seeds)).tolist() == [50, 30, 20]
+    for bad in ([0.5, 0.5], [0.7, 0.4, -0.1]):
+        with pytest.raises(ValueError, match="aim must be 3 non-negative proportions"):
+            DistributionGuidance([probe], target, aim=bad)
+
+
 def test_interpolated_scale_finds_the_crossing_between_grid_points():
     from audit.methods.calibration import interpolated_scale
 

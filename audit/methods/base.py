@@ -79,20 +79,25 @@ class NoGuidance(Method):
 
 
 class AllocatingMethod(Method):
-    """A method that gives each sample a target class. The allocation is made over the whole
-    cell (when start_cell was called), so an image's class never depends on its batch."""
+    """A method that gives each sample a target class, in the proportions `shares` (the target
+    unless a method aims elsewhere). The allocation is made over the whole cell (when
+    start_cell was called), so an image's class never depends on its batch."""
 
     target: np.ndarray
 
+    @property
+    def shares(self) -> np.ndarray:
+        return self.target
+
     def start_cell(self, seeds: list[int]) -> None:
-        self._allocation = dict(zip((int(s) for s in seeds), allocate(self.target, list(seeds)).tolist(),
+        self._allocation = dict(zip((int(s) for s in seeds), allocate(self.shares, list(seeds)).tolist(),
                                     strict=True))
 
     def allocated(self, seeds: list[int]) -> np.ndarray:
         table = getattr(self, "_allocation", None)
         if table is not None and all(int(s) in table for s in seeds):
             return np.asarray([table[int(s)] for s in seeds])
-        return allocate(self.target, list(seeds))
+        return allocate(self.shares, list(seeds))
 
     def start_batch(self, batch: BatchContext) -> None:
         batch.state["allocated"] = torch.from_numpy(self.allocated(batch.seeds))

@@ -6,8 +6,11 @@ passes the optimum or stops making progress (up to 64: attributes the model's h 
 skin tone on synthfaces-t2i, still improve at 16). Each batch's final images are labelled by the
 suite's probe labeler (the labeler the probes learnt from, never an evaluation labeler), and the
 chosen scale minimises the FD of the class shares interpolated between the tried scales
-(`interpolated_scale`). Judging images rather than the probe matters: at the last step the probe
-sees the h that guidance itself has just edited, so it always reports success. Records are
+(`interpolated_scale`). Where the chosen scale still misses the target by more than sampling noise
+explains, the aim is corrected next (`corrected_aim`): guidance aims at a distribution moved by
+the shrunk miss, kept only when it lands nearer on the same seeds. Judging images rather than the
+probe matters: at the last step the probe sees the h that guidance itself has just edited, so it
+always reports success. Records are
 cached per (model revision, method, setting, steps, batch size) in OUT/calibration/ and may be
 shipped with the zoo (`ship_calibrations`). A trial is deterministic, so when only the walk's rule
 changes, the trials of an earlier record of the same cell are reused rather than regenerated.
@@ -28,9 +31,11 @@ from audit.store import atomic_write_json, inside
 
 CALIBRATION_SEED = 20_000_000
 GRID = (1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 16.0, 32.0, 64.0)  # walked upward; most calibrated scales fell in 2-7
-RULE = "images, interpolated, grid to 64"  # bump when the walk or the choice changes: records are keyed on it
+# Bump RULE when the walk or the choice changes: records are keyed on it.
+RULE = "images, interpolated, grid to 64, aim corrected"
 BELOW = (0.5, 0.25)  # tried only when the smallest grid scale is already the best
 PATIENCE = 3  # stop when this many larger scales brought no progress (guidance without effect)
+AIM_STEPS = 2  # aim corrections tried at the chosen scale
 
 
 def calibration_samples(k: int) -> int:
@@ -40,7 +45,8 @@ def calibration_samples(k: int) -> int:
     return max(128, 64 * k)
 
 
-def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int | None = None) -> float:
+def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = None) -> dict:
+    """{"scale": ..., "aim": ...} for the cell: the aim is None where the target itself is aimed at."""
     from audit.metrics.functional import joint_labels
 
     n = n or calibration_samples(len(target))
@@ -54,7 +60,8 @@ def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int | 
         ctx.log(f"{cell.method.name} on {cell.model.name}/{cell.setting.key}: using the zoo's calibrated scale")
         atomic_write_json(cache, json.loads(shipped.read_text()))
     if cache.exists():
-        return float(json.loads(cache.read_text())["scale"])
+        record = json.loads(cache.read_text())
+        return {"scale": float(record["scale"]), "aim": record.get("aim")}
     judge = ctx.labeler(ctx.suite.probe_labeler)
     seeds = list(range(CALIBRATION_SEED, CALIBRATION_SEED + n))
     prompts = [cell.prompt or DEFAULT_PROMPT] * n if adapter.conditional else None
@@ -63,8 +70,9 @@ def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int | 
     tried = []
     earlier = earlier_trials(config, [cache.parent, shipped.parent] if shipped is not None else [cache.parent])
 
-    def measure(scale: float) -> dict:
-        method = factory(probes=probes, target=target, **{**params, "scale": scale})
+    def measure(scale: float, aim: np.ndarray | None = None) -> dict:
+        aimed = {} if aim is None else {"aim": aim.tolist()}
+        method = factory(probes=probes, target=target, **{**params, "scale": scale, **aimed})
         method.start_cell(seeds)
         images = []
         for i in range(0, n, cell.batch_size):
@@ -76,7 +84,7 @@ def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int | 
         joint, k = joint_labels([labels.hard(a)[labels.valid] for a in cell.setting.attributes],
                                 [len(judge.attributes[a]) for a in cell.setting.attributes])
         p_hat = np.bincount(joint, minlength=k) / max(1, len(joint))
-        return {"scale": scale, "fd": float(np.linalg.norm(p_hat - target)), "p_hat": p_hat.round(4).tolist()}
+        return {"scale": scale, **aimed, "fd": float(np.linalg.norm(p_hat - target)), "p_hat": p_hat.round(4).tolist()}
 
     def trial(scale: float) -> float:
         result, source = earlier.get(scale), "an earlier record's trial"
@@ -99,8 +107,41 @@ def calibrated_scale(ctx, cell, factory, probes, target, params: dict, n: int | 
             if trial(scale) > min(t["fd"] for t in tried) + 2 * noise:
                 break
     chosen = interpolated_scale(tried, target)
-    atomic_write_json(cache, {"scale": chosen, "noise": noise, "tried": tried, "config": config})
-    return chosen
+    aim, aimed = None, []
+    if params.get("aim") is None and min(t["fd"] for t in tried) > noise:
+        best = next((t for t in tried if t["scale"] == chosen), None)
+        if best is None:
+            best = measure(chosen)
+            ctx.log(f"calibrating {cell.method.name} on {cell.model.name}/{cell.setting.key}: chosen scale "
+                    f"{chosen:g} -> FD {best['fd']:.3f}, beyond the sampling noise {noise:.3f}: correcting the aim")
+        aimed.append(best)
+        for _ in range(AIM_STEPS):
+            candidate = corrected_aim(np.asarray(best.get("aim", target)), np.asarray(best["p_hat"]), target, noise)
+            if candidate is None:
+                break
+            aimed.append(measure(chosen, candidate))
+            ctx.log(f"calibrating {cell.method.name} on {cell.model.name}/{cell.setting.key}: scale {chosen:g} "
+                    f"aimed at {np.round(candidate, 3).tolist()} -> FD {aimed[-1]['fd']:.3f} (was {best['fd']:.3f})")
+            if aimed[-1]["fd"] >= best["fd"]:
+                break
+            best = aimed[-1]
+        aim = best.get("aim")
+    atomic_write_json(cache, {"scale": chosen, "aim": aim, "noise": noise, "tried": tried, "aimed": aimed,
+                              "config": config})
+    return {"scale": chosen, "aim": aim}
+
+
+def corrected_aim(aim: np.ndarray, p_hat: np.ndarray, target: np.ndarray, noise: float) -> np.ndarray | None:
+    """The next aim: `aim` moved by the miss (target - p_hat) shrunk by the share of it that
+    sampling noise would explain (positive-part James-Stein: 1 - noise^2 / FD^2), so a miss
+    within the noise changes nothing (None) and only a systematic miss is corrected."""
+    miss = np.asarray(target, dtype=float) - p_hat
+    fd = float(np.linalg.norm(miss))
+    shrink = 1 - (noise / fd) ** 2 if fd > 0 else 0.0
+    if shrink <= 0:
+        return None
+    moved = np.clip(aim + shrink * miss, 0, None)
+    return moved / moved.sum()
 
 
 def calibration_config(ctx, cell, factory, probes, target, params: dict, n: int) -> dict:

@@ -15,7 +15,14 @@ import numpy as np
 import torch
 
 from audit.methods.base import BatchContext, Method
-from audit.methods.guidance import DEFAULT_STOP, LOSSES, ProbeGuidance, batch_distribution_loss, probe_space_target
+from audit.methods.guidance import (
+    DEFAULT_STOP,
+    LOSSES,
+    ProbeGuidance,
+    aim_vector,
+    batch_distribution_loss,
+    probe_space_target,
+)
 from audit.probes.probe import Probe
 
 
@@ -25,7 +32,8 @@ class DistributionGuidance(ProbeGuidance, Method):
 
     def __init__(self, probes: list[Probe], target: np.ndarray | list[float], scale: float = 1.0,
                  loss: str = "chi2", path: str = "h", start: float = 0.0, stop: float = DEFAULT_STOP,
-                 normalize: bool = True, grad_tau: float = 8.0, correct_confusion: bool = True):
+                 normalize: bool = True, grad_tau: float = 8.0, correct_confusion: bool = True,
+                 aim: list[float] | None = None):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         if path not in ("h", "x"):
@@ -38,6 +46,7 @@ class DistributionGuidance(ProbeGuidance, Method):
         if not 0 <= start < stop <= 1:
             raise ValueError(f"need 0 <= start < stop <= 1, got start={start}, stop={stop}")
         self.probes, self.target = probes, torch.tensor(target, dtype=torch.float32)
+        self.aim = aim_vector(target, aim)
         self.scale, self.loss, self.path = float(scale), loss, path
         self.start, self.stop, self.normalize = start, stop, normalize
         if grad_tau < 1:
@@ -50,10 +59,10 @@ class DistributionGuidance(ProbeGuidance, Method):
         target. Without the correction, a soft probe's mean reads 0.60/0.40 on a batch whose
         images are 0.51/0.49 (zoo DDPM, skin tone): aiming it at 0.5/0.5 overshoots unless the
         scale is tuned to stop short, and a 4-class target (hair colour) is missed in three
-        directions that no single scale can fix."""
-        if not self.correct_confusion:
-            return self.target
-        return probe_space_target(self.probes, t, self.target)
+        directions that no single scale can fix. The aim (see aim_vector) replaces the target
+        when the calibration corrected it."""
+        aim = torch.tensor(self.aim, dtype=torch.float32)
+        return probe_space_target(self.probes, t, aim) if self.correct_confusion else aim
 
     def probe_loss(self, h: torch.Tensor, batch: BatchContext) -> torch.Tensor:
         target = self.probe_target(batch.t)
@@ -65,7 +74,8 @@ class DistributionGuidance(ProbeGuidance, Method):
 
     def config(self) -> dict:
         return {"name": self.name, "attributes": [p.attribute for p in self.probes],
-                "target": self.target.tolist(), "scale": self.scale, "loss": self.loss, "path": self.path,
+                "target": self.target.tolist(), "aim": self.aim.tolist(), "scale": self.scale, "loss": self.loss,
+                "path": self.path,
                 "start": self.start, "stop": self.stop, "normalize": self.normalize, "grad_tau": self.grad_tau,
                 "correct_confusion": self.correct_confusion,
                 "probes": [p.meta for p in self.probes]}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from audit.methods.base import AllocatingMethod, BatchContext
-from audit.methods.guidance import DEFAULT_STOP, ProbeGuidance, per_sample_loss
+from audit.methods.guidance import DEFAULT_STOP, ProbeGuidance, aim_vector, per_sample_loss
 from audit.probes.probe import Probe
 
 
@@ -18,18 +18,24 @@ class SampleGuidance(ProbeGuidance, AllocatingMethod):
     needs_probe = True
 
     def __init__(self, probes: list[Probe], target, scale: float = 1.0, path: str = "h",
-                 start: float = 0.0, stop: float = DEFAULT_STOP, normalize: bool = True):
+                 start: float = 0.0, stop: float = DEFAULT_STOP, normalize: bool = True,
+                 aim: list[float] | None = None):
         if path not in ("h", "x"):
             raise ValueError(f"path must be 'h' or 'x', got {path!r}")
         self.probes, self.target = probes, np.asarray(target, dtype=float)
+        self.aim = aim_vector(self.target, aim)
         self.scale, self.path, self.normalize = float(scale), path, normalize
         self.start, self.stop = start, stop
+
+    @property
+    def shares(self) -> np.ndarray:
+        return self.aim
 
     def probe_loss(self, h: torch.Tensor, batch: BatchContext) -> torch.Tensor:
         return per_sample_loss(self.probes, h, batch.t, batch.state["allocated"])
 
     def config(self) -> dict:
         return {"name": self.name, "attributes": [p.attribute for p in self.probes],
-                "target": self.target.tolist(), "scale": self.scale, "path": self.path,
+                "target": self.target.tolist(), "aim": self.aim.tolist(), "scale": self.scale, "path": self.path,
                 "start": self.start, "stop": self.stop, "normalize": self.normalize,
                 "probes": [p.meta for p in self.probes]}

@@ -255,7 +255,16 @@ def test_auto_scale_is_calibrated_on_images_judged_by_the_probe_labeler(tmp_path
     assert walked == list(GRID[:len(walked)]) and scales[len(walked):] == list(BELOW[:len(scales) - len(walked)])
     assert record["scale"] == interpolated_scale(record["tried"], [0.5, 0.5])
     cell = next((tmp_path / "out" / "cells").iterdir())
-    assert json.loads((cell / "manifest.json").read_text())["method"]["scale"] == record["scale"]
+    method = json.loads((cell / "manifest.json").read_text())["method"]
+    assert method["scale"] == record["scale"]
+    # A miss beyond the sampling noise is corrected by aiming elsewhere, at the chosen scale,
+    # and only a correction that landed nearer on the calibration seeds is used.
+    missed = min(t["fd"] for t in record["tried"]) > record["noise"]
+    assert bool(record["aimed"]) == missed and all(t["scale"] == record["scale"] for t in record["aimed"])
+    if record["aim"] is not None:
+        corrected = next(t for t in record["aimed"] if t.get("aim") == record["aim"])
+        assert corrected["fd"] < record["aimed"][0]["fd"]
+    assert method["aim"] == pytest.approx(record["aim"] or [0.5, 0.5])
     assert not any(str(CALIBRATION_SEED) in p.name for p in (cell / "images").iterdir())
 
 

@@ -50,7 +50,7 @@ def test_shipped_record_is_used_and_copied_into_the_run(tmp_path, zoo_weights):
     assert written[0] == zoo_weights / "synthfaces-ddpm" / calibration.record_name(config)
 
     fresh = RunContext(suite=ctx.suite, store=RunStore(tmp_path / "fresh"), log=lambda s: None)
-    assert calibration.calibrated_scale(fresh, cell, never_called, probes, target, params) == 2.5
+    assert calibration.calibrate(fresh, cell, never_called, probes, target, params)["scale"] == 2.5
     copied = list((tmp_path / "fresh" / "calibration").glob("*.json"))
     assert len(copied) == 1 and json.loads(copied[0].read_text())["config"]["revision"] == revision
 
@@ -125,7 +125,7 @@ def test_a_new_calibration_rule_reuses_an_earlier_records_trials(tmp_path, zoo_w
     early = {1.0: 0.30, 1.4: 0.20, 2.0: 0.08, 2.8: 0.02, 4.0: 0.25}  # passes the optimum at 4.0
     (tmp_path / "out" / "calibration" / "synthfaces-ddpm-old.json").write_text(
         json.dumps(walk_record(old_rule, early)))
-    scale = calibration.calibrated_scale(ctx, cell, never_called, probes, target, params)
+    scale = calibration.calibrate(ctx, cell, never_called, probes, target, params)["scale"]
     record = json.loads((tmp_path / "out" / "calibration" / f"synthfaces-ddpm-{calibration.record_name(config)}")
                         .read_text())
     assert record["config"]["rule"] == calibration.RULE and scale == record["scale"]
@@ -138,7 +138,7 @@ def test_a_new_calibration_rule_reuses_an_earlier_records_trials(tmp_path, zoo_w
     (zoo_weights / "synthfaces-ddpm").mkdir(parents=True)
     (zoo_weights / "synthfaces-ddpm" / "old.json").write_text(json.dumps(walk_record(old_rule, still_falling)))
     with pytest.raises(AssertionError, match="generated images"):
-        calibration.calibrated_scale(ctx, cell, never_called, probes, target, params)
+        calibration.calibrate(ctx, cell, never_called, probes, target, params)
     # Records of the earlier rule are never shipped and are removed from the zoo.
     assert calibration.ship_calibrations(tmp_path / "first-run", {}) == []
     calibration.ship_calibrations(tmp_path / "first-run", {"synthfaces-ddpm": config["revision"]})
