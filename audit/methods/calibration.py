@@ -147,8 +147,11 @@ def corrected_aim(aim: np.ndarray, p_hat: np.ndarray, target: np.ndarray, noise:
 def calibration_config(ctx, cell, factory, probes, target, params: dict, n: int) -> dict:
     """Everything a calibrated scale depends on (the model's weights by revision, not its name;
     the method's params with its defaults filled in)."""
+    params = effective_params(factory, params)
+    if params.get("aim") is None:
+        params.pop("aim", None)  # aimed at the target itself, as every record before aims existed
     return {"model": cell.model.model_dump(exclude={"name"}), "revision": ctx.adapter(cell).revision,
-            "method": cell.method.name, "params": effective_params(factory, params),
+            "method": cell.method.name, "params": params,
             "attributes": cell.setting.attributes, "target": [float(v) for v in target], "batch": cell.batch_size,
             "probes": [p.meta.get("val_accuracy", [])[:3] for p in probes], "prompt": cell.prompt,
             "judge": ctx.suite.probe_labeler, "n": n, "rule": RULE}

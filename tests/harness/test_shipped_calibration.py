@@ -105,6 +105,11 @@ def test_a_changed_method_default_does_not_reuse_a_record(tmp_path):
     assert key(factory, {"scale": "auto"}) == key(factory, {"scale": "auto", "stop": DEFAULT_STOP})
     assert key(factory, {"scale": "auto"}) != key(other_default, {"scale": "auto"})
     assert key(factory, {"scale": "auto"}) != key(factory, {"scale": "auto", "stop": DEFAULT_STOP / 2})
+    # Aiming at the target itself is what every record did before calibration corrected aims, so
+    # it is left out of the key (those records' trials are still replayed); an aim of one's own counts.
+    config = calibration.calibration_config(ctx, cell, factory, probes, target, {"scale": "auto"}, n=128)
+    assert "aim" not in config["params"] and "stop" in config["params"]
+    assert key(factory, {"scale": "auto"}) != key(factory, {"scale": "auto", "aim": [0.4, 0.6]})
 
 
 def walk_record(config: dict, fds: dict[float, float]) -> dict:
