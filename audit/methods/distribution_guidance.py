@@ -22,6 +22,7 @@ from audit.methods.guidance import (
     aim_vector,
     batch_distribution_loss,
     probe_space_target,
+    proportions,
 )
 from audit.probes.probe import Probe
 
@@ -39,10 +40,7 @@ class DistributionGuidance(ProbeGuidance, Method):
         if path not in ("h", "x"):
             raise ValueError(f"path must be 'h' or 'x', got {path!r}")
         k = int(np.prod([len(p.classes) for p in probes]))
-        target = np.asarray(target, dtype=float)
-        if target.shape != (k,) or abs(target.sum() - 1) > 1e-6 or target.min() < 0:
-            raise ValueError(f"target must be {k} non-negative proportions summing to 1 "
-                             f"(the product space of {[p.attribute for p in probes]}), got {target.tolist()}")
+        target = proportions(target, k, "target", f"the product space of {[p.attribute for p in probes]}")
         if not 0 <= start < stop <= 1:
             raise ValueError(f"need 0 <= start < stop <= 1, got start={start}, stop={stop}")
         self.probes, self.target = probes, torch.tensor(target, dtype=torch.float32)

@@ -112,11 +112,16 @@ def aim_vector(target: np.ndarray, aim) -> np.ndarray:
     0.19 light+no vs 0.35 dark+no)."""
     if aim is None:
         return np.asarray(target, dtype=float)
-    aim = np.asarray(aim, dtype=float)
-    if aim.shape != np.shape(target) or abs(aim.sum() - 1) > 1e-6 or aim.min() < 0:
-        raise ValueError(f"aim must be {len(target)} non-negative proportions summing to 1 "
-                         f"(like the target), got {aim.tolist()}")
-    return aim
+    return proportions(aim, len(target), "aim", "like the target")
+
+
+def proportions(values, k: int, name: str, meaning: str) -> np.ndarray:
+    """`values` as k non-negative proportions summing to 1, or a ValueError that says so."""
+    values = np.asarray(values, dtype=float)
+    if values.shape != (k,) or abs(values.sum() - 1) > 1e-6 or values.min() < 0:
+        raise ValueError(f"{name} must be {k} non-negative proportions summing to 1 ({meaning}), "
+                         f"got {values.tolist()}")
+    return values
 
 
 def joint_target(targets: list[np.ndarray]) -> np.ndarray:
