@@ -86,13 +86,15 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
         p_hat = np.bincount(joint, minlength=k) / max(1, len(joint))
         return {"scale": scale, **aimed, "fd": float(np.linalg.norm(p_hat - target)), "p_hat": p_hat.round(4).tolist()}
 
+    def say(message: str) -> None:
+        ctx.log(f"calibrating {cell.method.name} on {cell.model.name}/{cell.setting.key}: {message}")
+
     def trial(scale: float) -> float:
         result, source = earlier.get(scale), "an earlier record's trial"
         if result is None:
             result, source = measure(scale), f"judged by {judge.name}"
         tried.append(result)
-        ctx.log(f"calibrating {cell.method.name} on {cell.model.name}/{cell.setting.key}: "
-                f"scale {scale:g} -> FD {result['fd']:.3f} ({source})")
+        say(f"scale {scale:g} -> FD {result['fd']:.3f} ({source})")
         return result["fd"]
 
     for scale in GRID:
@@ -112,16 +114,16 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
         best = next((t for t in tried if t["scale"] == chosen), None)
         if best is None:
             best = measure(chosen)
-            ctx.log(f"calibrating {cell.method.name} on {cell.model.name}/{cell.setting.key}: chosen scale "
-                    f"{chosen:g} -> FD {best['fd']:.3f}, beyond the sampling noise {noise:.3f}: correcting the aim")
+            say(f"chosen scale {chosen:g} -> FD {best['fd']:.3f}, beyond the sampling noise {noise:.3f}: "
+                "correcting the aim")
         aimed.append(best)
         for _ in range(AIM_STEPS):
             candidate = corrected_aim(np.asarray(best.get("aim", target)), np.asarray(best["p_hat"]), target, noise)
             if candidate is None:
                 break
             aimed.append(measure(chosen, candidate))
-            ctx.log(f"calibrating {cell.method.name} on {cell.model.name}/{cell.setting.key}: scale {chosen:g} "
-                    f"aimed at {np.round(candidate, 3).tolist()} -> FD {aimed[-1]['fd']:.3f} (was {best['fd']:.3f})")
+            say(f"scale {chosen:g} aimed at {np.round(candidate, 3).tolist()} -> FD {aimed[-1]['fd']:.3f} "
+                f"(was {best['fd']:.3f})")
             if aimed[-1]["fd"] >= best["fd"]:
                 break
             best = aimed[-1]
