@@ -65,6 +65,18 @@ def _setting_label(attributes: str | None, target: str | None) -> str:
     return f"{attributes or '—'} ({target or '—'})"
 
 
+def aim_label(method: dict) -> str | None:
+    """The class shares a guided cell steered to, when calibration moved them off the target
+    ("0.277/0.237/0.197/0.289"); None when it steered to the target itself or has no aim."""
+    aim, target = method.get("aim"), method.get("target")
+    if not isinstance(aim, list) or not aim or any(number(a) is None for a in aim):
+        return None
+    if isinstance(target, list) and len(target) == len(aim) and all(
+            number(t) is not None and abs(number(a) - number(t)) < 5e-4 for a, t in zip(aim, target, strict=True)):
+        return None
+    return "/".join(f"{number(a):.3f}" for a in aim)
+
+
 class Report:
     def __init__(self, run: RunData, tolerance: float, overridden: bool = False):
         self.run, self.tolerance, self.overridden = run, tolerance, overridden
@@ -288,9 +300,11 @@ class Report:
             scale = number(params.get("scale"))
             if scale is None:
                 scale = number((manifest.get("method") or {}).get("scale"))
+            aim = aim_label(manifest.get("method") or {})
             base_name = spec.get("name") or (manifest.get("method") or {}).get("name") or row["method"]
             point = {"cell_id": cid, "method": row["method"] or "—", "model": row["model"] or "—", "fd": row["fd"],
                      "fd_lo": row["fd_lo"], "fd_hi": row["fd_hi"], "fid": row["fid"], "scale": scale,
+                     "aim": aim,
                      "clip": row["clip_score"], "setting": row["setting"], "target": row["target"],
                      "prompt": row["prompt"], "extractor": row["fid_extractor"], "labeler": row["labeler"],
                      "group": (row["model"], row["attributes"], row["target"], row["prompt"], str(base_name),
@@ -317,7 +331,8 @@ class Report:
             path = plots.tradeoff_chart(self.root / "assets" / "plots" / "tradeoff.png", list(panels.values()))
             chart = url(path.relative_to(self.root).as_posix())
         return {"chart": chart, "points": table, "curves": curves, "labeler": self.primary,
-                "has_fid": any(p["fid"] is not None for p in table)}
+                "has_fid": any(p["fid"] is not None for p in table),
+                "has_aims": any(p["aim"] is not None for p in table)}
 
     def cost_rows(self) -> list[dict]:
         rows = []

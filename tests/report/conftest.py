@@ -36,6 +36,7 @@ BIASED = {"skin_tone": 0.15, "eyeglasses": 0.2, "hair_length": 0.45, "smile": 0.
 DEFAULT_METHODS = [{"name": "none", "label": None, "params": {}},
                    {"name": "prompt", "label": None, "params": {}},
                    {"name": "distribution_guidance", "label": None, "params": {"scale": 2.0, "loss": "chi2"}}]
+JOINT_AIM = [0.28, 0.24, 0.2, 0.28]
 DEFAULT_SETTINGS = [{"attributes": ["skin_tone"], "target": "uniform", "classes": None},
                     {"attributes": ["skin_tone", "eyeglasses"], "target": "uniform", "classes": None}]
 DEFAULT_MODELS = [{"name": "synthfaces-ddpm", "source": "zoo:synthfaces-ddpm", "text": False},
@@ -252,6 +253,9 @@ def _write_cell(store, base, model, method, setting, labelers, target, prompt, s
     atomic_write_json(cell_dir / "metrics.json", results)
     method_config = {"name": method["name"], **method.get("params", {})}
     if method["name"].endswith("guidance"):
+        # as the runner records them: a joint cell's calibration moved the aim off the target
+        method_config["target"] = target
+        method_config["aim"] = JOINT_AIM if len(attributes) > 1 else target
         method_config["probes"] = [{"model_id": model["source"], "revision": None, "labeler": "synthfaces-pseudo",
                                     "attribute": a, "val_accuracy": [0.91, 0.97, 0.99]} for a in attributes]
     manifest = {

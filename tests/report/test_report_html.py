@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from audit.report import ReportError
-from audit.report.html import GALLERY_MAX, write_report
+from audit.report.html import GALLERY_MAX, aim_label, write_report
 
 
 def table_rows(html: str, table_id: str) -> int:
@@ -40,6 +40,10 @@ def test_report_structure(fixture_run, fixture_report, parse_html):
         assert (report / name).read_bytes() == (fixture_run / name).read_bytes()
         assert any(a.get("href") == name for a in page.all("a"))
     assert (report / "assets" / "plots" / "tradeoff.png").is_file()
+    # the aim column: only the joint distribution-guidance cells (one per model) steered off the target
+    tradeoff = html.split('id="tradeoff-table"', 1)[1].split("</table>", 1)[0]
+    assert ">Aim</th>" in tradeoff
+    assert tradeoff.count("<td class=\"text\">0.280/0.240/0.200/0.280</td>") == 2
     # verdicts: badges for every measured row, not-applicable rows say why
     assert html.count('class="badge pass"') + html.count('class="badge fail"') == 20
     assert html.count("prompt debiasing needs a text-conditioned model") == 2
@@ -51,6 +55,13 @@ def test_report_structure(fixture_run, fixture_report, parse_html):
     # every local link and image of the index exists
     for path in local_files(fixture_report, page):
         assert path.exists(), path
+
+
+def test_aim_label():
+    assert aim_label({"target": [0.5, 0.5], "aim": [0.5002, 0.4998]}) is None  # the target itself
+    assert aim_label({"target": [0.5, 0.5]}) is None  # records made before aims existed
+    assert aim_label({"target": [0.5, 0.5], "aim": [0.53, 0.47]}) == "0.530/0.470"
+    assert aim_label({"aim": [0.25, 0.75]}) == "0.250/0.750"
 
 
 def test_cell_pages(fixture_report, parse_html):
