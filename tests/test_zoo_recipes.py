@@ -10,7 +10,7 @@ import torch
 
 from audit.models.adapter import ModelAdapter
 from audit.zoo.recipes import RECIPES
-from audit.zoo.train_diffusion import train, training_batch
+from audit.zoo.train_diffusion import train, training_batch, training_timesteps
 
 SMALL_UNET = {"block_out_channels": (8, 16, 16, 16), "norm_num_groups": 4}
 
@@ -28,6 +28,21 @@ def test_training_batches_are_a_function_of_the_step():
     x2, c2 = training_batch(recipe, 3)
     assert torch.equal(x1, x2) and c1 == c2
     assert not torch.equal(x1, training_batch(recipe, 4)[0])
+
+
+def test_timestep_focus_draws_its_share_of_each_batch_from_its_range(tmp_path):
+    recipe = RECIPES["synthfaces-ddpm"]
+    plain = training_timesteps(recipe, 4000, 1000, torch.Generator().manual_seed(3))
+    assert torch.equal(plain, torch.randint(0, 1000, (4000,), generator=torch.Generator().manual_seed(3)))
+    focused = dataclasses.replace(recipe, timestep_focus=(600, 1000), timestep_focus_share=0.5)
+    t = training_timesteps(focused, 4000, 1000, torch.Generator().manual_seed(3))
+    assert int(t.min()) >= 0 and int(t.max()) < 1000
+    assert abs(float((t >= 600).float().mean()) - (0.5 + 0.5 * 0.4)) < 0.03  # focused half + the uniform half's 40%
+    # a focused fine-tune trains and says so in its export
+    train(small("synthfaces-ddpm", steps=2, timestep_focus=(600, 1000)), tmp_path / "work", tmp_path / "out",
+          log=lambda s: None)
+    info = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert info["timestep_focus"] == [600, 1000] and info["timestep_focus_share"] == 0.5
 
 
 def test_unconditional_recipe_trains_resumes_and_exports(tmp_path):

@@ -113,6 +113,18 @@ def training_batch(recipe: DiffusionRecipe, step: int):
     return batch.tensor(), captions
 
 
+def training_timesteps(recipe: DiffusionRecipe, n: int, num_timesteps: int, generator: torch.Generator) -> torch.Tensor:
+    """The step's timesteps: uniform, with recipe.timestep_focus_share of them (in expectation)
+    drawn from recipe.timestep_focus instead. Without a focus the draws are exactly those of
+    every run before the option existed, so old checkpoints resume on the same batches."""
+    t = torch.randint(0, num_timesteps, (n,), generator=generator)
+    if recipe.timestep_focus is None:
+        return t
+    low, high = recipe.timestep_focus
+    focused = torch.randint(low, high, (n,), generator=generator)
+    return torch.where(torch.rand(n, generator=generator) < recipe.timestep_focus_share, focused, t)
+
+
 def _atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -173,7 +185,7 @@ def train(recipe: DiffusionRecipe, workdir: Path, export_dir: Path, max_steps: i
         generator.manual_seed(recipe.data_seed * 7919 + step)
         x0, captions = training_batch(recipe, step)
         noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, len(alphas), (len(x0),), generator=generator)
+        t = training_timesteps(recipe, len(x0), len(alphas), generator)
         x0, noise, t = x0.to(device), noise.to(device), t.to(device)
         x_t = scheduler.add_noise(x0, noise, t)
         target = scheduler.get_velocity(x0, noise, t)
@@ -292,6 +304,8 @@ def export(recipe, unet, text_encoder, tokenizer, scheduler, ema, params, export
     (export_dir / "model_index.json").write_text(json.dumps(index, indent=2))
     info = {"recipe": recipe.name, "steps": step, "target_steps": recipe.steps,
             **({"text_encoder_from": recipe.text_encoder_from} if recipe.conditional else {}),
+            **({"timestep_focus": list(recipe.timestep_focus), "timestep_focus_share": recipe.timestep_focus_share}
+               if recipe.timestep_focus is not None else {}),
             "train_seconds": round(wall, 1), "final_loss": loss, "torch": torch.__version__,
             "diffusers": diffusers.__version__, "transformers": transformers.__version__,
             "description": recipe.description}
