@@ -41,8 +41,8 @@ class DiffusionRecipe:
     # `timestep_focus` [low, high): a fine-tune can spend its steps on the noise levels where
     # deterministic sampling decides the layout (the 12,000-step DDPM's ODE drew 0.06 too much
     # short hair although its denoiser's mean matched the data; stochastic sampling drew 0.03).
-    # Tried in session 19: 1,000 steps from that export with half of each batch in [600, 1000)
-    # left the gap at 0.067 (benchmarks/results/sampler_marginals_ddpm_focus_ft13000.json); not kept.
+    # Tried in session 19 (benchmarks/zoo_finetune.py): 1,000 steps from that export with half of
+    # each batch in [600, 1000) left the gap at 0.067; not kept.
     timestep_focus: tuple[int, int] | None = None
     timestep_focus_share: float = 0.5
     description: str = ""
