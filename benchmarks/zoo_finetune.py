@@ -37,7 +37,7 @@ def main(model: str = typer.Argument(..., help="A zoo diffusion model (synthface
     torch.set_num_threads(threads)
     recipe = dataclasses.replace(recipe, steps=steps, timestep_focus=focus, timestep_focus_share=share)
     train(recipe, out / "work", out / "export", export_every=500, warm_start_dir=zoo_path(model),
-          log=lambda message: typer.echo(message))
+          log=typer.echo)
 
 
 if __name__ == "__main__":
