@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -155,3 +156,25 @@ def test_efficacy_table_bar_verdicts(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         table_script.main([str(tmp_path / "missing")])
     assert exit_.value.code == 2
+
+
+def test_archived_run_resumes_without_regenerating_and_tabulates_the_same(tiny_run, tmp_path, tiny_model_dir):
+    """A run archived by benchmarks/archive_run.py (measurements only, no images) and copied into a
+    fresh output directory is resumed as finished: nothing is generated, the numbers are the same."""
+    archive = script("archive_run")
+    dest = tmp_path / "archive"
+    written = archive.main([str(tiny_run), str(dest)])
+    assert {p.name for p in written} >= {"suite.json", "results.csv", "metrics.json", "manifest.json"}
+    assert not list(dest.rglob("*.png")) and not list(dest.rglob("*.parquet"))
+    cells = sorted(p.parent.name for p in (tiny_run / "cells").glob("*/metrics.json"))
+    assert sorted(p.parent.name for p in dest.glob("cells/*/metrics.json")) == cells
+    resumed = tmp_path / "resumed"
+    shutil.copytree(dest, resumed)
+    frame = run_suite(load_suite(tiny_suite_file(tmp_path, tiny_model_dir)), resumed)
+    assert not list(resumed.rglob("*.png"))  # every cell was taken as finished
+    before = pd.read_csv(tiny_run / "results.csv").sort_values("cell_id")
+    assert frame.sort_values("cell_id")["fd"].tolist() == pytest.approx(before["fd"].tolist(), nan_ok=True)
+    table = script("efficacy_table").main([str(resumed)])
+    assert len(table["rows"]) == len(before)
+    with pytest.raises(SystemExit, match="no suite.json"):
+        archive.main([str(tmp_path / "missing"), str(tmp_path / "x")])

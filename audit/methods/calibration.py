@@ -8,7 +8,10 @@ suite's probe labeler (the labeler the probes learnt from, never an evaluation l
 chosen scale minimises the FD of the class shares interpolated between the tried scales
 (`interpolated_scale`). Where the chosen scale still misses the target by more than sampling noise
 explains, the aim is corrected next (`corrected_aim`): guidance aims at a distribution moved by
-the shrunk miss, kept only when it lands nearer on the same seeds. Judging images rather than the
+the shrunk miss, kept only when it lands nearer on the same seeds. Aims are judged on AIM_SAMPLES
+times the walk's seeds: the joint skin tone x eyeglasses miss (FD ~0.15 on synthfaces-ddpm) read
+~0.09 on the walk's 256 seeds, the aim corrected by that estimate left FD 0.071 on 1,000 evaluation
+seeds, and a lucky 0.023 on the 256 stopped further correction. Judging images rather than the
 probe matters: at the last step the probe sees the h that guidance itself has just edited, so it
 always reports success. Records are
 cached per (model revision, method, setting, steps, batch size) in OUT/calibration/ and may be
@@ -32,10 +35,11 @@ from audit.store import atomic_write_json, inside
 CALIBRATION_SEED = 20_000_000
 GRID = (1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 16.0, 32.0, 64.0)  # walked upward; most calibrated scales fell in 2-7
 # Bump RULE when the walk or the choice changes: records are keyed on it.
-RULE = "images, interpolated, grid to 64, aim corrected"
+RULE = "images, interpolated, grid to 64, aim corrected on 4x seeds"
 BELOW = (0.5, 0.25)  # tried only when the smallest grid scale is already the best
 PATIENCE = 3  # stop when this many larger scales brought no progress (guidance without effect)
 AIM_STEPS = 2  # aim corrections tried at the chosen scale
+AIM_SAMPLES = 4  # aims are judged on this many times the walk's seeds (sampling noise halved)
 
 
 def calibration_samples(k: int) -> int:
@@ -63,28 +67,29 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
         record = json.loads(cache.read_text())
         return {"scale": float(record["scale"]), "aim": record.get("aim")}
     judge = ctx.labeler(ctx.suite.probe_labeler)
-    seeds = list(range(CALIBRATION_SEED, CALIBRATION_SEED + n))
-    prompts = [cell.prompt or DEFAULT_PROMPT] * n if adapter.conditional else None
+    seeds = list(range(CALIBRATION_SEED, CALIBRATION_SEED + AIM_SAMPLES * n))  # the walk uses the first n
+    prompts = [cell.prompt or DEFAULT_PROMPT] * len(seeds) if adapter.conditional else None
     target = np.asarray(target, dtype=float)
     noise = float(np.sqrt((target * (1 - target)).sum() / n))  # FD's sampling spread at the target
     tried = []
     earlier = earlier_trials(config, [cache.parent, shipped.parent] if shipped is not None else [cache.parent])
 
-    def measure(scale: float, aim: np.ndarray | None = None) -> dict:
+    def measure(scale: float, aim: np.ndarray | None = None, count: int = n) -> dict:
         aimed = {} if aim is None else {"aim": aim.tolist()}
         method = factory(probes=probes, target=target, **{**params, "scale": scale, **aimed})
-        method.start_cell(seeds)
+        method.start_cell(seeds[:count])
         images = []
-        for i in range(0, n, cell.batch_size):
-            out = adapter.generate(seeds[i:i + cell.batch_size],
-                                   prompts=None if prompts is None else prompts[i:i + cell.batch_size],
+        for i in range(0, count, cell.batch_size):
+            end = min(i + cell.batch_size, count)
+            out = adapter.generate(seeds[i:end], prompts=None if prompts is None else prompts[i:end],
                                    steps=cell.model.steps, guidance_scale=cell.model.guidance_scale, method=method)
             images.append(out.images)
         labels = judge.label(torch.cat(images))
         joint, k = joint_labels([labels.hard(a)[labels.valid] for a in cell.setting.attributes],
                                 [len(judge.attributes[a]) for a in cell.setting.attributes])
         p_hat = np.bincount(joint, minlength=k) / max(1, len(joint))
-        return {"scale": scale, **aimed, "fd": float(np.linalg.norm(p_hat - target)), "p_hat": p_hat.round(4).tolist()}
+        return {"scale": scale, **aimed, "n": count, "fd": float(np.linalg.norm(p_hat - target)),
+                "p_hat": p_hat.round(4).tolist()}
 
     def say(message: str) -> None:
         ctx.log(f"calibrating {cell.method.name} on {cell.model.name}/{cell.setting.key}: {message}")
@@ -111,17 +116,17 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
     chosen = interpolated_scale(tried, target)
     aim, aimed = None, []
     if params.get("aim") is None and min(t["fd"] for t in tried) > noise:
-        best = next((t for t in tried if t["scale"] == chosen), None)
-        if best is None:
-            best = measure(chosen)
-            say(f"chosen scale {chosen:g} -> FD {best['fd']:.3f}, beyond the sampling noise {noise:.3f}: "
-                "correcting the aim")
+        count = AIM_SAMPLES * n
+        aim_noise = noise / np.sqrt(AIM_SAMPLES)
+        best = measure(chosen, count=count)
+        say(f"chosen scale {chosen:g} -> FD {best['fd']:.3f} on {count} seeds (sampling noise {aim_noise:.3f})")
         aimed.append(best)
         for _ in range(AIM_STEPS):
-            candidate = corrected_aim(np.asarray(best.get("aim", target)), np.asarray(best["p_hat"]), target, noise)
+            candidate = corrected_aim(np.asarray(best.get("aim", target)), np.asarray(best["p_hat"]), target,
+                                      aim_noise)
             if candidate is None:
                 break
-            aimed.append(measure(chosen, candidate))
+            aimed.append(measure(chosen, candidate, count=count))
             say(f"scale {chosen:g} aimed at {np.round(candidate, 3).tolist()} -> FD {aimed[-1]['fd']:.3f} "
                 f"(was {best['fd']:.3f})")
             if aimed[-1]["fd"] >= best["fd"]:

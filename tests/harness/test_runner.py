@@ -241,7 +241,7 @@ def test_zoo_probes_are_used_only_for_the_weights_they_were_trained_on(tmp_path)
 
 
 def test_auto_scale_is_calibrated_on_images_judged_by_the_probe_labeler(tmp_path, tiny_model_dir):
-    from audit.methods.calibration import BELOW, CALIBRATION_SEED, GRID, interpolated_scale
+    from audit.methods.calibration import AIM_SAMPLES, BELOW, CALIBRATION_SEED, GRID, interpolated_scale
 
     suite = tiny_suite(tmp_path, tiny_model_dir, samples=4,
                        settings=[{"attributes": ["skin_tone"], "target": "uniform"}],
@@ -258,9 +258,11 @@ def test_auto_scale_is_calibrated_on_images_judged_by_the_probe_labeler(tmp_path
     method = json.loads((cell / "manifest.json").read_text())["method"]
     assert method["scale"] == record["scale"]
     # A miss beyond the sampling noise is corrected by aiming elsewhere, at the chosen scale,
-    # and only a correction that landed nearer on the calibration seeds is used.
+    # judged on more seeds than the walk's, and only a correction that landed nearer is used.
     missed = min(t["fd"] for t in record["tried"]) > record["noise"]
     assert bool(record["aimed"]) == missed and all(t["scale"] == record["scale"] for t in record["aimed"])
+    assert all(t["n"] == AIM_SAMPLES * record["config"]["n"] for t in record["aimed"])
+    assert all(t["n"] == record["config"]["n"] for t in record["tried"])
     if record["aim"] is not None:
         corrected = next(t for t in record["aimed"] if t.get("aim") == record["aim"])
         assert corrected["fd"] < record["aimed"][0]["fd"]
