@@ -34,12 +34,12 @@ from audit.store import atomic_write_json, inside
 
 CALIBRATION_SEED = 20_000_000
 GRID = (1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 16.0, 32.0, 64.0)  # walked upward; most calibrated scales fell in 2-7
-# Bump RULE when the walk or the choice changes: records are keyed on it.
-RULE = "images, interpolated, grid to 64, aim corrected on 4x seeds"
 BELOW = (0.5, 0.25)  # tried only when the smallest grid scale is already the best
 PATIENCE = 3  # stop when this many larger scales brought no progress (guidance without effect)
 AIM_STEPS = 2  # aim corrections tried at the chosen scale
 AIM_SAMPLES = 4  # aims are judged on this many times the walk's seeds (sampling noise halved)
+# Bump RULE when the walk or the choice changes: records are keyed on it.
+RULE = f"images, interpolated, grid to 64, aim corrected on {AIM_SAMPLES}x seeds"
 
 
 def calibration_samples(k: int) -> int:
