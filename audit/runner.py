@@ -464,12 +464,27 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", executor: str 
         from audit.executors.ray_executor import run_cells_on_ray
 
         all_results = run_cells_on_ray(suite, store.out, cells, device=device, address=address, console=console)
+        for cell, results in zip(cells, all_results, strict=True):
+            index_rows(store, suite, cell, results)
     else:
-        all_results = _run_local(suite, store, cells, device, console, measure_only)
+        all_results = []
+
+        def after_cell(cell: Cell, results: dict) -> None:
+            all_results.append(results)
+            index_rows(store, suite, cell, results)
+            write_results(store, suite, cells, all_results)
+
+        _run_local(suite, store, cells, device, console, measure_only, after_cell)
+    return write_results(store, suite, cells, all_results)
+
+
+def write_results(store: RunStore, suite: Suite, cells: list[Cell], results: list[dict]) -> pd.DataFrame:
+    """results.csv / results.json for the first len(results) cells; the others are listed with
+    status "pending". Written after every cell, so an interrupted run still has the table of what
+    it finished (and benchmarks/archive_run.py can keep it)."""
     rows = []
-    for cell, results in zip(cells, all_results, strict=True):
-        index_rows(store, suite, cell, results)
-        rows.extend(result_rows(cell, results))
+    for i, cell in enumerate(cells):
+        rows.extend(result_rows(cell, results[i] if i < len(results) else {"status": "pending"}))
     frame = pd.DataFrame(rows).reindex(columns=result_columns(suite))
     with atomic_path(store.out / "results.csv") as tmp:
         frame.to_csv(tmp, index=False)
@@ -478,7 +493,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", executor: str 
 
 
 def _run_local(suite: Suite, store: RunStore, cells: list[Cell], device: str, console,
-               measure_only: bool = False) -> list[dict]:
+               measure_only: bool, after_cell) -> None:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -491,7 +506,6 @@ def _run_local(suite: Suite, store: RunStore, cells: list[Cell], device: str, co
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     progress = Progress(*columns, console=console, transient=False) if console is not None else None
-    results = []
     with progress or nullcontext():
         cell_task = progress.add_task("cells", total=len(cells)) if progress else None
         image_task = progress.add_task("images", total=sum(c.samples for c in cells if not c.skip_reason)) \
@@ -503,7 +517,6 @@ def _run_local(suite: Suite, store: RunStore, cells: list[Cell], device: str, co
             if progress:
                 progress.update(cell_task, description=f"cells ({cell.model.name} / {cell.method.display} / "
                                                        f"{cell.setting.key})")
-            results.append(run_cell(ctx, cell))
+            after_cell(cell, run_cell(ctx, cell))
             if progress:
                 progress.advance(cell_task)
-    return results

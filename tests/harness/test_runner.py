@@ -136,6 +136,28 @@ def test_interrupted_cell_resumes_from_finished_batches(tmp_path, tiny_model_dir
                                   reference.drop(columns=["seconds", "images_per_s"]))
 
 
+def test_an_interrupted_run_keeps_a_results_table_of_the_cells_it_finished(tmp_path, tiny_model_dir, monkeypatch):
+    import audit.runner
+
+    suite = tiny_suite(tmp_path, tiny_model_dir, methods=[{"name": "none"}], metrics=["fairness"])
+    real_run_cell, calls = audit.runner.run_cell, []
+
+    def run_cell_then_crash(ctx, cell):
+        calls.append(cell.cell_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user stops the run during the second cell
+        return real_run_cell(ctx, cell)
+
+    monkeypatch.setattr(audit.runner, "run_cell", run_cell_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(suite, tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(table["cell_id"]) == calls
+    assert list(table["status"]) == ["done", "pending"]
+    assert table["fd"].notna().tolist() == [True, False]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())[0]["status"] == "done"
+
+
 def test_adding_a_labeler_labels_existing_images_only(tmp_path, tiny_model_dir):
     suite = tiny_suite(tmp_path, tiny_model_dir, methods=[{"name": "none"}],
                        settings=[{"attributes": ["smile"], "target": "uniform"}], metrics=["fairness"])
