@@ -46,7 +46,9 @@ def resolve(registry: dict[str, str | Callable], name: str, kind: str) -> Callab
 def effective_params(factory: Callable, params: dict) -> dict:
     """The factory's keyword defaults overlaid with the suite's params: what a cell actually ran
     with. Cell ids and calibration records hash this, so a changed default (say `stop`) never
-    reuses results produced under the old one."""
+    reuses results produced under the old one. Options a factory lists in `ADDED_OPTIONS` (added
+    after results were published, their default reproducing the old behaviour) are left out while
+    at that default, so adding an option does not invalidate every earlier cell and calibration."""
     import inspect
 
     try:
@@ -54,7 +56,11 @@ def effective_params(factory: Callable, params: dict) -> dict:
     except (TypeError, ValueError):  # a registered callable without a signature: params as written
         return dict(params)
     defaults = {key: p.default for key, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
-    return {**defaults, **params}
+    effective = {**defaults, **params}
+    for key in getattr(factory, "ADDED_OPTIONS", ()):
+        if key in effective and effective[key] == defaults.get(key):
+            del effective[key]
+    return effective
 
 
 def method_params(name: str, params: dict) -> dict:

@@ -175,29 +175,38 @@ def build_method(ctx: RunContext, cell: Cell):
     spec, setting, params = cell.method, cell.setting, dict(cell.method.params)
     target = setting.target_vector()
     factory = resolve(METHODS, spec.name, "method")
-    try:
-        if spec.name == "none":
-            return factory(**params)
-        if spec.name == "prompt":
-            phrases = [" and ".join(ctx.suite.phrase(a, c) for a, c in zip(setting.attributes, combo.split("&"),
-                                                                              strict=True))
-                       for combo in setting.joint_classes()]
-            return factory(phrases=phrases, target=target,
-                           attribute_names=" and ".join(a.replace("_", " ") for a in setting.attributes), **params)
-        if spec.name == "universal_guidance":
-            labeler = ctx.labeler(params.pop("labeler", ctx.suite.probe_labeler))
-            return factory(labeler=labeler, attributes=setting.attributes, target=target, **params)
+    if spec.name == "none":
+        kwargs = params
+    elif spec.name == "prompt":
+        phrases = [" and ".join(ctx.suite.phrase(a, c) for a, c in zip(setting.attributes, combo.split("&"),
+                                                                          strict=True))
+                   for combo in setting.joint_classes()]
+        kwargs = dict(phrases=phrases, target=target,
+                      attribute_names=" and ".join(a.replace("_", " ") for a in setting.attributes), **params)
+    elif spec.name == "universal_guidance":
+        labeler = ctx.labeler(params.pop("labeler", ctx.suite.probe_labeler))
+        kwargs = dict(labeler=labeler, attributes=setting.attributes, target=target, **params)
+    else:
         probes = get_probes(ctx, cell)
         if params.get("scale", "auto") == "auto":
             from audit.methods.calibration import calibrate
+
+            _construct(factory, spec, dict(probes=probes, target=target, **{**params, "scale": 1.0}))  # fail fast
 
             calibrated = _calibration_of_started_cell(ctx, cell) or calibrate(ctx, cell, factory, probes, target,
                                                                              params)
             params["scale"] = calibrated["scale"]
             if params.get("aim") is None and calibrated["aim"] is not None:
                 params["aim"] = calibrated["aim"]
-        return factory(probes=probes, target=target, **params)
-    except TypeError as e:
+        kwargs = dict(probes=probes, target=target, **params)
+    return _construct(factory, spec, kwargs)
+
+
+def _construct(factory, spec, kwargs: dict):
+    """factory(**kwargs); an unknown or out-of-range param is a one-line SuiteError naming the method."""
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as e:
         raise SuiteError(f"methods '{spec.display}': bad params: {e}") from None
 
 

@@ -151,6 +151,32 @@ def test_h_edit_lowers_the_batch_loss_at_that_step(tiny_adapter):
     assert after < before
 
 
+def test_surplus_push_moves_only_samples_of_classes_the_batch_has_too_much_of(tiny_adapter):
+    probe = random_probe(tiny_adapter)
+    h = torch.randn(64, *h_shape(tiny_adapter.unet)) * 3
+
+    class Batch:
+        t, progress, state = probe.timesteps[0], 0.0, {}
+
+    p_light = probe.probs(h, Batch.t)[:, 0]
+    light_is_surplus = bool(p_light.mean() > 0.3)
+    target = [0.1, 0.9] if light_is_surplus else [0.9, 0.1]
+    surplus_share = p_light if light_is_surplus else 1 - p_light
+    moved = {}
+    for push in ("all", "surplus"):
+        method = DistributionGuidance([probe], target, scale=0.5, push=push, correct_confusion=False)
+        before, _ = batch_distribution_loss([probe], h, Batch.t, method.target, "chi2")
+        edited = method.on_h(h, Batch)
+        after, _ = batch_distribution_loss([probe], edited, Batch.t, method.target, "chi2")
+        assert after < before
+        moved[push] = (edited - h).flatten(1).norm(dim=1)
+    settled = surplus_share < 0.05  # samples already in the class the batch lacks
+    in_surplus = surplus_share > 0.95
+    assert settled.sum() >= 3 and in_surplus.sum() >= 3
+    ratio = {push: float(m[settled].mean() / m[in_surplus].mean()) for push, m in moved.items()}
+    assert ratio["surplus"] < 0.1 < ratio["all"]
+
+
 def test_joint_target_and_multi_attribute_guidance(tiny_adapter):
     probes = [random_probe(tiny_adapter, "skin_tone", seed=1),
               random_probe(tiny_adapter, "hair_color", ("black", "brown", "blond", "gray"), seed=2)]

@@ -30,11 +30,12 @@ from audit.probes.probe import Probe
 class DistributionGuidance(ProbeGuidance, Method):
     name = "distribution_guidance"
     needs_probe = True
+    ADDED_OPTIONS = ("push",)  # see audit.registry.effective_params
 
     def __init__(self, probes: list[Probe], target: np.ndarray | list[float], scale: float = 1.0,
                  loss: str = "chi2", path: str = "h", start: float = 0.0, stop: float = DEFAULT_STOP,
                  normalize: bool = True, grad_tau: float = 8.0, correct_confusion: bool = True,
-                 aim: list[float] | None = None):
+                 aim: list[float] | None = None, push: str = "all"):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         if path not in ("h", "x"):
@@ -51,6 +52,9 @@ class DistributionGuidance(ProbeGuidance, Method):
             raise ValueError(f"grad_tau must be >= 1 (1 = the calibrated probabilities), got {grad_tau}")
         self.grad_tau = float(grad_tau)
         self.correct_confusion = bool(correct_confusion)
+        if push not in ("all", "surplus"):
+            raise ValueError(f"push must be 'all' or 'surplus', got {push!r}")
+        self.push = push
 
     def probe_target(self, t) -> torch.Tensor:
         """Where the probes' batch mean must go at step t for the final labels to match the
@@ -64,7 +68,8 @@ class DistributionGuidance(ProbeGuidance, Method):
 
     def probe_loss(self, h: torch.Tensor, batch: BatchContext) -> torch.Tensor:
         target = self.probe_target(batch.t)
-        loss, p_hat = batch_distribution_loss(self.probes, h, batch.t, target, self.loss, self.grad_tau)
+        loss, p_hat = batch_distribution_loss(self.probes, h, batch.t, target, self.loss, self.grad_tau,
+                                                 self.push)
         batch.state.setdefault("loss", []).append(round(float(loss.detach()), 6))
         batch.state["p_hat_probe"] = [round(float(v), 4) for v in p_hat.detach()]
         batch.state["probe_target"] = [round(float(v), 4) for v in target]
@@ -75,5 +80,5 @@ class DistributionGuidance(ProbeGuidance, Method):
                 "target": self.target.tolist(), "aim": self.aim.tolist(), "scale": self.scale, "loss": self.loss,
                 "path": self.path,
                 "start": self.start, "stop": self.stop, "normalize": self.normalize, "grad_tau": self.grad_tau,
-                "correct_confusion": self.correct_confusion,
+                "correct_confusion": self.correct_confusion, "push": self.push,
                 "probes": [p.meta for p in self.probes]}

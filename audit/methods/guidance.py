@@ -72,7 +72,7 @@ def probe_space_target(probes: list[Probe], t: int, target: torch.Tensor) -> tor
 
 
 def batch_distribution_loss(probes: list[Probe], h: torch.Tensor, t: int, target: torch.Tensor,
-                            loss: str, grad_tau: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                            loss: str, grad_tau: float = 1.0, push: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, p_hat) of the batch's probe-predicted joint distribution against the target
     (already in probe space, see probe_space_target).
 
@@ -81,11 +81,24 @@ def batch_distribution_loss(probes: list[Probe], h: torch.Tensor, t: int, target
     gradient vanishes on confident samples, so only the few near the boundary would be pushed;
     softening spreads the push over the batch, as the paper's tau=8 did, without letting the
     softened probabilities misjudge the batch."""
-    p_hat = joint_probs(probes, h, t).mean(0)
-    if grad_tau != 1.0:
-        soft = joint_probs(probes, h, t, tau=grad_tau).mean(0)
+    probs = joint_probs(probes, h, t)
+    p_hat = probs.mean(0)
+    if grad_tau != 1.0 or push == "surplus":
+        soft = joint_probs(probes, h, t, tau=grad_tau) if grad_tau != 1.0 else probs
+        if push == "surplus":
+            soft = soft * surplus_weights(probs.detach(), p_hat.detach(), target)[:, None]
+        soft = soft.mean(0)
         p_hat = p_hat.detach() + soft - soft.detach()
     return LOSSES[loss](p_hat, target), p_hat
+
+
+def surplus_weights(probs: torch.Tensor, p_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each sample's probability of belonging to a class the batch has too much of. Weighting
+    the gradient by it moves the samples that must change class and leaves those already in a
+    class the batch lacks alone (they would only be pushed deeper into it, at a cost in image
+    quality); the batch loss still decides where they go and how far."""
+    surplus = (p_hat > target).float()
+    return (probs * surplus).sum(1)
 
 
 def per_sample_loss(probes: list[Probe], h: torch.Tensor, t: int, labels: torch.Tensor) -> torch.Tensor:

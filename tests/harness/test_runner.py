@@ -245,6 +245,22 @@ def test_labeler_options_reach_the_labeler_and_bad_ones_fail_in_one_line(tmp_pat
     assert last.startswith("error: labeler_options.synthfaces-eval") and "colour" in last
 
 
+@pytest.mark.parametrize("params, message", [
+    ({"scale": "auto", "push": "some"}, "push must be 'all' or 'surplus'"),
+    ({"scale": 2.0, "aim": [0.6, 0.6]}, "aim must be 2 non-negative proportions"),
+    ({"scale": "auto", "strength": 3}, "unexpected keyword argument 'strength'"),
+])
+def test_bad_method_params_fail_in_one_line_before_any_calibration(tmp_path, tiny_model_dir, params, message):
+    from audit.spec import SuiteError
+
+    suite = tiny_suite(tmp_path, tiny_model_dir, settings=[{"attributes": ["skin_tone"], "target": "uniform"}],
+                       methods=[{"name": "distribution_guidance", "label": "dg", "params": params}])
+    with pytest.raises(SuiteError, match=f"methods 'dg': bad params: .*{message}") as error:
+        run_suite(suite, tmp_path / "out")
+    assert "\n" not in str(error.value)
+    assert not list((tmp_path / "out").glob("calibration/*.json"))
+
+
 def test_zoo_probes_are_used_only_for_the_weights_they_were_trained_on(tmp_path):
     from audit.runner import RunContext, probe_dir
     from audit.spec import plan

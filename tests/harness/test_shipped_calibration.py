@@ -110,6 +110,10 @@ def test_a_changed_method_default_does_not_reuse_a_record(tmp_path):
     config = calibration.calibration_config(ctx, cell, factory, probes, target, {"scale": "auto"}, n=128)
     assert "aim" not in config["params"] and "stop" in config["params"]
     assert key(factory, {"scale": "auto"}) != key(factory, {"scale": "auto", "aim": [0.4, 0.6]})
+    # An option added later (ADDED_OPTIONS) counts only when set away from its old-behaviour default.
+    assert "push" not in config["params"]
+    assert key(factory, {"scale": "auto"}) == key(factory, {"scale": "auto", "push": "all"})
+    assert key(factory, {"scale": "auto"}) != key(factory, {"scale": "auto", "push": "surplus"})
 
 
 def walk_record(config: dict, fds: dict[float, float]) -> dict:
