@@ -5,7 +5,8 @@ committed part-way and resumed in another checkout.
     cp -r benchmarks/results/efficacy_run runs/efficacy     # later, on a fresh checkout
     diffaudit run benchmarks/efficacy.yaml -o runs/efficacy  # finished cells are kept
 
-Copies suite.json, results.csv/json, every calibration record and each finished cell's
+Copies suite.json, results.csv/json (written after every cell, so current even for a run stopped
+part-way: unrun cells are listed as pending), every calibration record and each finished cell's
 metrics.json and manifest.json: the files `diffaudit run` needs to treat a cell as done (a cell is
 done when its metrics.json exists) and efficacy_table.py needs to tabulate it. Images, labels and
 per-batch records stay behind (a 1,000-image cell is ~4 MB of PNGs): an unfinished cell therefore
