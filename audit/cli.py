@@ -243,6 +243,9 @@ def zoo_check(
     first_seed: int = typer.Option(
         0, min=0, help="First sample seed of the diffusion models. The bars are measured from 0; another "
                        "start shows how much a figure owes to its particular seeds."),
+    ddpm_eta: float | None = typer.Option(
+        None, min=0.0, max=1.0, help="DDIM eta of the synthfaces-ddpm samples (unset: 0, the deterministic "
+                                     "sampler every suite uses unless its model sets eta)."),
 ):
     """Measure every zoo model against its bars and print the table."""
     import torch
@@ -278,7 +281,7 @@ def zoo_check(
             atomic_write_json(json_file, rows_to_json(measured))
 
     rows = run_check(n=n, steps=steps, n_heldout=heldout, n_prompt=n_prompt, models=models, candidates=candidates,
-                     on_row=show, t2i_guidance_scale=t2i_guidance_scale, first_seed=first_seed)
+                     on_row=show, t2i_guidance_scale=t2i_guidance_scale, first_seed=first_seed, ddpm_eta=ddpm_eta)
     table = Table(title="diffaudit zoo check")
     for column in ("model", "check", "value", "bar", "pass", "detail"):
         table.add_column(column)

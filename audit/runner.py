@@ -106,7 +106,8 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
     attributes = cell.setting.attributes
     labeler = ctx.labeler(ctx.suite.probe_labeler)
     # Train every attribute the suite guides (that the probe labeler labels) at once: one
-    # sampling pass serves them all.
+    # sampling pass serves them all. Always on the deterministic sampler, whatever the model's eta:
+    # a probe reads x_t (through h), and DDIM gives x_t the same distribution for every eta.
     wanted = list(dict.fromkeys(a for s in ctx.suite.settings for a in s.attributes if a in labeler.attributes))
     dirs = {a: probe_dir(ctx, cell, a) for a in wanted}
     missing = [a for a, d in dirs.items() if not (d / "probe.json").exists()]
@@ -234,7 +235,7 @@ def generate_cell(ctx: RunContext, cell: Cell, method) -> None:
         t0 = time.perf_counter()
         out = adapter.generate(batch_seeds, prompts=prompts, steps=cell.model.steps,
                                guidance_scale=cell.model.guidance_scale,
-                               negative_prompt=cell.model.negative_prompt, method=method)
+                               negative_prompt=cell.model.negative_prompt, method=method, eta=cell.model.eta)
         seconds = time.perf_counter() - t0
         ctx.store.write_batch(cell.cell_id, b, batch_seeds, prompts, out.images, seconds, out.stats,
                               event=f"generated {cell.cell_id} batch {b} ({len(batch_seeds)} images, {seconds:.2f}s)")
@@ -364,7 +365,8 @@ def manifest(ctx: RunContext, cell: Cell, method) -> dict:
         "model": {"name": cell.model.name, "source": cell.model.source, "id": adapter.model_id,
                   "revision": adapter.revision, "dtype": cell.model.dtype, "info": adapter.info},
         "scheduler": {"class": type(adapter.scheduler).__name__, **dict(adapter.scheduler.config)},
-        "steps": cell.model.steps, "guidance_scale": cell.model.guidance_scale, "device": ctx.device,
+        "steps": cell.model.steps, "eta": cell.model.eta, "guidance_scale": cell.model.guidance_scale,
+        "device": ctx.device,
         "torch_threads": torch.get_num_threads(),
         "prompt": cell.prompt, "negative_prompt": cell.model.negative_prompt,
         "seeds": {"first": cell.seed, "count": cell.samples, "rule": "image i uses seed first+i"},

@@ -12,7 +12,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -62,6 +62,9 @@ class ModelSpec(Strict):
     variant: str | None = Field(None, description="weight-file variant, e.g. fp16")
     memory: list[Literal["attention_slicing", "vae_slicing", "vae_tiling"]] = Field(
         default_factory=list, description="memory savers for small GPUs (do not change the cell id)")
+    eta: float | None = Field(None, ge=0, le=1, description=(
+        "DDIM's stochasticity: unset or 0 the deterministic sampler, 1 ancestral sampling (each image's "
+        "step noise from its own seed); needs a scheduler whose step takes eta"))
 
     @field_validator("name")
     @classmethod
@@ -85,7 +88,21 @@ class ModelSpec(Strict):
         """What determines the samples: memory savers are left out, and loading options added after
         the first runs only count when set, so existing run directories keep their cell ids."""
         data = self.model_dump(exclude={"memory"})
-        return {k: v for k, v in data.items() if not (k in ("scheduler", "variant") and v is None)}
+        return {k: v for k, v in data.items() if not (k in self.LATER_OPTIONS and v is None)}
+
+    LATER_OPTIONS: ClassVar[tuple[str, ...]] = ("scheduler", "variant", "eta")  # count in ids only when set
+
+    @model_validator(mode="after")
+    def _eta_needs_a_scheduler_that_takes_it(self):
+        if self.eta is not None and self.scheduler is not None:
+            import inspect
+
+            import diffusers
+
+            if "eta" not in inspect.signature(getattr(diffusers, self.scheduler).step).parameters:
+                raise ValueError(f"eta={self.eta:g}: {self.scheduler} has no eta; use scheduler: DDIMScheduler "
+                                 "(or DDPMScheduler for ancestral sampling without eta) or drop eta")
+        return self
 
     @field_validator("source")
     @classmethod

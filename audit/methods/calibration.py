@@ -82,7 +82,8 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
         for i in range(0, count, cell.batch_size):
             end = min(i + cell.batch_size, count)
             out = adapter.generate(seeds[i:end], prompts=None if prompts is None else prompts[i:end],
-                                   steps=cell.model.steps, guidance_scale=cell.model.guidance_scale, method=method)
+                                   steps=cell.model.steps, guidance_scale=cell.model.guidance_scale, method=method,
+                                   eta=cell.model.eta)
             images.append(out.images)
         labels = judge.label(torch.cat(images))
         joint, k = joint_labels([labels.hard(a)[labels.valid] for a in cell.setting.attributes],
@@ -157,7 +158,8 @@ def calibration_config(ctx, cell, factory, probes, target, params: dict, n: int)
     params = effective_params(factory, params)
     if params.get("aim") is None:
         params.pop("aim", None)  # aimed at the target itself, as every record before aims existed
-    return {"model": cell.model.model_dump(exclude={"name"}), "revision": ctx.adapter(cell).revision,
+    model = cell.model.model_dump(exclude={"name"} | ({"eta"} if cell.model.eta is None else set()))
+    return {"model": model, "revision": ctx.adapter(cell).revision,
             "method": cell.method.name, "params": params,
             "attributes": cell.setting.attributes, "target": [float(v) for v in target], "batch": cell.batch_size,
             "probes": [p.meta.get("val_accuracy", [])[:3] for p in probes], "prompt": cell.prompt,

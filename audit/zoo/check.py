@@ -125,7 +125,7 @@ def generate_in_batches(adapter, seeds: list[int], batch_size: int, prompts: lis
 
 
 def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int, candidate: Path | None = None,
-               first_seed: int = 0) -> None:
+               first_seed: int = 0, eta: float | None = None) -> None:
     from audit.metrics.fid import fid_between
 
     name = "synthfaces-ddpm"
@@ -133,7 +133,7 @@ def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int, candid
         rows.append(CheckRow(name, "trained", None, "weights present", None, "model or labeler not trained"))
         return
     adapter = diffusion_model(name, candidate)
-    images = generate_in_batches(adapter, list(range(first_seed, first_seed + n)), batch_size, steps=steps)
+    images = generate_in_batches(adapter, list(range(first_seed, first_seed + n)), batch_size, steps=steps, eta=eta)
     probs = label_probabilities(images)
     rows.extend(marginal_rows(name, probs, BIASED_WORLD.marginals, 0.05))
     for attribute in ATTRIBUTES:
@@ -150,7 +150,7 @@ def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int, candid
         fid = fid_between(reference, images)
         rows.append(CheckRow(name, "FID[synthfaces] ratio", fid / baseline, "<= 2.0", fid / baseline <= 2.0,
                              f"FID {fid:.3f} vs ground-truth/ground-truth FID {baseline:.3f} (n={n} each)"))
-    rows.append(CheckRow(name, "samples", float(n), f"{steps} DDIM steps", True,
+    rows.append(CheckRow(name, "samples", float(n), f"{steps} DDIM steps, eta {eta or 0:g}", True,
                          f"seeds {first_seed}-{first_seed + n - 1}, judged by synthfaces-eval"))
 
 
@@ -282,17 +282,18 @@ def clip_t2i_measurements(n: int = 200, steps: int = 50, batch_size: int = 100, 
 def run_check(n: int = 1000, steps: int = 50, batch_size: int = 100, n_heldout: int = 10_000, n_prompt: int = 200,
               models: tuple[str, ...] = ("labelers", "synthfaces-ddpm", "synthfaces-t2i", "clip"),
               candidates: dict[str, Path] | None = None, on_row=None,
-              t2i_guidance_scale: float = T2I_CHECK_GUIDANCE, first_seed: int = 0) -> list[CheckRow]:
+              t2i_guidance_scale: float = T2I_CHECK_GUIDANCE, first_seed: int = 0,
+              ddpm_eta: float | None = None) -> list[CheckRow]:
     """candidates: {diffusion model name: export directory} checked in place of the committed weights;
     on_row: called with each row as soon as it is measured; first_seed: the diffusion models'
     samples use seeds first_seed.. (the bars are measured from 0; another start shows how much a
-    figure owes to its particular seeds)."""
+    figure owes to its particular seeds); ddpm_eta: DDIM's eta for synthfaces-ddpm (unset: 0)."""
     rows = CheckRows(on_row)
     candidates = candidates or {}
     if "labelers" in models:
         check_labelers(rows, n_heldout)
     if "synthfaces-ddpm" in models:
-        check_ddpm(rows, n, steps, batch_size, candidates.get("synthfaces-ddpm"), first_seed)
+        check_ddpm(rows, n, steps, batch_size, candidates.get("synthfaces-ddpm"), first_seed, ddpm_eta)
     if "synthfaces-t2i" in models:
         check_t2i(rows, n, n_prompt, steps, batch_size, candidates.get("synthfaces-t2i"), t2i_guidance_scale,
                   first_seed)

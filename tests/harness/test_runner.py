@@ -89,6 +89,30 @@ def test_same_seeds_give_identical_images_across_methods_and_runs(finished_run, 
         assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
 
 
+def test_eta_samples_stochastically_per_image_and_counts_in_the_cell_id_only_when_set(finished_run, tmp_path,
+                                                                                     tiny_model_dir):
+    _, out, frame = finished_run
+    none_only = {"methods": [{"name": "none"}], "settings": [{"attributes": ["skin_tone"], "target": "uniform"}],
+                 "metrics": ["fairness"]}
+    plain = tiny_suite(tmp_path, tiny_model_dir, **none_only)
+    unset = run_suite(tiny_suite(tmp_path, tiny_model_dir, models=[{**plain.models[0].model_dump(), "eta": None}],
+                                 **none_only), tmp_path / "unset")
+    assert unset["cell_id"][0] in set(frame["cell_id"])  # eta unset: the id of runs made before eta existed
+
+    def images(run_dir, cell_id):
+        return [p.read_bytes() for p in sorted((run_dir / "cells" / cell_id / "images").iterdir())]
+
+    stochastic = {"models": [{**plain.models[0].model_dump(), "eta": 1.0}]}
+    by_4 = run_suite(tiny_suite(tmp_path, tiny_model_dir, **stochastic, **none_only), tmp_path / "eta-4")
+    by_3 = run_suite(tiny_suite(tmp_path, tiny_model_dir, **stochastic, **none_only, batch_size=3), tmp_path / "eta-3")
+    cell = by_4["cell_id"][0]
+    assert cell != unset["cell_id"][0]
+    assert images(tmp_path / "eta-4", cell) != images(tmp_path / "unset", unset["cell_id"][0])
+    assert images(tmp_path / "eta-4", cell) == images(tmp_path / "eta-3", by_3["cell_id"][0])  # per-image noise
+    manifest = json.loads((tmp_path / "eta-4" / "cells" / cell / "manifest.json").read_text())
+    assert manifest["eta"] == 1.0
+
+
 def test_unguided_images_are_generated_once_and_shared_by_every_setting(finished_run):
     _, out, frame = finished_run
     unguided = frame[frame["method"] == "none"]["cell_id"].tolist()

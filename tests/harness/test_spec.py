@@ -85,6 +85,10 @@ MALFORMED = {
     "steps wrong type": (variant(**{"models.0.steps": "many"}), "models[0].steps: Input should be a valid integer"),
     "duplicate model names": (variant(**{"models.1.name": "ddpm"}), "model names must be unique"),
     "missing prompts file": (variant(**{"models.1.prompts_file": "nope.txt"}), "prompts_file: nope.txt not found"),
+    "eta out of range": (variant(**{"models.0.eta": 2}), "models[0].eta: Input should be less than or equal to 1"),
+    "eta without a scheduler that takes it": (
+        variant(**{"models.0.eta": 1, "models.0.scheduler": "EulerDiscreteScheduler"}),
+        "EulerDiscreteScheduler has no eta; use scheduler: DDIMScheduler"),
 }
 
 
