@@ -6,7 +6,9 @@ gradient. Beyond the paper: K-class attributes, several attributes with a joint 
 their product space, any target, normalised gradients, start/stop fractions, an explosion
 guard, and two gradient paths: `h` (edit h at the middle block, as the paper; only the linear
 probe is differentiated) and `x` (differentiate through the encoder half and move x_t; costs
-one partial backward per step but also steers UNets whose skip connections bypass h).
+one partial backward per step but also steers UNets whose skip connections bypass h). With
+`push="surplus"` the gradient moves only samples in classes the batch has too much of (see
+audit.methods.guidance.surplus_weights); the default `"all"` is the paper's.
 """
 
 from __future__ import annotations
