@@ -88,9 +88,9 @@ class ModelSpec(Strict):
         """What determines the samples: memory savers are left out, and loading options added after
         the first runs only count when set, so existing run directories keep their cell ids."""
         data = self.model_dump(exclude={"memory"})
-        return {k: v for k, v in data.items() if not (k in self.LATER_OPTIONS and v is None)}
+        return {k: v for k, v in data.items() if not (k in self.ADDED_OPTIONS and v is None)}
 
-    LATER_OPTIONS: ClassVar[tuple[str, ...]] = ("scheduler", "variant", "eta")  # count in ids only when set
+    ADDED_OPTIONS: ClassVar[tuple[str, ...]] = ("scheduler", "variant", "eta")  # as methods' (audit.registry)
 
     @model_validator(mode="after")
     def _eta_needs_a_scheduler_that_takes_it(self):
