@@ -125,7 +125,7 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
             probe.save(dirs[a])
             ctx.log(f"probe {a}: validation accuracy per step min {min(probe.meta['val_accuracy']):.3f} "
                     f"max {max(probe.meta['val_accuracy']):.3f}")
-    probes = [Probe.load(dirs[a]) for a in attributes]
+    probes = [Probe.load(dirs[a]).to(ctx.device) for a in attributes]
     for probe in probes:
         accuracy = [a for a in probe.meta.get("val_accuracy", []) if a == a]  # drop NaN
         counts = probe.meta.get("label_counts") or [1]

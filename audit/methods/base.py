@@ -100,7 +100,7 @@ class AllocatingMethod(Method):
         return allocate(self.shares, list(seeds))
 
     def start_batch(self, batch: BatchContext) -> None:
-        batch.state["allocated"] = torch.from_numpy(self.allocated(batch.seeds))
+        batch.state["allocated"] = torch.from_numpy(self.allocated(batch.seeds)).to(batch.adapter.device)
 
     def end_batch(self, batch: BatchContext) -> dict:
         state = dict(batch.state)

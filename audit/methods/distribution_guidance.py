@@ -65,7 +65,7 @@ class DistributionGuidance(ProbeGuidance, Method):
         scale is tuned to stop short, and a 4-class target (hair colour) is missed in three
         directions that no single scale can fix. The aim (see aim_vector) replaces the target
         when the calibration corrected it."""
-        aim = torch.tensor(self.aim, dtype=torch.float32)
+        aim = torch.tensor(self.aim, dtype=torch.float32, device=self.probes[0].confusion.device)
         return probe_space_target(self.probes, t, aim) if self.correct_confusion else aim
 
     def probe_loss(self, h: torch.Tensor, batch: BatchContext) -> torch.Tensor:

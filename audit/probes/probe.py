@@ -60,7 +60,7 @@ class Probe(nn.Module):
             for s, t in enumerate(self.timesteps):
                 probs = self.probs(H[s], t)
                 rows = onehot.T @ probs / counts.clamp(min=1)[:, None]
-                rows[counts == 0] = torch.eye(k)[counts == 0]
+                rows[counts == 0] = torch.eye(k, device=rows.device)[counts == 0]
                 self.confusion[s] = rows
 
     def step_confusion(self, t: int | torch.Tensor) -> torch.Tensor:
