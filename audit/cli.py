@@ -244,8 +244,8 @@ def zoo_check(
         0, min=0, help="First sample seed of the diffusion models. The bars are measured from 0; another "
                        "start shows how much a figure owes to its particular seeds."),
     ddpm_eta: float | None = typer.Option(
-        None, min=0.0, max=1.0, help="DDIM eta of the synthfaces-ddpm samples (unset: 0, the deterministic "
-                                     "sampler every suite uses unless its model sets eta)."),
+        None, min=0.0, max=1.0, help="DDIM eta of the synthfaces-ddpm samples (unset: the zoo's, 1, the sampler "
+                                     "suites use unless their model sets eta; 0: deterministic DDIM)."),
 ):
     """Measure every zoo model against its bars and print the table."""
     import torch

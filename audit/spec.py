@@ -63,8 +63,9 @@ class ModelSpec(Strict):
     memory: list[Literal["attention_slicing", "vae_slicing", "vae_tiling"]] = Field(
         default_factory=list, description="memory savers for small GPUs (do not change the cell id)")
     eta: float | None = Field(None, ge=0, le=1, description=(
-        "DDIM's stochasticity: unset or 0 the deterministic sampler, 1 ancestral sampling (each image's "
-        "step noise from its own seed); needs a scheduler whose step takes eta"))
+        "DDIM's stochasticity: 0 the deterministic sampler, 1 ancestral sampling (each image's step noise "
+        "from its own seed); needs a scheduler whose step takes eta. Unset: the zoo model's own "
+        "(synthfaces-ddpm: 1), else 0"))
 
     @field_validator("name")
     @classmethod
@@ -86,23 +87,35 @@ class ModelSpec(Strict):
 
     def identity(self) -> dict:
         """What determines the samples: memory savers are left out, and loading options added after
-        the first runs only count when set, so existing run directories keep their cell ids."""
+        the first runs only count when set, so existing run directories keep their cell ids (eta 0
+        samples exactly as eta unset did: both are the deterministic DDIM step)."""
         data = self.model_dump(exclude={"memory"})
+        if not data["eta"]:
+            data["eta"] = None
         return {k: v for k, v in data.items() if not (k in self.ADDED_OPTIONS and v is None)}
 
     ADDED_OPTIONS: ClassVar[tuple[str, ...]] = ("scheduler", "variant", "eta")  # as methods' (audit.registry)
 
     @model_validator(mode="after")
-    def _eta_needs_a_scheduler_that_takes_it(self):
-        if self.eta is not None and self.scheduler is not None:
-            import inspect
+    def _resolve_eta(self):
+        """eta needs a scheduler whose step takes it; unset, a zoo model samples with its own."""
+        if self.eta is not None and not self._scheduler_takes_eta():
+            raise ValueError(f"eta={self.eta:g}: {self.scheduler} has no eta; use scheduler: DDIMScheduler "
+                             "(or DDPMScheduler for ancestral sampling without eta) or drop eta")
+        if self.eta is None and self.source.startswith("zoo:") and self._scheduler_takes_eta():
+            from audit.zoo.recipes import RECIPES
 
-            import diffusers
-
-            if "eta" not in inspect.signature(getattr(diffusers, self.scheduler).step).parameters:
-                raise ValueError(f"eta={self.eta:g}: {self.scheduler} has no eta; use scheduler: DDIMScheduler "
-                                 "(or DDPMScheduler for ancestral sampling without eta) or drop eta")
+            self.eta = getattr(RECIPES[self.source[4:]], "sampling_eta", None)  # the zoo model's sampler
         return self
+
+    def _scheduler_takes_eta(self) -> bool:
+        if self.scheduler is None:
+            return True  # DDIMScheduler
+        import inspect
+
+        import diffusers
+
+        return "eta" in inspect.signature(getattr(diffusers, self.scheduler).step).parameters
 
     @field_validator("source")
     @classmethod

@@ -1,6 +1,6 @@
 """Does the sampler change the bias a model is audited for? Marginals of synthfaces-ddpm under
-deterministic DDIM (eta 0, the probability-flow ODE every benchmark samples with) and stochastic
-DDIM (eta 1, as ancestral DDPM), on the same seeds, judged by synthfaces-eval.
+deterministic DDIM (eta 0, the probability-flow ODE) and stochastic
+DDIM (eta 1, as ancestral DDPM; the zoo DDPM's sampler since session 22), on the same seeds, judged by synthfaces-eval.
 
 A perfectly trained model draws the same distribution either way; an imperfect one need not, and
 the gap shows how much of a measured bias is the sampler's. On the 12,000-step export (seeds 0-999)

@@ -158,7 +158,7 @@ def calibration_config(ctx, cell, factory, probes, target, params: dict, n: int)
     params = effective_params(factory, params)
     if params.get("aim") is None:
         params.pop("aim", None)  # aimed at the target itself, as every record before aims existed
-    model = cell.model.model_dump(exclude={"name"} | ({"eta"} if cell.model.eta is None else set()))
+    model = cell.model.model_dump(exclude={"name"} | (set() if cell.model.eta else {"eta"}))  # eta 0 = unset
     return {"model": model, "revision": ctx.adapter(cell).revision,
             "method": cell.method.name, "params": params,
             "attributes": cell.setting.attributes, "target": [float(v) for v in target], "batch": cell.batch_size,

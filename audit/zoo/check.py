@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from audit.zoo import is_trained, zoo_path
+from audit.zoo.recipes import RECIPES
 from audit.zoo.synthfaces import ATTRIBUTES, BIASED_WORLD, generate
 
 GT_FID_SEEDS = (424_242, 434_343, 444_444)  # held-out ground-truth sets for FID
@@ -287,12 +288,15 @@ def run_check(n: int = 1000, steps: int = 50, batch_size: int = 100, n_heldout: 
     """candidates: {diffusion model name: export directory} checked in place of the committed weights;
     on_row: called with each row as soon as it is measured; first_seed: the diffusion models'
     samples use seeds first_seed.. (the bars are measured from 0; another start shows how much a
-    figure owes to its particular seeds); ddpm_eta: DDIM's eta for synthfaces-ddpm (unset: 0)."""
+    figure owes to its particular seeds); ddpm_eta: DDIM's eta for synthfaces-ddpm (unset: the zoo's
+    sampling_eta, the sampler suites use)."""
     rows = CheckRows(on_row)
     candidates = candidates or {}
     if "labelers" in models:
         check_labelers(rows, n_heldout)
     if "synthfaces-ddpm" in models:
+        if ddpm_eta is None:
+            ddpm_eta = RECIPES["synthfaces-ddpm"].sampling_eta
         check_ddpm(rows, n, steps, batch_size, candidates.get("synthfaces-ddpm"), first_seed, ddpm_eta)
     if "synthfaces-t2i" in models:
         check_t2i(rows, n, n_prompt, steps, batch_size, candidates.get("synthfaces-t2i"), t2i_guidance_scale,

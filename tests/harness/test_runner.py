@@ -102,6 +102,11 @@ def test_eta_samples_stochastically_per_image_and_counts_in_the_cell_id_only_whe
     def images(run_dir, cell_id):
         return [p.read_bytes() for p in sorted((run_dir / "cells" / cell_id / "images").iterdir())]
 
+    zero = run_suite(tiny_suite(tmp_path, tiny_model_dir, models=[{**plain.models[0].model_dump(), "eta": 0.0}],
+                                **none_only), tmp_path / "zero")
+    assert zero["cell_id"][0] == unset["cell_id"][0]  # eta 0 is the step eta unset takes
+    assert images(tmp_path / "zero", zero["cell_id"][0]) == images(tmp_path / "unset", unset["cell_id"][0])
+
     stochastic = {"models": [{**plain.models[0].model_dump(), "eta": 1.0}]}
     by_4 = run_suite(tiny_suite(tmp_path, tiny_model_dir, **stochastic, **none_only), tmp_path / "eta-4")
     by_3 = run_suite(tiny_suite(tmp_path, tiny_model_dir, **stochastic, **none_only, batch_size=3), tmp_path / "eta-3")

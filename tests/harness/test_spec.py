@@ -179,3 +179,21 @@ def test_a_cell_is_identified_by_what_its_method_ran_with_defaults_included(monk
 
     monkeypatch.setitem(registry.METHODS, "distribution_guidance", OldDefault)
     assert cell_id(scale=2.0) != before
+
+
+def test_a_zoo_model_samples_with_its_own_eta_unless_the_suite_sets_one():
+    """synthfaces-ddpm reproduces its training marginals only under stochastic DDIM, so a suite
+    that names no eta gets the zoo's; eta 0 keeps the ids of cells sampled before eta existed."""
+    from audit.spec import Cell, MethodSpec, ModelSpec, SettingSpec
+    from audit.zoo.recipes import RECIPES
+
+    def cell(**model):
+        return Cell(model=ModelSpec(name="m", source="zoo:synthfaces-ddpm", **model), method=MethodSpec(name="none"),
+                    setting=SettingSpec(attributes=["skin_tone"]), prompt=None, samples=8, batch_size=8, seed=0)
+
+    assert RECIPES["synthfaces-ddpm"].sampling_eta == 1.0
+    assert cell().model.eta == 1.0 and cell().cell_id == cell(eta=1.0).cell_id
+    assert cell(eta=0).model.eta == 0.0 and cell(eta=0).cell_id != cell().cell_id
+    assert "eta" not in cell(eta=0).model.identity()  # deterministic DDIM, as every cell before eta
+    assert ModelSpec(name="t", source="zoo:synthfaces-t2i").eta is None  # t2i has no sampler default
+    assert ModelSpec(name="e", source="zoo:synthfaces-ddpm", scheduler="EulerDiscreteScheduler").eta is None
