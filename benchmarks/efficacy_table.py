@@ -4,7 +4,8 @@
         --json benchmarks/results/efficacy.json --markdown benchmarks/results/efficacy.md
 
 Columns: FD [95% interval], KL, FID per extractor (FID[synthfaces], FID[mobilenet_v2], ...: the
-primary `fid` column under its `fid_extractor`, plus every `fid[X]` column), seconds. Per
+primary `fid` column under its `fid_extractor`, plus every `fid[X]` column), seconds, and the
+device each cell was sampled on when the runs mix devices (seconds are then not comparable). Per
 setting the lowest FD is marked (bold in markdown, `lowest_fd` in JSON), and issue 8's bar is
 checked and printed: distribution guidance has the lowest FD of the setting, at an FID no larger
 than sample guidance's (for every extractor both were measured with). The markdown is a plain
@@ -79,8 +80,17 @@ def read_run(out: Path, labeler: str | None) -> list[dict]:
                      "n_valid": number(record.get("n_valid")), "fd": number(record.get("fd")),
                      "fd_lo": number(record.get("fd_lo")), "fd_hi": number(record.get("fd_hi")),
                      "kl": number(record.get("kl")), "fid": fids, "fid_target": fid_targets,
-                     "seconds": number(record.get("seconds")), "cell_id": text(record.get("cell_id"))})
+                     "seconds": number(record.get("seconds")), "cell_id": text(record.get("cell_id")),
+                     "device": cell_device(out, text(record.get("cell_id")))})
     return rows
+
+
+def cell_device(out: Path, cell_id: str | None) -> str | None:
+    """The device a cell was sampled on, from its manifest (None for unrun cells)."""
+    manifest = out / "cells" / cell_id / "manifest.json" if cell_id else None
+    if manifest is None or not manifest.is_file():
+        return None
+    return json.loads(manifest.read_text()).get("device")
 
 
 def setting_label(row: dict, with_model: bool) -> str:
@@ -155,21 +165,26 @@ def _fmt(value, digits: int) -> str:
 
 
 def markdown(table: dict) -> str:
-    head = ["Setting", "Method", "FD [95% CI]", "KL", *[f"FID[{e}] to target" for e in table["extractors"]], "Seconds"]
+    devices = {r["device"] for r in table["rows"] if r["status"] == "done"}
+    mixed = len(devices - {None}) > 1
+    head = ["Setting", "Method", "FD [95% CI]", "KL", *[f"FID[{e}] to target" for e in table["extractors"]], "Seconds",
+            *(["Device"] if mixed else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
     for r in table["rows"]:
         if r["status"] != "done":
-            cells = [f"{DASH} ({r['status'] or 'no result'})", DASH, *[DASH] * len(table["extractors"]), DASH]
+            cells = [f"{DASH} ({r['status'] or 'no result'})", DASH, *[DASH] * len(table["extractors"]), DASH,
+                     *([DASH] if mixed else [])]
         else:
             fd = f"{_fmt(r['fd'], 3)} [{_fmt(r['fd_lo'], 3)}, {_fmt(r['fd_hi'], 3)}]"
             cells = [f"**{fd}**" if r["lowest_fd"] else fd, _fmt(r["kl"], 3),
-                     *[_fmt(quality_fid(r, e), 2) for e in table["extractors"]], _fmt(r["seconds"], 0)]
+                     *[_fmt(quality_fid(r, e), 2) for e in table["extractors"]], _fmt(r["seconds"], 0),
+                     *([r["device"] or DASH] if mixed else [])]
         lines.append("| " + " | ".join([r["setting"].replace("|", "\\|"), r["method"], *cells]) + " |")
     lines.append("")
     lines.append(f"FD: lower is better, bold = lowest in its setting; judged by {table['labeler'] or DASH}. "
                  "FID to target: against a reference drawn with the target's attribute distribution (for "
                  "none, the model's own biased reference would be kinder). FIDs with different extractors "
-                 "are different metrics.")
+                 "are different metrics." + (" Seconds compare only within a device." if mixed else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -181,3 +181,17 @@ def test_archived_run_resumes_without_regenerating_and_tabulates_the_same(tiny_r
     assert len(table["rows"]) == len(before)
     with pytest.raises(SystemExit, match="no suite.json"):
         archive.main([str(tmp_path / "missing"), str(tmp_path / "x")])
+
+
+def test_efficacy_table_names_the_device_when_runs_mix_devices(tiny_run, tmp_path):
+    """Cells sampled on a GPU and on the CPU can share a table, but their seconds cannot be compared."""
+    table_script = script("efficacy_table")
+    assert "Device" not in table_script.markdown(table_script.build_table([tiny_run])).splitlines()[0]
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_run, mixed, ignore=shutil.ignore_patterns("images"))
+    manifest = sorted((mixed / "cells").glob("*/manifest.json"))[-1]
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "device": "cuda"}))
+    lines = table_script.markdown(table_script.build_table([mixed])).splitlines()
+    body = [ln for ln in lines[2:] if ln.startswith("|")]
+    assert lines[0].endswith("| Seconds | Device |") and "Seconds compare only within a device" in lines[-1]
+    assert any(ln.endswith("| cuda |") for ln in body) and any(ln.endswith("| cpu |") for ln in body)

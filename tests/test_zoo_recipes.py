@@ -363,3 +363,15 @@ def test_zoo_train_reports_a_stale_checkpoint_in_one_line(tmp_path):
     assert len(errors) == 1 and "Traceback" not in result.output  # (above it: loading progress bars)
     assert "another version of the synthfaces-t2i recipe" in errors[0] and "delete it" in errors[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_zoo_check_samples_the_ddpm_with_the_eta_suites_use(monkeypatch):
+    """The bars are about the model as suites sample it: unset, --ddpm-eta is the zoo's."""
+    from audit.zoo import check
+    from audit.zoo.recipes import RECIPES
+
+    etas = []
+    monkeypatch.setattr(check, "check_ddpm", lambda rows, n, steps, batch, candidate, seed, eta: etas.append(eta))
+    check.run_check(models=("synthfaces-ddpm",))
+    check.run_check(models=("synthfaces-ddpm",), ddpm_eta=0.0)
+    assert etas == [RECIPES["synthfaces-ddpm"].sampling_eta, 0.0] and etas[0] == 1.0
