@@ -105,7 +105,7 @@ class ModelSpec(Strict):
         if self.eta is None and self.source.startswith("zoo:") and self._scheduler_takes_eta():
             from audit.zoo.recipes import RECIPES
 
-            self.eta = getattr(RECIPES[self.source[4:]], "sampling_eta", None)  # the zoo model's sampler
+            self.eta = RECIPES[self.source[4:]].sampling_eta  # the zoo model's sampler
         return self
 
     def _scheduler_takes_eta(self) -> bool:

@@ -172,13 +172,13 @@ def markdown(table: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
     for r in table["rows"]:
         if r["status"] != "done":
-            cells = [f"{DASH} ({r['status'] or 'no result'})", DASH, *[DASH] * len(table["extractors"]), DASH,
-                     *([DASH] if mixed else [])]
+            cells = [f"{DASH} ({r['status'] or 'no result'})", DASH, *[DASH] * len(table["extractors"]), DASH]
         else:
             fd = f"{_fmt(r['fd'], 3)} [{_fmt(r['fd_lo'], 3)}, {_fmt(r['fd_hi'], 3)}]"
             cells = [f"**{fd}**" if r["lowest_fd"] else fd, _fmt(r["kl"], 3),
-                     *[_fmt(quality_fid(r, e), 2) for e in table["extractors"]], _fmt(r["seconds"], 0),
-                     *([r["device"] or DASH] if mixed else [])]
+                     *[_fmt(quality_fid(r, e), 2) for e in table["extractors"]], _fmt(r["seconds"], 0)]
+        if mixed:
+            cells.append(r["device"] or DASH)
         lines.append("| " + " | ".join([r["setting"].replace("|", "\\|"), r["method"], *cells]) + " |")
     lines.append("")
     lines.append(f"FD: lower is better, bold = lowest in its setting; judged by {table['labeler'] or DASH}. "
