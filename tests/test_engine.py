@@ -1,12 +1,13 @@
 """The sampling loop, the h-space hook and the guidance methods on tiny real diffusers models."""
 
+
 import numpy as np
 import pytest
 import torch
 
 from audit.methods.base import Method, allocate
 from audit.methods.distribution_guidance import DistributionGuidance
-from audit.methods.guidance import batch_distribution_loss
+from audit.methods.guidance import assign_classes, batch_distribution_loss
 from audit.methods.prompt import PromptDebiasing
 from audit.methods.sample_guidance import SampleGuidance
 from audit.models.hspace import h_shape
@@ -175,6 +176,56 @@ def test_surplus_push_moves_only_samples_of_classes_the_batch_has_too_much_of(ti
     assert settled.sum() >= 3 and in_surplus.sum() >= 3
     ratio = {push: float(m[settled].mean() / m[in_surplus].mean()) for push, m in moved.items()}
     assert ratio["surplus"] < 0.1 < ratio["all"]
+
+
+def test_assignment_moves_the_fewest_samples_and_within_a_class_the_lowest_priority():
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.95, 0.05]])
+    # four light-leaning samples must give two up: the two of lowest priority, not the least sure
+    labels = assign_classes(probs, np.array([2, 3]), priority=np.array([0.1, 0.9, 0.8, 0.5, 0.2]))
+    assert labels.tolist() == [1, 0, 0, 1, 1]
+    assert assign_classes(probs, np.array([5, 0]), np.zeros(5)).tolist() == [0] * 5
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # K classes: counts filled, and only the surplus leaves its class
+        p = torch.from_numpy(rng.dirichlet(np.ones(4) * 0.5, size=32))
+        counts = np.bincount(rng.integers(0, 4, 32), minlength=4)
+        labels = assign_classes(p, counts, rng.random(32)).numpy()
+        assert np.bincount(labels, minlength=4).tolist() == counts.tolist()
+        leaning = np.bincount(p.argmax(1).numpy(), minlength=4)
+        assert (labels != p.argmax(1).numpy()).sum() == np.clip(leaning - counts, 0, None).sum()
+        movers = labels != p.argmax(1).numpy()  # a mover goes to the likeliest class with room
+        for i in np.flatnonzero(movers):
+            room = [c for c in range(4) if counts[c] > leaning[c]]
+            assert labels[i] in room
+
+
+def test_assign_push_moves_a_random_subset_of_the_surplus_and_commits_it(tiny_adapter):
+    probe = random_probe(tiny_adapter)
+    h = torch.randn(64, *h_shape(tiny_adapter.unet)) * 3
+
+    class Batch:
+        t, progress, state, seeds = probe.timesteps[0], 0.0, {}, list(range(64))
+
+    before = probe.probs(h, Batch.t)
+    target = [0.2, 0.8] if before[:, 0].mean() > 0.5 else [0.8, 0.2]
+    method = DistributionGuidance([probe], target, scale=0.5, push="assign")
+    method.start_cell(Batch.seeds)
+    edited = h
+    for _ in range(12):
+        edited = method.on_h(edited, Batch)
+    assigned = np.asarray(Batch.state["assigned"])
+    assert np.bincount(assigned, minlength=2).tolist() == [round(64 * target[0]), round(64 * target[1])]
+    after = probe.probs(edited, Batch.t)
+    assert (after.argmax(1).numpy() == assigned).mean() > 0.95  # the batch now has the target's counts
+    assert (after.max(1).values > 0.9).float().mean() > (before.max(1).values > 0.9).float().mean()
+    moved = before.argmax(1).numpy() != assigned
+    stayed_in_surplus = (~moved) & (before.argmax(1).numpy() == int(np.argmin(target)))
+    priority = np.asarray(Batch.state["priority"])
+    assert moved.sum() >= 5 and priority[moved].max() < priority[stayed_in_surplus].min()
+    # batch-independent: the same seed has the same priority in any batch
+    other = {}
+    DistributionGuidance([probe], target, scale=0.5, push="assign").on_h(
+        h[10:20], type("B", (), {"t": Batch.t, "progress": 0.0, "state": other, "seeds": list(range(10, 20))}))
+    assert other["priority"] == Batch.state["priority"][10:20]
 
 
 def test_joint_target_and_multi_attribute_guidance(tiny_adapter):

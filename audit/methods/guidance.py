@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
-from audit.probes.probe import Probe, joint_confusion, joint_probs
+from audit.probes.probe import Probe, joint_confusion, joint_log_probs, joint_probs
 
 MAX_DISPLACEMENT = 3.0  # per-sample step cap, in units of the tensor's rms (the guard)
 # Guidance acts on the first 80% of the steps by default: the last steps draw details, not
@@ -101,10 +102,28 @@ def surplus_weights(probs: torch.Tensor, p_hat: torch.Tensor, target: torch.Tens
     return (probs * surplus).sum(1)
 
 
+def assign_classes(probs: torch.Tensor, counts: np.ndarray, priority: np.ndarray) -> torch.Tensor:
+    """Each sample's class under a batch-level assignment that fills class c with exactly
+    counts[c] samples while the fewest samples leave the class they lean to (their most likely
+    one). Within a class in surplus, the samples that leave are those of lowest `priority`, not
+    those nearest the boundary: with a random priority a random subset moves, so neither the
+    class left behind nor the class filled is skewed toward borderline samples (choosing the
+    nearest ones cost FID-to-target 5.37 against 4.09, 256 samples, benchmarks/dg_assign.yaml). A
+    moving sample goes to the class it finds most likely among those with room (a linear
+    assignment over per-class slots)."""
+    logp = probs.detach().double().clamp(min=1e-12).log().cpu().numpy()
+    leaves = logp.argmax(1)[:, None] != np.arange(logp.shape[1])[None, :]
+    cost = leaves * (1 + 1e-3 * np.asarray(priority, dtype=float)[:, None]) - 1e-6 * logp
+    slots = np.repeat(np.arange(len(counts)), counts)
+    rows, cols = linear_sum_assignment(cost[:, slots])
+    labels = np.empty(len(probs), dtype=np.int64)
+    labels[rows] = slots[cols]
+    return torch.from_numpy(labels).to(probs.device)
+
+
 def per_sample_loss(probes: list[Probe], h: torch.Tensor, t: int, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of each sample's joint probe prediction to its allocated class."""
-    logp = joint_probs(probes, h, t).clamp(min=1e-12).log()
-    return torch.nn.functional.nll_loss(logp, labels)
+    return torch.nn.functional.nll_loss(joint_log_probs(probes, h, t), labels)
 
 
 def encode_h(batch, x: torch.Tensor) -> torch.Tensor:

@@ -102,6 +102,15 @@ def joint_confusion(probes: list[Probe], t) -> torch.Tensor:
     return joint
 
 
+def joint_log_probs(probes: list[Probe], h: torch.Tensor, t) -> torch.Tensor:
+    """log joint_probs, computed in log space: a confidently wrong sample keeps its gradient
+    (clamping probabilities before the log zeroed it below the clamp, so such a sample never moved)."""
+    joint = probes[0].logits(h, t).log_softmax(-1)
+    for probe in probes[1:]:
+        joint = (joint[:, :, None] + probe.logits(h, t).log_softmax(-1)[:, None, :]).flatten(1)
+    return joint
+
+
 def joint_probs(probes: list[Probe], h: torch.Tensor, t, tau: float | None = None) -> torch.Tensor:
     """Per-sample joint class probabilities over the product space of several attributes
     ([B, K1*K2*...], first attribute most significant), from per-attribute probes."""
