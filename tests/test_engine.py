@@ -369,6 +369,20 @@ def test_softened_gradient_keeps_the_calibrated_loss_and_spreads_the_push():
     assert norms[16.0][0] > 0.3 * norms[16.0][2]
 
 
+def test_per_sample_loss_still_pushes_a_confidently_wrong_sample():
+    from audit.methods.guidance import per_sample_loss
+
+    probe = Probe("skin_tone", ["light", "dark"], [999], 2)
+    with torch.no_grad():
+        probe.weight.copy_(torch.tensor([[[-4.0, 0.0], [4.0, 0.0]]]))
+    h = torch.tensor([[-10.0, 0.0], [0.0, 0.0]], requires_grad=True)  # p(dark) ~ 1e-35, and 0.5
+    assert float(probe.probs(h, 999)[0, 1].detach()) < 1e-30
+    loss = per_sample_loss([probe], h, 999, torch.tensor([1, 1]))
+    (g,) = torch.autograd.grad(loss, h)
+    assert torch.isfinite(loss) and g[0, 0] < -1.0  # log space: the wrong sample gets the full push
+    assert abs(float(loss) - (80 + np.log(2)) / 2) < 1e-3
+
+
 def test_corrected_aim_moves_only_by_the_systematic_part_of_a_miss():
     from audit.methods.calibration import corrected_aim
 

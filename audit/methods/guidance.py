@@ -107,10 +107,9 @@ def assign_classes(probs: torch.Tensor, counts: np.ndarray, priority: np.ndarray
     counts[c] samples while the fewest samples leave the class they lean to (their most likely
     one). Within a class in surplus, the samples that leave are those of lowest `priority`, not
     those nearest the boundary: with a random priority a random subset moves, so neither the
-    class left behind nor the class filled is skewed toward borderline samples (choosing the
-    nearest ones cost FID-to-target 5.37 against 4.09, 256 samples, benchmarks/dg_assign.yaml). A
-    moving sample goes to the class it finds most likely among those with room (a linear
-    assignment over per-class slots)."""
+    class left behind nor the class filled is skewed toward borderline samples. A moving sample
+    goes to the class it finds most likely among those with room (a linear assignment over
+    per-class slots)."""
     logp = probs.detach().double().clamp(min=1e-12).log().cpu().numpy()
     leaves = logp.argmax(1)[:, None] != np.arange(logp.shape[1])[None, :]
     cost = leaves * (1 + 1e-3 * np.asarray(priority, dtype=float)[:, None]) - 1e-6 * logp
