@@ -30,13 +30,13 @@ def test_efficacy_suite_has_the_guidance_bars_cell_ids():
     bars = {c.cell_id for c in plan(load_suite(BENCH / "guidance_bars.yaml"))}
     efficacy = load_suite(BENCH / "efficacy.yaml")
     cells = plan(efficacy)
-    # guidance_bars.yaml's methods keep their ids; efficacy.yaml adds universal guidance and a
-    # labelled distribution-guidance variant
+    # guidance_bars.yaml's methods keep their ids; efficacy.yaml adds universal guidance and two
+    # labelled distribution-guidance variants (push: surplus, push: assign)
     assert {c.cell_id for c in cells if c.method.display in {"none", "sample_guidance", "distribution_guidance"}} \
         == bars
     assert {c.method.name for c in cells} == {"none", "sample_guidance", "universal_guidance",
                                               "distribution_guidance"}
-    assert len(cells) == 20 and efficacy.samples == 1000 and efficacy.batch_size == 64
+    assert len(cells) == 24 and efficacy.samples == 1000 and efficacy.batch_size == 64
     assert [f.extractor for f in efficacy.fid] == ["synthfaces", "mobilenet_v2"]
     sweep = plan(load_suite(BENCH / "efficacy_sweep.yaml"))
     assert [c.cell_id for c in sweep if c.method.name == "none"][0] in bars

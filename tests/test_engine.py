@@ -380,7 +380,7 @@ def test_per_sample_loss_still_pushes_a_confidently_wrong_sample():
     loss = per_sample_loss([probe], h, 999, torch.tensor([1, 1]))
     (g,) = torch.autograd.grad(loss, h)
     assert torch.isfinite(loss) and g[0, 0] < -1.0  # log space: the wrong sample gets the full push
-    assert abs(float(loss) - (80 + np.log(2)) / 2) < 1e-3
+    assert abs(float(loss.detach()) - (80 + np.log(2)) / 2) < 1e-3
 
 
 def test_corrected_aim_moves_only_by_the_systematic_part_of_a_miss():
