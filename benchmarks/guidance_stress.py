@@ -6,6 +6,7 @@ per-sample guard clips steps and skips non-finite gradients. This runs distribut
 pixel standard deviation below 0.02 on [0, 1]).
 
     python benchmarks/guidance_stress.py --scale 4 --factor 10
+    python benchmarks/guidance_stress.py --scale 5.657 --push assign --eta 1 --out F   # the zoo's sampler
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=128)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (the zoo DDPM samples with 1)")
+    parser.add_argument("--push", default="all", help="distribution guidance's push: all, surplus or assign")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/guidance_stress.json"))
     args = parser.parse_args()
@@ -45,7 +48,9 @@ def main() -> None:
     images, stats = [], []
     for start in range(0, args.n, args.batch):
         seeds = list(range(start, min(args.n, start + args.batch)))
-        out = adapter.generate(seeds, steps=args.steps, method=DistributionGuidance([probe], target, scale=scale))
+        method = DistributionGuidance([probe], target, scale=scale, push=args.push)
+        method.start_cell(seeds)
+        out = adapter.generate(seeds, steps=args.steps, method=method, eta=args.eta or None)
         images.append(out.images)
         stats.append(out.stats)
     images = torch.cat(images)
@@ -54,7 +59,8 @@ def main() -> None:
     labels = SynthFacesLabeler("synthfaces-eval").label(images.nan_to_num())
     share = labels.probs[args.attribute].argmax(1)
     result = {"model": args.model, "attribute": args.attribute, "scale": scale, "calibrated_scale": args.scale,
-              "n": args.n, "steps": args.steps, "non_finite_images": int((~finite).sum()),
+              "n": args.n, "steps": args.steps, "eta": args.eta, "push": args.push,
+              "non_finite_images": int((~finite).sum()),
               "blank_images": int(blank.sum()), "clipped_steps": sum(s.get("clipped_steps", 0) for s in stats),
               "skipped_nonfinite": sum(s.get("skipped_nonfinite", 0) for s in stats),
               "class_shares": [float((share == k).mean()) for k in range(len(probe.classes))],
