@@ -303,7 +303,8 @@ class Report:
             aim = aim_label(manifest.get("method") or {})
             base_name = spec.get("name") or (manifest.get("method") or {}).get("name") or row["method"]
             point = {"cell_id": cid, "method": row["method"] or "—", "model": row["model"] or "—", "fd": row["fd"],
-                     "fd_lo": row["fd_lo"], "fd_hi": row["fd_hi"], "fid": row["fid"], "scale": scale,
+                     "fd_lo": row["fd_lo"], "fd_hi": row["fd_hi"], "fid": row["fid"],
+                     "fid_target": row["fid_target"], "scale": scale,
                      "aim": aim,
                      "clip": row["clip_score"], "setting": row["setting"], "target": row["target"],
                      "prompt": row["prompt"], "extractor": row["fid_extractor"], "labeler": row["labeler"],
@@ -312,10 +313,19 @@ class Report:
                                           default=str))}
             title = _setting_label(row["setting"], row["target"])
             panel = panels.setdefault((row["attributes"], row["target"]), {"title": title, "points": [], "curves": []})
-            if row["fid_extractor"]:
-                panel["xlabel"] = f"FID[{row['fid_extractor']}] (lower is better)"
+            panel["extractor"] = panel.get("extractor") or row["fid_extractor"]
             panel["points"].append(point)
             table.append(point)
+        # Quality is judged against a reference drawn with the target's attribute distribution where
+        # every cell has one: against the model's own (biased) reference, FID grows with the very
+        # balance a method achieves, so the chart would reward failing to debias.
+        to_target = any(p["fid_target"] is not None for p in table) and all(
+            p["fid_target"] is not None for p in table if p["fid"] is not None)
+        for p in table:
+            p["quality"] = p["fid_target"] if to_target else p["fid"]
+        for panel in panels.values():
+            name = f"FID[{panel['extractor']}]" if panel["extractor"] else "FID"
+            panel["xlabel"] = f"{name}{' to target' if to_target else ''} (lower is better)"
         curves = 0
         for panel in panels.values():
             groups = defaultdict(list)
@@ -331,7 +341,7 @@ class Report:
             path = plots.tradeoff_chart(self.root / "assets" / "plots" / "tradeoff.png", list(panels.values()))
             chart = url(path.relative_to(self.root).as_posix())
         return {"chart": chart, "points": table, "curves": curves, "labeler": self.primary,
-                "has_fid": any(p["fid"] is not None for p in table),
+                "has_fid": any(p["fid"] is not None for p in table), "to_target": to_target,
                 "has_aims": any(p["aim"] is not None for p in table)}
 
     def cost_rows(self) -> list[dict]:

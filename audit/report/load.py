@@ -23,7 +23,7 @@ class ReportError(ValueError):
 
 
 NUMERIC = ["n", "n_valid", "fd", "fd_lo", "fd_hi", "fd_soft", "kl", "chi2_p", "tost_p", "error_aware_fd", "fid",
-           "clip_score", "seconds", "images_per_s"]
+           "fid_target", "clip_score", "seconds", "images_per_s"]
 TEXT = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "fid_extractor", "cell_id"]
 
 

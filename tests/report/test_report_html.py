@@ -57,6 +57,39 @@ def test_report_structure(fixture_run, fixture_report, parse_html):
         assert path.exists(), path
 
 
+def tradeoff_columns(html: str) -> tuple[list[str], list[list[str]]]:
+    """The trade-off table's header names and its rows' cell texts."""
+    table = html.split('id="tradeoff-table"', 1)[1].split("</table>", 1)[0]
+    head, body = table.split("</thead>", 1)
+    names = [re.sub(r"<[^>]+>.*?</span>|<[^>]+>", "", h).strip() for h in re.findall(r"<th[^>]*>(.*?)</th>", head)]
+    rows = [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)]
+            for r in body.split("</tr>")[:-1]]
+    return names, rows
+
+
+def test_tradeoff_judges_quality_against_the_target_reference(fixture_run, fixture_report, tmp_path):
+    """Balance raises FID against the model's own (biased) reference, so the chart and table judge
+    quality by FID against a reference drawn with the target's distribution where every cell has
+    one, and fall back to the suite's reference (labelled so) where a run predates it."""
+    names, rows = tradeoff_columns(fixture_report.read_text())
+    assert names.count("FID to target") == 1 and "FID to the suite's reference" in names
+    results = pd.read_json(fixture_run / "results.json")
+    by_cell = results.drop_duplicates("cell_id").set_index("cell_id")
+    shown = sorted(float(r[names.index("FID to target")].split()[0]) for r in rows)
+    assert shown == sorted(round(v, 2) for v in by_cell["fid_target"].dropna())
+    assert "FID to target (against reference images drawn with the target" in fixture_report.read_text()
+
+    old = tmp_path / "old"
+    shutil.copytree(fixture_run, old, ignore=shutil.ignore_patterns("report"))
+    records = json.loads((old / "results.json").read_text())
+    for r in records:
+        r.pop("fid_target", None)
+    (old / "results.json").write_text(json.dumps(records))
+    names, rows = tradeoff_columns(write_report(old).read_text())
+    assert "FID to target" not in names and "FID" in names
+    assert len(rows) == 10
+
+
 def test_aim_label():
     assert aim_label({"target": [0.5, 0.5], "aim": [0.5002, 0.4998]}) is None  # the target itself
     assert aim_label({"target": [0.5, 0.5]}) is None  # records made before aims existed
