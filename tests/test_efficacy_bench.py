@@ -41,7 +41,8 @@ def test_efficacy_suite_has_the_guidance_bars_cell_ids():
     sweep = plan(load_suite(BENCH / "efficacy_sweep.yaml"))
     assert [c.cell_id for c in sweep if c.method.name == "none"][0] in bars
     scales = {c.method.display: c.method.params["scale"] for c in sweep if c.method.name != "none"}
-    assert len(set(scales.values())) >= 5 and len(sweep) == 13
+    assert len(set(scales.values())) >= 5 and len(sweep) == 20
+    assert {c.method.params.get("push") for c in sweep if c.method.name == "distribution_guidance"} == {None, "assign"}
     assert {c.method.name for c in sweep} == {"none", "sample_guidance", "universal_guidance", "distribution_guidance"}
     t2i = plan(load_suite(BENCH / "efficacy_t2i.yaml"))
     assert {c.prompt for c in t2i} == {"a photo of a person"} and not any(c.skip_reason for c in t2i)
@@ -195,3 +196,49 @@ def test_efficacy_table_names_the_device_when_runs_mix_devices(tiny_run, tmp_pat
     body = [ln for ln in lines[2:] if ln.startswith("|")]
     assert lines[0].endswith("| Seconds | Device |") and "Seconds compare only within a device" in lines[-1]
     assert any(ln.endswith("| cuda |") for ln in body) and any(ln.endswith("| cpu |") for ln in body)
+
+
+def test_sweep_table_compares_curves_at_matched_fd(tmp_path):
+    """Each method's fixed scales form a curve (`push: assign` its own), and the bar is read per FD
+    level: the lowest FID to target a curve reaches at or below it, against sample guidance's."""
+    sweep = script("sweep_table")
+    methods = [{"name": "none"},
+               {"name": "distribution_guidance", "label": "dg-1", "params": {"scale": 1.0, "loss": "chi2"}},
+               {"name": "distribution_guidance", "label": "dg-4", "params": {"scale": 4.0, "loss": "chi2"}},
+               {"name": "distribution_guidance", "label": "as-2", "params": {"scale": 2.0, "loss": "chi2",
+                                                                              "push": "assign"}},
+               {"name": "distribution_guidance", "label": "as-8", "params": {"scale": 8.0, "loss": "chi2",
+                                                                              "push": "assign"}},
+               {"name": "sample_guidance", "label": "sg-2", "params": {"scale": 2.0}},
+               {"name": "sample_guidance", "label": "sg-8", "params": {"scale": 8.0}}]
+    numbers = {"none": (0.5, 20.0), "dg-1": (0.2, 4.0), "dg-4": (0.04, 7.0), "as-2": (0.08, 4.5),
+               "as-8": (0.01, 5.0), "sg-2": (0.09, 5.5), "sg-8": (0.03, 6.0)}
+    rows = [{"model": "m", "method": label, "attributes": "skin_tone", "target": "uniform", "prompt": None,
+             "labeler": "synthfaces-eval", "status": "done", "n": 1000, "n_valid": 1000, "fd": fd, "fd_lo": 0.0,
+             "fd_hi": fd + 0.05, "kl": fd, "fid": fid + 10, "fid_target": fid, "fid_extractor": "synthfaces",
+             "seconds": 100.0, "cell_id": label} for label, (fd, fid) in numbers.items()]
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame(rows).to_csv(run / "results.csv", index=False)
+    (run / "suite.json").write_text(json.dumps({"methods": methods, "settings": [
+        {"attributes": ["skin_tone"], "target": "uniform"}]}))
+    table = sweep.main([str(run), "--fd", "0.05", "0.1", "--markdown", str(tmp_path / "s.md"),
+                        "--json", str(tmp_path / "s.json")])
+    (setting,) = table["settings"]
+    assert list(setting["curves"]) == ["none", "distribution_guidance", "distribution_guidance (push assign)",
+                                       "sample_guidance"]
+    assert [p["scale"] for p in setting["curves"]["distribution_guidance (push assign)"]] == [2.0, 8.0]
+    lowest = {c: {lv: (b["fid"] if b else None) for lv, b in per["synthfaces"].items()}
+              for c, per in setting["lowest_fid"].items()}
+    assert lowest == {"none": {"0.05": None, "0.1": None}, "distribution_guidance": {"0.05": 7.0, "0.1": 7.0},
+                      "distribution_guidance (push assign)": {"0.05": 5.0, "0.1": 4.5},
+                      "sample_guidance": {"0.05": 6.0, "0.1": 5.5}}
+    verdicts = {(v["curve"], v["fd_level"]): v["passed"] for v in setting["verdicts"]}
+    assert verdicts == {("distribution_guidance", 0.05): False, ("distribution_guidance", 0.1): False,
+                        ("distribution_guidance (push assign)", 0.05): True,
+                        ("distribution_guidance (push assign)", 0.1): True}
+    assert "| distribution_guidance (push assign) | 5.00 (s=8) | 4.50 (s=2) |" in (tmp_path / "s.md").read_text()
+    assert json.loads((tmp_path / "s.json").read_text()) == json.loads(json.dumps(table))
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([str(tmp_path / "missing")])
+    assert exit_.value.code == 2
