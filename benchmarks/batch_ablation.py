@@ -8,6 +8,8 @@ runner is), and writes one JSON with a row per batch size.
 
     python benchmarks/batch_ablation.py                      # 8 16 32 64 128, 1,000 samples, 50 steps
     python benchmarks/batch_ablation.py --n 64 --steps 10    # a quick look
+    python benchmarks/batch_ablation.py --method distribution_guidance-assign --out runs/batch-ablation-assign \
+        --json benchmarks/results/batch_ablation_assign.json
 
 `scale: auto` calibrates in each cell's own batch size. Cells of batch 64 have the ids of
 efficacy.yaml's and guidance_bars.yaml's distribution-guidance skin-tone cell.
@@ -24,14 +26,21 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (8, 16, 32, 64, 128)
 
 
-def ablation_suite(base, batch_size: int, n: int | None, steps: int | None):
-    """The base suite reduced to its first model, first distribution-guidance method and the
-    skin_tone-uniform setting (else its first setting), in batches of `batch_size`."""
+def ablation_suite(base, batch_size: int, n: int | None, steps: int | None, method: str | None = None):
+    """The base suite reduced to its first model, its first distribution-guidance method (or the
+    one displayed as `method`) and the skin_tone-uniform setting (else its first setting), in
+    batches of `batch_size`."""
     from audit.spec import SuiteError
 
     methods = [m for m in base.methods if m.name == "distribution_guidance"]
     if not methods:
         raise SuiteError(f"suite {base.name!r} lists no distribution_guidance method to ablate")
+    if method is not None:
+        named = [m for m in methods if m.display == method]
+        if not named:
+            raise SuiteError(f"suite {base.name!r} has no distribution_guidance entry displayed as {method!r}; "
+                             f"--method must be one of {[m.display for m in methods]}")
+        methods = named
     settings = [s for s in base.settings if s.attributes == ["skin_tone"] and s.target == "uniform"] or base.settings
     model = base.models[0].model_copy(update={"steps": steps} if steps else {})
     return base.model_copy(update={"name": f"{base.name}-batch-{batch_size}", "models": [model],
@@ -47,6 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--n", type=int, default=None, help="samples per batch size (default: the suite's)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the suite's)")
+    parser.add_argument("--method", default=None,
+                        help="which distribution_guidance entry (its label) to ablate (default: the suite's first)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "batch_ablation.json")
     args = parser.parse_args(argv)
@@ -64,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         if any(b < 1 for b in args.batches) or (args.n is not None and args.n < 1) or \
                 (args.steps is not None and args.steps < 1):
             raise SuiteError("--batches, --n and --steps must be positive")
-        suites = {b: ablation_suite(base, b, args.n, args.steps) for b in args.batches}
+        suites = {b: ablation_suite(base, b, args.n, args.steps, args.method) for b in args.batches}
     except SuiteError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -91,6 +91,19 @@ def test_batch_ablation_end_to_end(tmp_path, tiny_model_dir):
     assert {r["batch_size"]: (Path(r["run"]) / "events.log").read_text() for r in rows} == events
 
 
+def test_batch_ablation_picks_the_named_distribution_guidance_entry(tmp_path, tiny_model_dir):
+    ablation = script("batch_ablation")
+    methods = [{"name": "none"}, {"name": "distribution_guidance", "params": {"scale": 1.0}},
+               {"name": "distribution_guidance", "label": "dg-assign", "params": {"scale": 1.0, "push": "assign"}}]
+    base = load_suite(tiny_suite_file(tmp_path, tiny_model_dir, methods=methods))
+    assert ablation.ablation_suite(base, 8, None, None).methods[0].display == "distribution_guidance"
+    (chosen,) = ablation.ablation_suite(base, 8, None, None, "dg-assign").methods
+    assert chosen.params["push"] == "assign"
+    with pytest.raises(SystemExit) as exit_:
+        ablation.main(["--suite", str(tmp_path / "suite.yaml"), "--method", "dg-nope", "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2 and not (tmp_path / "o").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("efficacy")
