@@ -34,6 +34,7 @@ from audit.methods.guidance import (
     per_sample_loss,
     probe_space_target,
     proportions,
+    tolerance_value,
 )
 from audit.probes.probe import Probe, joint_probs
 
@@ -43,12 +44,12 @@ PUSHES = ("all", "surplus", "assign")
 class DistributionGuidance(ProbeGuidance, Method):
     name = "distribution_guidance"
     needs_probe = True
-    ADDED_OPTIONS = ("push",)  # see audit.registry.effective_params
+    ADDED_OPTIONS = ("push", "auto_tolerance")  # see audit.registry.effective_params
 
     def __init__(self, probes: list[Probe], target: np.ndarray | list[float], scale: float = 1.0,
                  loss: str = "chi2", path: str = "h", start: float = 0.0, stop: float = DEFAULT_STOP,
                  normalize: bool = True, grad_tau: float = 8.0, correct_confusion: bool = True,
-                 aim: list[float] | None = None, push: str = "all"):
+                 aim: list[float] | None = None, push: str = "all", auto_tolerance: float = 0.0):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         if path not in ("h", "x"):
@@ -68,6 +69,7 @@ class DistributionGuidance(ProbeGuidance, Method):
         if push not in PUSHES:
             raise ValueError(f"push must be one of {list(PUSHES)}, got {push!r}")
         self.push = push
+        self.auto_tolerance = tolerance_value(auto_tolerance)  # read by the calibration only
         self._allocation: dict[int, int] = {}
 
     def start_cell(self, seeds: list[int]) -> None:
@@ -122,4 +124,4 @@ class DistributionGuidance(ProbeGuidance, Method):
                 "path": self.path,
                 "start": self.start, "stop": self.stop, "normalize": self.normalize, "grad_tau": self.grad_tau,
                 "correct_confusion": self.correct_confusion, "push": self.push,
-                "probes": [p.meta for p in self.probes]}
+                "auto_tolerance": self.auto_tolerance, "probes": [p.meta for p in self.probes]}

@@ -155,6 +155,15 @@ def proportions(values, k: int, name: str, meaning: str) -> np.ndarray:
     return values
 
 
+def tolerance_value(value) -> float:
+    """`auto_tolerance` (see audit.methods.calibration.smallest_scale_within) as a float, or a
+    ValueError that says what it may be."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 4:
+        raise ValueError(f"auto_tolerance must be a number from 0 to 4 (FD sampling-noise units the calibration "
+                         f"may give up for a smaller scale; 0 = the lowest FD), got {value!r}")
+    return float(value)
+
+
 def joint_target(targets: list[np.ndarray]) -> np.ndarray:
     joint = np.asarray(targets[0], dtype=float)
     for t in targets[1:]:

@@ -9,23 +9,25 @@ import numpy as np
 import torch
 
 from audit.methods.base import AllocatingMethod, BatchContext
-from audit.methods.guidance import DEFAULT_STOP, ProbeGuidance, aim_vector, per_sample_loss
+from audit.methods.guidance import DEFAULT_STOP, ProbeGuidance, aim_vector, per_sample_loss, tolerance_value
 from audit.probes.probe import Probe
 
 
 class SampleGuidance(ProbeGuidance, AllocatingMethod):
     name = "sample_guidance"
     needs_probe = True
+    ADDED_OPTIONS = ("auto_tolerance",)  # see audit.registry.effective_params
 
     def __init__(self, probes: list[Probe], target, scale: float = 1.0, path: str = "h",
                  start: float = 0.0, stop: float = DEFAULT_STOP, normalize: bool = True,
-                 aim: list[float] | None = None):
+                 aim: list[float] | None = None, auto_tolerance: float = 0.0):
         if path not in ("h", "x"):
             raise ValueError(f"path must be 'h' or 'x', got {path!r}")
         self.probes, self.target = probes, np.asarray(target, dtype=float)
         self.aim = aim_vector(self.target, aim)
         self.scale, self.path, self.normalize = float(scale), path, normalize
         self.start, self.stop = start, stop
+        self.auto_tolerance = tolerance_value(auto_tolerance)  # read by the calibration only
 
     @property
     def shares(self) -> np.ndarray:
@@ -38,4 +40,4 @@ class SampleGuidance(ProbeGuidance, AllocatingMethod):
         return {"name": self.name, "attributes": [p.attribute for p in self.probes],
                 "target": self.target.tolist(), "aim": self.aim.tolist(), "scale": self.scale, "path": self.path,
                 "start": self.start, "stop": self.stop, "normalize": self.normalize,
-                "probes": [p.meta for p in self.probes]}
+                "auto_tolerance": self.auto_tolerance, "probes": [p.meta for p in self.probes]}

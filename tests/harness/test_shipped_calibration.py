@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from audit.methods import calibration
@@ -114,6 +115,9 @@ def test_a_changed_method_default_does_not_reuse_a_record(tmp_path):
     assert "push" not in config["params"]
     assert key(factory, {"scale": "auto"}) == key(factory, {"scale": "auto", "push": "all"})
     assert key(factory, {"scale": "auto"}) != key(factory, {"scale": "auto", "push": "surplus"})
+    assert "auto_tolerance" not in config["params"]
+    assert key(factory, {"scale": "auto"}) == key(factory, {"scale": "auto", "auto_tolerance": 0})
+    assert key(factory, {"scale": "auto"}) != key(factory, {"scale": "auto", "auto_tolerance": 0.25})
 
 
 def walk_record(config: dict, fds: dict[float, float]) -> dict:
@@ -152,3 +156,45 @@ def test_a_new_calibration_rule_reuses_an_earlier_records_trials(tmp_path, zoo_w
     assert calibration.ship_calibrations(tmp_path / "first-run", {}) == []
     calibration.ship_calibrations(tmp_path / "first-run", {"synthfaces-ddpm": config["revision"]})
     assert not (zoo_weights / "synthfaces-ddpm" / "old.json").exists()
+
+
+def test_auto_tolerance_picks_a_smaller_scale_from_the_same_trials(tmp_path, zoo_weights):
+    """`auto_tolerance` changes only which tried scale is chosen: its record replays the trials of
+    the plain record of the same cell (no images generated) and chooses the smallest scale whose
+    interpolated FD is within that many noise units of the best."""
+    ctx, cell = quickstart_cell(tmp_path)
+    probes, target = get_probes(ctx, cell), cell.setting.target_vector()
+    params = {**cell.method.params, "scale": "auto"}
+    plain = calibration.calibration_config(ctx, cell, never_called, probes, target, params, n=128)
+    walked = {1.0: 0.30, 1.4: 0.20, 2.0: 0.08, 2.8: 0.02, 4.0: 0.25}  # passes the optimum at 4.0
+    (tmp_path / "out" / "calibration").mkdir(parents=True)
+    (tmp_path / "out" / "calibration" / "synthfaces-ddpm-plain.json").write_text(
+        json.dumps(walk_record(plain, walked)))
+    tolerant = {**params, "auto_tolerance": 0.5}
+    scale = calibration.calibrate(ctx, cell, never_called, probes, target, tolerant)["scale"]
+    config = calibration.calibration_config(ctx, cell, never_called, probes, target, tolerant, n=128)
+    record = json.loads((tmp_path / "out" / "calibration" / f"synthfaces-ddpm-{calibration.record_name(config)}")
+                        .read_text())
+    assert config["params"]["auto_tolerance"] == 0.5 and config["rule"] == plain["rule"]
+    assert [t["scale"] for t in record["tried"]] == list(walked) and record["aimed"] == []
+    noise = record["noise"]  # 0.0625: two classes, 128 seeds
+    assert scale == calibration.smallest_scale_within(record["tried"], target, 0.5 * noise)
+    assert 2.0 < scale < calibration.interpolated_scale(record["tried"], target) <= 2.8
+
+
+def test_smallest_scale_within_the_tolerance():
+    def tried(fds: dict) -> list[dict]:
+        return [{"scale": s, "p_hat": [0.5 + fd / 2 ** 0.5, 0.5 - fd / 2 ** 0.5]} for s, fd in fds.items()]
+
+    # the joint walk of `push: assign` as FDs on a binary target: 16 was the best by 0.002
+    walk = tried({1.0: 0.319, 2.0: 0.171, 4.0: 0.079, 8.0: 0.063, 16.0: 0.061})
+    assert calibration.smallest_scale_within(walk, [0.5, 0.5], 0.0) == 16.0
+    assert calibration.smallest_scale_within(walk, [0.5, 0.5], 0.0025) == 8.0  # 0.063 <= 0.061 + 0.0025
+    assert calibration.smallest_scale_within(walk, [0.5, 0.5], 0.0012) == pytest.approx(8.0 * 2 ** 0.5, rel=1e-3)
+    chosen = calibration.smallest_scale_within(walk, [0.5, 0.5], 0.054 / 4)
+    assert 4.0 < chosen < 8.0
+    # the interpolated FD at the chosen scale is within the bound, one grid point lower is not
+    fd = lambda s: np.interp(np.log(s), np.log([4.0, 8.0]), [0.079, 0.063])  # noqa: E731
+    assert fd(chosen) <= 0.061 + 0.054 / 4 + 1e-9 < fd(chosen / 2 ** (1 / 8))
+    assert calibration.smallest_scale_within(walk, [0.5, 0.5], 1.0) == 1.0  # everything is within a huge slack
+    assert calibration.smallest_scale_within(list(reversed(walk)), [0.5, 0.5], 0.0) == 16.0
