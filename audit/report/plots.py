@@ -122,14 +122,10 @@ def _product(lists: list[list[str]]) -> list[tuple[str, ...]]:
     return out
 
 
-def _quality(point: dict) -> float | None:
-    return point["quality"] if "quality" in point else point.get("fid")
-
-
 def tradeoff_chart(path: Path, panels: list[dict]) -> Path:
     """FD (with its interval) against FID, one panel per attribute setting, colour per method,
-    marker per model; scale sweeps of one method drawn as lines in scale order. A point's FID is
-    its `quality` (the caller's choice of reference), else its `fid`.
+    marker per model; scale sweeps of one method drawn as lines in scale order. A point is drawn
+    at its `quality`: the FID the caller chose to judge by (against the target's reference or the suite's).
     panels: [{title, xlabel, points: [{method, model, fd, fd_lo, fd_hi, fid, quality}], curves: [[point, ...]]}]"""
     methods = sorted({p["method"] for panel in panels for p in panel["points"]}, key=str)
     models = sorted({p["model"] for panel in panels for p in panel["points"]}, key=str)
@@ -146,22 +142,22 @@ def tradeoff_chart(path: Path, panels: list[dict]) -> Path:
         for ax, panel in zip(axes.ravel(), panels, strict=False):
             has_fid = False
             for curve in panel.get("curves", []):
-                xs = [_value(_quality(p)) for p in curve]
+                xs = [_value(p["quality"]) for p in curve]
                 ys = [_value(p["fd"]) for p in curve]
                 ax.plot(xs, ys, "--", color="0.45", alpha=0.8, linewidth=1.0, zorder=2)
                 for p in curve:
-                    if p.get("scale") is not None and _quality(p) is not None and p["fd"] is not None:
-                        ax.annotate(f"s={p['scale']:g}", (_quality(p), p["fd"]), textcoords="offset points",
+                    if p.get("scale") is not None and p["quality"] is not None and p["fd"] is not None:
+                        ax.annotate(f"s={p['scale']:g}", (p["quality"], p["fd"]), textcoords="offset points",
                                     xytext=(4, 3), fontsize=6, color="0.3")
             for p in panel["points"]:
-                if p["fd"] is None or _quality(p) is None:
+                if p["fd"] is None or p["quality"] is None:
                     continue
                 has_fid = True
                 lo, hi = _value(p.get("fd_lo")), _value(p.get("fd_hi"))
                 yerr = None
                 if not (math.isnan(lo) or math.isnan(hi)):
                     yerr = [[max(0.0, p["fd"] - lo)], [max(0.0, hi - p["fd"])]]
-                ax.errorbar([_quality(p)], [p["fd"]], yerr=yerr, fmt=marker[p["model"]], color=colour[p["method"]],
+                ax.errorbar([p["quality"]], [p["fd"]], yerr=yerr, fmt=marker[p["model"]], color=colour[p["method"]],
                             markersize=6, capsize=2, elinewidth=0.8, zorder=3)
             if not has_fid:
                 ax.text(0.5, 0.5, "no FID measured", ha="center", va="center", transform=ax.transAxes,
