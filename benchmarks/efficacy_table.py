@@ -113,8 +113,7 @@ def build_table(runs: list[Path], labeler: str | None = None, dg: str = "distrib
     if not rows:
         raise TableError(f"{', '.join(map(str, runs))}: no result rows")
     with_model = len({r["model"] for r in rows}) > 1
-    extractors = sorted({e for r in rows for e in r["fid"]},
-                        key=lambda e: (EXTRACTOR_ORDER.index(e) if e in EXTRACTOR_ORDER else len(EXTRACTOR_ORDER), e))
+    extractors = ordered_extractors({e for r in rows for e in r["fid"]})
     settings: dict[str, list[dict]] = {}
     for row in rows:
         row["setting"] = setting_label(row, with_model)
@@ -130,6 +129,11 @@ def build_table(runs: list[Path], labeler: str | None = None, dg: str = "distrib
             "bar": f"{dg} has the lowest FD in every setting at an FID no larger than {sg}'s",
             "passed": all(b["passed"] for b in bars) if bars else False,
             "settings": bars, "rows": rows}
+
+
+def ordered_extractors(names) -> list[str]:
+    """FID extractors in EXTRACTOR_ORDER, then any others by name."""
+    return sorted(names, key=lambda e: (EXTRACTOR_ORDER.index(e) if e in EXTRACTOR_ORDER else len(EXTRACTOR_ORDER), e))
 
 
 def quality_fid(row: dict, extractor: str) -> float | None:

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from efficacy_table import DASH, EXTRACTOR_ORDER, TableError, quality_fid, read_run
+from efficacy_table import DASH, TableError, _fmt, ordered_extractors, quality_fid, read_run
 
 LEVELS = (0.05, 0.1)  # issue 3's FD bar on a binary uniform target, and twice it
 
@@ -53,8 +53,7 @@ def build(run: Path, labeler: str | None, levels: list[float], dg: str, sg: str)
     rows = [r for r in read_run(run, labeler) if r["status"] == "done" and r["fd"] is not None]
     if not rows:
         raise TableError(f"{run}: no finished cells")
-    extractors = sorted({e for r in rows for e in r["fid"]},
-                        key=lambda e: (EXTRACTOR_ORDER.index(e) if e in EXTRACTOR_ORDER else len(EXTRACTOR_ORDER), e))
+    extractors = ordered_extractors({e for r in rows for e in r["fid"]})
     settings = {}
     for r in rows:
         curve, scale = names.get(r["method"], (r["method"], None))
@@ -96,10 +95,6 @@ def lowest_fid(points: list[dict], level: float, extractor: str) -> dict | None:
         return None
     p = min(reached, key=lambda p: p["fid"][extractor])
     return {"fid": p["fid"][extractor], "fd": p["fd"], "scale": p["scale"], "method": p["method"]}
-
-
-def _fmt(value, digits: int) -> str:
-    return DASH if value is None else f"{value:.{digits}f}"
 
 
 def _scale(point: dict) -> str:
