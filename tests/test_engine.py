@@ -228,6 +228,30 @@ def test_assign_push_moves_a_random_subset_of_the_surplus_and_commits_it(tiny_ad
     assert other["priority"] == Batch.state["priority"][10:20]
 
 
+def test_assign_once_keeps_the_first_split_while_assign_redecides_it(tiny_adapter):
+    probe = random_probe(tiny_adapter)
+    h = torch.randn(64, *h_shape(tiny_adapter.unet)) * 3
+    target = [0.2, 0.8] if probe.probs(h, probe.timesteps[0])[:, 0].mean() > 0.5 else [0.8, 0.2]
+    first_split, splits = {}, {}
+    for push in ("assign", "assign_once"):
+        method = DistributionGuidance([probe], target, scale=0.5, push=push)
+        method.start_cell(list(range(64)))
+        batch = type("B", (), {"t": probe.timesteps[0], "progress": 0.0, "state": {}, "seeds": list(range(64))})
+        method.on_h(h, batch)
+        first_split[push] = list(batch.state["assigned"])
+        # the batch now leans another way: the opposite of what the first split gave each sample
+        by_lean = torch.argsort(probe.probs(h, batch.t)[:, 0])  # from the most class-1 to the most class-0
+        flipped = torch.where(torch.tensor(first_split[push]).view(-1, *[1] * (h.dim() - 1)) == 0,
+                              h[by_lean[0]], h[by_lean[-1]])
+        method.on_h(flipped, batch)
+        splits[push] = list(batch.state["assigned"])
+    assert first_split["assign"] == first_split["assign_once"]  # the same first split
+    assert splits["assign_once"] == first_split["assign_once"]
+    assert splits["assign"] != first_split["assign"]
+    with pytest.raises(ValueError, match="push must be one of"):
+        DistributionGuidance([probe], target, push="assign-once")
+
+
 def test_joint_target_and_multi_attribute_guidance(tiny_adapter):
     probes = [random_probe(tiny_adapter, "skin_tone", seed=1),
               random_probe(tiny_adapter, "hair_color", ("black", "brown", "blond", "gray"), seed=2)]
