@@ -41,8 +41,9 @@ def test_efficacy_suite_has_the_guidance_bars_cell_ids():
     sweep = plan(load_suite(BENCH / "efficacy_sweep.yaml"))
     assert [c.cell_id for c in sweep if c.method.name == "none"][0] in bars
     scales = {c.method.display: c.method.params["scale"] for c in sweep if c.method.name != "none"}
-    assert len(set(scales.values())) >= 5 and len(sweep) == 20
-    assert {c.method.params.get("push") for c in sweep if c.method.name == "distribution_guidance"} == {None, "assign"}
+    assert len(set(scales.values())) >= 5 and len(sweep) == 21
+    assert {c.method.params.get("push") for c in sweep if c.method.name == "distribution_guidance"} \
+        == {None, "assign", "assign_once"}
     assert {c.method.name for c in sweep} == {"none", "sample_guidance", "universal_guidance", "distribution_guidance"}
     t2i = plan(load_suite(BENCH / "efficacy_t2i.yaml"))
     assert {c.prompt for c in t2i} == {"a photo of a person"} and not any(c.skip_reason for c in t2i)
@@ -255,3 +256,15 @@ def test_sweep_table_compares_curves_at_matched_fd(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         sweep.main([str(tmp_path / "missing")])
     assert exit_.value.code == 2
+
+
+def test_assign_churn_counts_split_changes_on_the_zoo_model(tmp_path):
+    churn = script("assign_churn")
+    args = ["--attributes", "skin_tone", "eyeglasses", "--seeds", "16", "--steps", "10", "--scale", "4"]
+    redecided = churn.main([*args, "--json", str(tmp_path / "assign.json")])
+    kept = churn.main([*args, "--push", "assign_once"])
+    assert redecided["guided_steps"] == kept["guided_steps"] == 8  # stop 0.8 of 10 steps
+    assert len(redecided["changed_per_step"]) == 7
+    assert max(redecided["changed_per_step"]) <= redecided["samples_ever_changed"] <= 16
+    assert kept["samples_ever_changed"] == 0 and kept["changed_per_step"] == [0] * 7
+    assert json.loads((tmp_path / "assign.json").read_text()) == redecided

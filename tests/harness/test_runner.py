@@ -275,7 +275,7 @@ def test_labeler_options_reach_the_labeler_and_bad_ones_fail_in_one_line(tmp_pat
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"scale": "auto", "push": "some"}, r"push must be one of \['all', 'surplus', 'assign'\]"),
+    ({"scale": "auto", "push": "some"}, r"push must be one of \['all', 'surplus', 'assign', 'assign_once'\]"),
     ({"scale": 2.0, "aim": [0.6, 0.6]}, "aim must be 2 non-negative proportions"),
     ({"scale": "auto", "strength": 3}, "unexpected keyword argument 'strength'"),
     ({"scale": "auto", "auto_tolerance": -1}, "auto_tolerance must be a number from 0 to 4"),
