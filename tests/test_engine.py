@@ -231,7 +231,9 @@ def test_assign_push_moves_a_random_subset_of_the_surplus_and_commits_it(tiny_ad
 def test_assign_once_keeps_the_first_split_while_assign_redecides_it(tiny_adapter):
     probe = random_probe(tiny_adapter)
     h = torch.randn(64, *h_shape(tiny_adapter.unet)) * 3
-    target = [0.2, 0.8] if probe.probs(h, probe.timesteps[0])[:, 0].mean() > 0.5 else [0.8, 0.2]
+    p_class0 = probe.probs(h, probe.timesteps[0])[:, 0]
+    target = [0.2, 0.8] if p_class0.mean() > 0.5 else [0.8, 0.2]
+    by_lean = torch.argsort(p_class0)  # from the most class-1 sample to the most class-0 one
     first_split, splits = {}, {}
     for push in ("assign", "assign_once"):
         method = DistributionGuidance([probe], target, scale=0.5, push=push)
@@ -240,7 +242,6 @@ def test_assign_once_keeps_the_first_split_while_assign_redecides_it(tiny_adapte
         method.on_h(h, batch)
         first_split[push] = list(batch.state["assigned"])
         # the batch now leans another way: the opposite of what the first split gave each sample
-        by_lean = torch.argsort(probe.probs(h, batch.t)[:, 0])  # from the most class-1 to the most class-0
         flipped = torch.where(torch.tensor(first_split[push]).view(-1, *[1] * (h.dim() - 1)) == 0,
                               h[by_lean[0]], h[by_lean[-1]])
         method.on_h(flipped, batch)
