@@ -41,7 +41,7 @@ class DiffusionRecipe:
     # `timestep_focus` [low, high): a fine-tune can spend its steps on the noise levels where
     # deterministic sampling decides the layout (the 12,000-step DDPM's ODE drew 0.06 too much
     # short hair although its denoiser's mean matched the data; stochastic sampling drew 0.03).
-    # Tried in session 19 (benchmarks/zoo_finetune.py): 1,000 steps from that export with half of
+    # Tried in session 19 (benchmarks/research/zoo_finetune.py): 1,000 steps from that export with half of
     # each batch in [600, 1000) left the gap at 0.067; not kept.
     timestep_focus: tuple[int, int] | None = None
     timestep_focus_share: float = 0.5
@@ -149,7 +149,7 @@ RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe | ClipRecipe] = {
         # on all five attributes at once (ground truth: 99.7%). 12,000 since session 16, the last
         # 2,000 with skip dropout on three levels as synthfaces-t2i: with two, substituting a
         # dark-skinned sample's h turned 3 of 16 light-skinned samples dark (t2i: 1 of 16 with two
-        # levels, 10 of 16 with three; benchmarks/hspace_swap.py), and h guidance toward
+        # levels, 10 of 16 with three; benchmarks/research/hspace_swap.py), and h guidance toward
         # 0.1/0.9 left ~17% light (issue 3). The zoo serves step 12,000 since session 17.
         name="synthfaces-ddpm", conditional=False, unet=DDPM_UNET, scheduler=SCHEDULER,
         steps=12_000, skip_dropout=0.5, skip_dropout_levels=3,
@@ -166,7 +166,7 @@ RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe | ClipRecipe] = {
         # cores the longer schedule needed three sessions of CPU before probes could be trained),
         # then to 11,000 with skip dropout on three levels: with two, substituting a dark-skinned
         # sample's h at every step turned 1 of 16 light-skinned samples dark (3 of 16 on
-        # synthfaces-ddpm; benchmarks/hspace_swap.py), and h guidance balanced skin tone only
+        # synthfaces-ddpm; benchmarks/research/hspace_swap.py), and h guidance balanced skin tone only
         # part of the way (issue 3).
         text_encoder_from="synthfaces-clip", steps=11_000, data_seed=2, skip_dropout=0.5,
         skip_dropout_levels=3,

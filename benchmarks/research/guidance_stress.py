@@ -5,8 +5,8 @@ per-sample guard clips steps and skips non-finite gradients. This runs distribut
 `--factor` times a given (calibrated) scale and counts non-finite and blank images (per-image
 pixel standard deviation below 0.02 on [0, 1]).
 
-    python benchmarks/guidance_stress.py --scale 4 --factor 10
-    python benchmarks/guidance_stress.py --scale 5.657 --push assign --eta 1 --out F   # the zoo's sampler
+    python benchmarks/research/guidance_stress.py --scale 4 --factor 10
+    python benchmarks/research/guidance_stress.py --scale 5.657 --push assign --eta 1 --out F   # the zoo's sampler
 """
 
 from __future__ import annotations

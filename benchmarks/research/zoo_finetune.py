@@ -1,14 +1,14 @@
 """Fine-tune a zoo diffusion model from its committed weights into a candidate export, with the
 timestep density focused on a range of noise levels (the recipe's `timestep_focus`), to test a fix
-before promoting anything: measure the candidate with `benchmarks/sampler_marginals.py
+before promoting anything: measure the candidate with `benchmarks/research/sampler_marginals.py
 --candidate DIR/export` or `diffaudit zoo check --candidate DIR/export`.
 
-Session 19 (synthfaces-ddpm, 12,000 -> 13,000 steps, half of each batch at t in [600, 1000),
+Measured (synthfaces-ddpm, 12,000 -> 13,000 steps, half of each batch at t in [600, 1000),
 lr ~5e-5 from the recipe's cosine schedule, 2.1 s/step on 2 cores): short hair 0.367 at 50 DDIM
 steps on seeds 0-999 (0.364 before; training 0.30), so the hair-length gap is not a matter of
 how much the high-noise levels are trained (benchmarks/results/sampler_marginals_ddpm_focus_ft13000.json).
 
-    python benchmarks/zoo_finetune.py synthfaces-ddpm --steps 13000 --focus 600 1000 --share 0.5 --out DIR
+    python benchmarks/research/zoo_finetune.py synthfaces-ddpm --steps 13000 --focus 600 1000 --share 0.5 --out DIR
 """
 
 from __future__ import annotations

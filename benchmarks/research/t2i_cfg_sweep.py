@@ -5,7 +5,7 @@ export 'with blond hair' gave blond in 31/32 samples at CFG 1, 27/32 at CFG 2 an
 the rest mostly gray (benchmarks/results/t2i_cfg_sweep_step8000.json). This is why `zoo check`
 measures the t2i bars at CFG 1 by default. Labels: synthfaces-eval, seeds 0..n-1, 50 DDIM steps.
 
-    python benchmarks/t2i_cfg_sweep.py [MODEL_DIR] --n 32 --json FILE
+    python benchmarks/research/t2i_cfg_sweep.py [MODEL_DIR] --n 32 --json FILE
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ Guides one batch of the zoo DDPM toward a uniform target and records the class t
 each sample at every guided step; prints, per step, how many samples changed class, and how many
 changed at least once. `push: assign_once` keeps the first split, so it reads 0 by construction.
 
-    python benchmarks/assign_churn.py --attributes skin_tone eyeglasses --scale 4 [--json F]
+    python benchmarks/research/assign_churn.py --attributes skin_tone eyeglasses --scale 4 [--json F]
 
-Session 25 (seeds 0-63, scale 4, stop 0.8, eta 1): skin tone x eyeglasses 40 of 64 samples
+Measured (seeds 0-63, scale 4, stop 0.8, eta 1): skin tone x eyeglasses 40 of 64 samples
 changed class at least once, some in the last guided steps; hair colour 37; skin tone 2, in the
 first two steps.
 """

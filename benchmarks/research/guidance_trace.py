@@ -6,10 +6,12 @@ images. Per step it prints the batch's probe mean, and that mean among the sampl
 image is of each class: a probe that guidance fools reads the wrong class on the samples that
 end in the other one.
 
-    python benchmarks/guidance_trace.py --attribute skin_tone --target 0.1 0.9 --scale 7.774
+    python benchmarks/research/guidance_trace.py --attribute skin_tone --target 0.1 0.9 --scale 7.774
 
-Session 15 (synthfaces-ddpm, seeds 0-63, 0.1/0.9, scale 7.774, stop 0.8): the edited h read
-0.00-0.06 light while guiding, the fresh h 0.35 light at the stop, the images ended 0.20 light,
+Measured on synthfaces-ddpm at 8,000 training steps (deterministic DDIM, seeds 0-63, 0.1/0.9,
+scale 7.774, stop 0.8, before the calibration corrected its aim;
+benchmarks/results/guidance_trace_skin_0.1_0.9.json): the edited h read 0.00-0.06 light while guiding,
+the fresh h 0.35 light at the stop, the images ended 0.20 light,
 and the probe's mean reading of the final-light samples at the stop was only 0.71 light.
 """
 

@@ -8,7 +8,7 @@ attribute that h does not carry. On the step-8,000 zoo models (25 steps, seeds 0
 light -> dark flipped 3 of 16 synthfaces-ddpm samples and 1 of 16 synthfaces-t2i samples (CFG 2),
 dark -> light 3 of 8 and 2 of 9 (benchmarks/results/hspace_swap_*_step8000.json).
 
-    python benchmarks/hspace_swap.py synthfaces-t2i [--candidate EXPORT_DIR] --json FILE
+    python benchmarks/research/hspace_swap.py synthfaces-t2i [--candidate EXPORT_DIR] --json FILE
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 #!/bin/bash
-# What a session with a lent GPU (the device tool's H200) runs, in one call, in priority order;
+# What to run on a briefly lent GPU machine (an H200 so far), in one call, in priority order;
 # each phase has a deadline so a slow one cannot starve the rest, and what finished comes back
 # under $OUT (run directories without their images, perf JSON, the log).
-#   device run: bash benchmarks/gpu_session.sh   (carry: .whl, the wheels the machine lacks)
-# Locally, with a CUDA torch: OUT=/tmp/out bash benchmarks/gpu_session.sh
+#   device run: bash benchmarks/research/gpu_session.sh   (carry: .whl, the wheels the machine lacks)
+# Locally, with a CUDA torch: OUT=/tmp/out bash benchmarks/research/gpu_session.sh
 set -u
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -34,7 +34,7 @@ phase efficacy 330 python3 -m audit.cli run benchmarks/efficacy.yaml -o /tmp/run
 phase batch-ablation 150 python3 benchmarks/batch_ablation.py --suite benchmarks/efficacy.yaml \
   --out /tmp/runs/batch-ablation --device cuda --json "$OUT/batch_ablation_cuda.json"
 phase sweep 200 python3 -m audit.cli run benchmarks/efficacy_sweep.yaml -o /tmp/runs/efficacy-sweep --device cuda --threads 16
-# Measured in session 22 (benchmarks/results/perf_*_cuda.json); the SD-1.5-sized model alone
+# Measured on an H200 (benchmarks/results/perf_*_cuda.json); the SD-1.5-sized model alone
 # takes ~2 min (most of it building the random 860M-parameter UNet on the CPU).
 if [ -n "${PERF:-}" ]; then
   phase perf-guidance 60 python3 benchmarks/perf.py --device cuda --threads 16 --skip metrics scaling sd15 \

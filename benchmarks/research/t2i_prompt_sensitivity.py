@@ -7,7 +7,7 @@ timesteps. An attribute the model follows moves the prediction as much as skin t
 ignores moves it ~100x less, whatever the guidance scale. Seconds on one CPU thread, so it can
 run beside training on every export.
 
-    python benchmarks/t2i_prompt_sensitivity.py audit/zoo/wip/synthfaces-t2i [--json FILE]
+    python benchmarks/research/t2i_prompt_sensitivity.py audit/zoo/wip/synthfaces-t2i [--json FILE]
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Does the sampler change the bias a model is audited for? Marginals of synthfaces-ddpm under
 deterministic DDIM (eta 0, the probability-flow ODE) and stochastic
-DDIM (eta 1, as ancestral DDPM; the zoo DDPM's sampler since session 22), on the same seeds, judged by synthfaces-eval.
+DDIM (eta 1, as ancestral DDPM; the zoo DDPM's own sampler), on the same seeds, judged by synthfaces-eval.
 
 A perfectly trained model draws the same distribution either way; an imperfect one need not, and
 the gap shows how much of a measured bias is the sampler's. On the 12,000-step export (seeds 0-999)
 the share of short hair was 0.364 at eta 0 with 50 steps, 0.359 at eta 0 with 200 steps and 0.332 at
 eta 1 with 50 steps (training 0.30): more steps do not close it, so it is not discretisation error.
 
-    python benchmarks/sampler_marginals.py [--candidate EXPORT_DIR] [--eta 0 --eta 1] --json FILE
+    python benchmarks/research/sampler_marginals.py [--candidate EXPORT_DIR] [--eta 0 --eta 1] --json FILE
 """
 
 from __future__ import annotations
