@@ -21,7 +21,10 @@ RESEARCH = BENCH / "research"
 
 
 def script(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    path = BENCH / f"{name}.py"
+    if not path.exists():
+        path = RESEARCH / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
