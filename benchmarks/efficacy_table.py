@@ -9,7 +9,7 @@ device each cell was sampled on when the runs mix devices (seconds are then not 
 setting the lowest FD is marked (bold in markdown, `lowest_fd` in JSON), and the efficacy bar is
 checked and printed: distribution guidance has the lowest FD of the setting, at an FID no larger
 than sample guidance's (for every extractor both were measured with). The markdown is a plain
-GitHub table, ready to paste into the README. Exit code 0 whatever the bar says; 2 when a run
+GitHub table, ready to paste into the docs (docs/findings/). Exit code 0 whatever the bar says; 2 when a run
 cannot be read.
 """
 
