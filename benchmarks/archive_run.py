@@ -1,8 +1,8 @@
 """Archive a run's measurements (not its images) into the repository, so a long benchmark can be
 committed part-way and resumed in another checkout.
 
-    python benchmarks/archive_run.py runs/efficacy benchmarks/results/efficacy_run
-    cp -r benchmarks/results/efficacy_run runs/efficacy     # later, on a fresh checkout
+    python benchmarks/archive_run.py runs/efficacy benchmarks/results/efficacy_eta1_run
+    cp -r benchmarks/results/efficacy_eta1_run runs/efficacy     # later, on a fresh checkout
     diffaudit run benchmarks/efficacy.yaml -o runs/efficacy  # finished cells are kept
 
 Copies suite.json, results.csv/json (written after every cell, so current even for a run stopped
@@ -53,7 +53,7 @@ def archive(run: Path, dest: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="output directory of `diffaudit run`")
-    parser.add_argument("dest", type=Path, help="where the archive goes (e.g. benchmarks/results/efficacy_run)")
+    parser.add_argument("dest", type=Path, help="where the archive goes (e.g. benchmarks/results/efficacy_eta1_run)")
     args = parser.parse_args(argv)
     written = archive(args.run, args.dest)
     cells = sum(1 for p in written if p.name == "metrics.json")

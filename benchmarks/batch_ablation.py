@@ -12,7 +12,7 @@ runner is), and writes one JSON with a row per batch size.
         --json benchmarks/results/batch_ablation_assign.json
 
 `scale: auto` calibrates in each cell's own batch size. Cells of batch 64 have the ids of
-efficacy.yaml's and guidance_bars.yaml's distribution-guidance skin-tone cell.
+efficacy.yaml's and research/guidance_bars.yaml's distribution-guidance skin-tone cell.
 """
 
 from __future__ import annotations

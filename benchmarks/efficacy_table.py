@@ -1,15 +1,15 @@
 """The efficacy table: one row per setting x method, from the results.csv of one or more runs.
 
     python benchmarks/efficacy_table.py runs/efficacy [runs/efficacy-t2i] \\
-        --json benchmarks/results/efficacy.json --markdown benchmarks/results/efficacy.md
+        --json benchmarks/results/efficacy_eta1.json --markdown benchmarks/results/efficacy_eta1.md
 
 Columns: FD [95% interval], KL, FID per extractor (FID[synthfaces], FID[mobilenet_v2], ...: the
 primary `fid` column under its `fid_extractor`, plus every `fid[X]` column), seconds, and the
 device each cell was sampled on when the runs mix devices (seconds are then not comparable). Per
-setting the lowest FD is marked (bold in markdown, `lowest_fd` in JSON), and issue 8's bar is
+setting the lowest FD is marked (bold in markdown, `lowest_fd` in JSON), and the efficacy bar is
 checked and printed: distribution guidance has the lowest FD of the setting, at an FID no larger
 than sample guidance's (for every extractor both were measured with). The markdown is a plain
-GitHub table, ready to paste into the README. Exit code 0 whatever the bar says; 2 when a run
+GitHub table, ready to paste into the docs (docs/findings/). Exit code 0 whatever the bar says; 2 when a run
 cannot be read.
 """
 

@@ -1,6 +1,6 @@
 """Time every fairness metric of a cell at audit scale: 100,000 samples x 3 attributes.
 
-Issue 4's bar is <= 5 s on 2 cores for all fairness metrics with 1,000-resample intervals: FD
+The bar is <= 5 s on 2 cores for all fairness metrics with 1,000-resample intervals: FD
 and its interval, KL both ways, chi-square, TOST, per-class Wilson intervals, soft proportions,
 the error-aware estimate with its interval, plus Holm control across the attributes and labeler
 agreement. They run through audit.metrics.cell.fairness_metrics, the code path of a real cell,
@@ -68,7 +68,7 @@ def label_table(n: int, seed: int = 0, labeler_seed: int = 0, flip: float = 0.05
 
 
 def measure(samples: int = 100_000, repeats: int = 3, seed: int = 0) -> dict:
-    """Median seconds of each setting's fairness_metrics and of the whole set (issue 4's bar)."""
+    """Median seconds of each setting's fairness_metrics and of the whole set (the bar: <= 5 s)."""
     labels = label_table(samples, seed)
     other = label_table(samples, seed, labeler_seed=1)  # a second labeler of the same faces (agreement)
     labeler = ZooConfusionLabeler()

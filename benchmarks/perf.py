@@ -1,4 +1,4 @@
-"""What diffaudit costs (issue 8): guidance overhead, sampling-loop overhead, fairness metrics
+"""What diffaudit costs: guidance overhead, sampling-loop overhead, fairness metrics
 at scale, and how a cell's time and memory scale with its size.
 
 - guidance overhead: wall time of each method / `none` on zoo:synthfaces-ddpm, same seeds and

@@ -9,7 +9,7 @@ A curve is one method with every param but the scale fixed (distribution guidanc
 Calibrated cells each land somewhere on their curve, and FID to target moves by ~1 between
 neighbouring scales, so comparing two calibrated cells confounds the method with where its
 calibration stopped. Here each curve is asked instead: what is the lowest FID to target any of
-its scales reaches at an FD at or below each level (`--fd`)? Issue 3's bar "distribution guidance
+its scales reaches at an FD at or below each level (`--fd`)? The bar "distribution guidance
 beats sample guidance: lower FID at equal or lower FD" is then read per level and per extractor:
 PASS where a distribution-guidance curve's lowest FID is no larger than sample guidance's. Exit
 code 0 whatever the bar says; 2 when a run cannot be read.
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from efficacy_table import DASH, TableError, _fmt, ordered_extractors, quality_fid, read_run
 
-LEVELS = (0.05, 0.1)  # issue 3's FD bar on a binary uniform target, and twice it
+LEVELS = (0.05, 0.1)  # the FD bar on a binary uniform target, and twice it
 
 
 def curve_names(suite: dict) -> dict[str, tuple[str, float | str | None]]:

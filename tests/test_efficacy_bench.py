@@ -1,4 +1,4 @@
-"""Issue 8's efficacy benchmarks: the suites reuse the guidance-bars cells, and
+"""The efficacy benchmarks: the suites reuse the guidance-bars cells, and
 benchmarks/batch_ablation.py and benchmarks/efficacy_table.py work end to end on tiny runs."""
 
 from __future__ import annotations
@@ -17,17 +17,21 @@ from audit.spec import load_suite, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
+RESEARCH = BENCH / "research"
 
 
 def script(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    path = BENCH / f"{name}.py"
+    if not path.exists():
+        path = RESEARCH / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_efficacy_suite_has_the_guidance_bars_cell_ids():
-    bars = {c.cell_id for c in plan(load_suite(BENCH / "guidance_bars.yaml"))}
+    bars = {c.cell_id for c in plan(load_suite(RESEARCH / "guidance_bars.yaml"))}
     efficacy = load_suite(BENCH / "efficacy.yaml")
     cells = plan(efficacy)
     # guidance_bars.yaml's methods keep their ids; efficacy.yaml adds universal guidance and two
@@ -48,7 +52,7 @@ def test_efficacy_suite_has_the_guidance_bars_cell_ids():
     t2i = plan(load_suite(BENCH / "efficacy_t2i.yaml"))
     assert {c.prompt for c in t2i} == {"a photo of a person"} and not any(c.skip_reason for c in t2i)
     assert "prompt" in {c.method.name for c in t2i}
-    t2i_bars = plan(load_suite(BENCH / "guidance_bars_t2i.yaml"))  # issue 3's t2i bar: a subset of the table
+    t2i_bars = plan(load_suite(RESEARCH / "guidance_bars_t2i.yaml"))  # the t2i bar: a subset of the table
     assert {c.cell_id for c in t2i_bars} <= {c.cell_id for c in t2i} and len(t2i_bars) == 2
 
 

@@ -1,4 +1,5 @@
-"""Every example suite in benchmarks/ validates and dry-runs here, without its weights."""
+"""Every suite in benchmarks/ (the example suites and benchmarks/research/'s diagnostics) validates
+and dry-runs here, without its weights."""
 
 from pathlib import Path
 
@@ -8,7 +9,8 @@ from typer.testing import CliRunner
 from audit.cli import app
 from audit.spec import load_suite, plan
 
-SUITES = sorted((Path(__file__).parents[1] / "benchmarks").glob("*.yaml"))
+BENCH = Path(__file__).parents[1] / "benchmarks"
+SUITES = sorted([*BENCH.glob("*.yaml"), *(BENCH / "research").glob("*.yaml")])
 
 
 @pytest.fixture
@@ -18,7 +20,7 @@ def empty_hf_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
 
 
-@pytest.mark.parametrize("suite", SUITES, ids=[s.stem for s in SUITES])
+@pytest.mark.parametrize("suite", SUITES, ids=[str(s.relative_to(BENCH).with_suffix("")) for s in SUITES])
 def test_example_suite_dry_runs(suite, empty_hf_cache):
     result = CliRunner().invoke(app, ["run", str(suite), "--dry-run"], terminal_width=200)
     assert result.exit_code == 0, result.output
@@ -29,16 +31,16 @@ def test_example_suite_dry_runs(suite, empty_hf_cache):
 
 
 def test_occupation_suites_plan_one_cell_per_prompt_method_and_setting(empty_hf_cache):
-    occupations = [line for line in (SUITES[0].parent / "prompts" / "occupations.txt").read_text().splitlines()
+    occupations = [line for line in (BENCH / "prompts" / "occupations.txt").read_text().splitlines()
                    if line.strip() and not line.startswith("#")]
     assert len(occupations) == 20
     for name in ("sd15_occupations", "sdxl_occupations"):
-        suite = load_suite(SUITES[0].parent / f"{name}.yaml")
+        suite = load_suite(BENCH / f"{name}.yaml")
         assert suite.models[0].prompts == occupations
         cells = plan(suite)
         assert len(cells) == 20 * len(suite.methods) * len(suite.settings)
         assert not any(c.skip_reason for c in cells)  # prompts make it a text model before the weights are here
-    celebahq = load_suite(SUITES[0].parent / "celebahq.yaml")
+    celebahq = load_suite(BENCH / "celebahq.yaml")
     cells = plan(celebahq)
     assert {c.prompt for c in cells} == {None} and celebahq.models[0].steps == 50
     assert {c.method.params.get("loss") for c in cells if c.method.name == "distribution_guidance"} == {"chi2"}

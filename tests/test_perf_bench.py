@@ -1,5 +1,5 @@
 """benchmarks/perf.py --quick end to end: every section runs and the JSON has the keys the
-README and issue 8's bars read (the figures themselves are the full run's, not a test's)."""
+docs' performance page and its bars read (the figures themselves are the full run's, not a test's)."""
 
 from __future__ import annotations
 

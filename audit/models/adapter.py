@@ -221,7 +221,7 @@ class ModelAdapter:
 
         eta: DDIM's stochasticity (0 the deterministic probability-flow sampler, its default; 1 as
         ancestral DDPM), for schedulers whose step takes it; the two can draw an attribute in
-        different shares from the same model (benchmarks/sampler_marginals.py)."""
+        different shares from the same model (benchmarks/research/sampler_marginals.py)."""
         from audit.methods.base import BatchContext, Method
 
         method = method or Method()

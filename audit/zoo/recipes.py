@@ -25,7 +25,7 @@ class DiffusionRecipe:
     world: str = "biased"
     data_seed: int = 1
     # Zoo CLIP whose text tower, frozen, conditions the UNet, as Stable Diffusion conditions on a
-    # frozen CLIP text encoder. An encoder trained jointly with the UNet (sessions 1-6) mapped
+    # frozen CLIP text encoder. An encoder trained jointly with the UNet (its first 3,594 steps) mapped
     # the eyeglasses and smile phrases to almost the same embedding (distance ~1 vs ~25 for
     # skin or hair), so the UNet never learnt them: the prompts were ignored at step 3,401.
     text_encoder_from: str | None = None
@@ -41,8 +41,8 @@ class DiffusionRecipe:
     # `timestep_focus` [low, high): a fine-tune can spend its steps on the noise levels where
     # deterministic sampling decides the layout (the 12,000-step DDPM's ODE drew 0.06 too much
     # short hair although its denoiser's mean matched the data; stochastic sampling drew 0.03).
-    # Tried in session 19 (benchmarks/zoo_finetune.py): 1,000 steps from that export with half of
-    # each batch in [600, 1000) left the gap at 0.067; not kept.
+    # Tried (benchmarks/research/zoo_finetune.py): 1,000 steps from that export with half of each
+    # batch in [600, 1000) left the gap at 0.067; not kept.
     timestep_focus: tuple[int, int] | None = None
     timestep_focus_share: float = 0.5
     # DDIM eta a suite samples this model with unless its model entry sets one (ModelSpec.eta).
@@ -145,29 +145,29 @@ CLIP_TEXT = {
 
 RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe | ClipRecipe] = {
     "synthfaces-ddpm": DiffusionRecipe(
-        # 10,000 steps since session 12: at 8,000 only 89.7% of samples were labelled confidently
-        # on all five attributes at once (ground truth: 99.7%). 12,000 since session 16, the last
+        # Longer than the first 8,000 steps: at 8,000 only 89.7% of samples were labelled
+        # confidently on all five attributes at once (ground truth: 99.7%). 12,000 steps, the last
         # 2,000 with skip dropout on three levels as synthfaces-t2i: with two, substituting a
         # dark-skinned sample's h turned 3 of 16 light-skinned samples dark (t2i: 1 of 16 with two
-        # levels, 10 of 16 with three; benchmarks/hspace_swap.py), and h guidance toward
-        # 0.1/0.9 left ~17% light (issue 3). The zoo serves step 12,000 since session 17.
+        # levels, 10 of 16 with three; benchmarks/research/hspace_swap.py), and h guidance toward
+        # 0.1/0.9 left ~17% light (the guidance bar asks FD <= 0.07). The zoo serves step 12,000.
         name="synthfaces-ddpm", conditional=False, unet=DDPM_UNET, scheduler=SCHEDULER,
         steps=12_000, skip_dropout=0.5, skip_dropout_levels=3,
-        # Sampled with stochastic DDIM since session 22: with the deterministic sampler (eta 0)
-        # these weights draw 6.4 points too much short hair (eta 0.5: 5.7; eta 1: 3.2, and every
-        # bar of issue 2 met: benchmarks/results/zoo_check_ddpm_step12000_eta*.json).
+        # Sampled with stochastic DDIM: with the deterministic sampler (eta 0) these weights draw
+        # 6.4 points too much short hair (eta 0.5: 5.7; eta 1: 3.2, and every zoo bar met:
+        # benchmarks/results/zoo_check_ddpm_step12000_eta*.json).
         sampling_eta=1.0,
         description="Unconditional UNet2DModel (4.3M params, v-prediction, DDIM; sampled with "
                     "eta 1) trained on the biased SynthFaces world.",
     ),
     "synthfaces-t2i": DiffusionRecipe(
         name="synthfaces-t2i", conditional=True, unet=T2I_UNET, scheduler=SCHEDULER,
-        # 8,000 steps like synthfaces-ddpm (planned 12,000 until session 5: at 1.5 s/step on 2
-        # cores the longer schedule needed three sessions of CPU before probes could be trained),
+        # 8,000 steps like synthfaces-ddpm (12,000 were planned first: at 1.5 s/step on 2 cores
+        # the longer schedule took too long before probes could be trained),
         # then to 11,000 with skip dropout on three levels: with two, substituting a dark-skinned
         # sample's h at every step turned 1 of 16 light-skinned samples dark (3 of 16 on
-        # synthfaces-ddpm; benchmarks/hspace_swap.py), and h guidance balanced skin tone only
-        # part of the way (issue 3).
+        # synthfaces-ddpm; benchmarks/research/hspace_swap.py), and h guidance balanced skin tone
+        # only part of the way (FD 0.143 at step 8,000 against 0.016 at 11,000; bar 0.05).
         text_encoder_from="synthfaces-clip", steps=11_000, data_seed=2, skip_dropout=0.5,
         skip_dropout_levels=3,
         description="Text-conditioned UNet2DConditionModel conditioned on the frozen text tower "

@@ -297,7 +297,7 @@ def test_zoo_probes_are_used_only_for_the_weights_they_were_trained_on(tmp_path)
     from audit.store import RunStore
     from audit.zoo import WEIGHTS_DIR
 
-    suite = load_suite("benchmarks/guidance_bars.yaml")
+    suite = load_suite("benchmarks/research/guidance_bars.yaml")
     ctx = RunContext(suite=suite, store=RunStore(tmp_path / "out"), log=lambda s: None)
     cell = next(c for c in plan(suite) if c.method.name == "distribution_guidance")
     shipped = WEIGHTS_DIR / "probes" / "synthfaces-ddpm" / "synthfaces-pseudo" / "skin_tone"
