@@ -125,9 +125,11 @@ MALFORMED = {
         variant(**{"settings.0.classes": {"skin_tone": ["pale", "dark"]}}),
         "settings[0]: evaluation labeler synthfaces-eval labels skin_tone as [light, dark], not [pale, dark]"),
     "classes in another order than the probe labeler's": (
-        variant(labelers=["age_gender"], settings=[{"attributes": ["gender"], "classes": {"gender": ["female", "male"]}},
-                                                   {"attributes": ["skin_tone"], "classes": {"skin_tone": ["dark", "light"]}}]),
-        "settings[1]: skin_tone classes [dark, light] are not in the order probe labeler synthfaces-pseudo labels them"),
+        variant(labelers=["age_gender"],
+                settings=[{"attributes": ["gender"], "classes": {"gender": ["female", "male"]}},
+                          {"attributes": ["skin_tone"], "classes": {"skin_tone": ["dark", "light"]}}]),
+        "settings[1]: skin_tone classes [dark, light] are not in the order probe labeler synthfaces-pseudo "
+        "labels them"),
     "no evaluation labeler labels the setting": (
         variant(**{"settings.0": {"attributes": ["gender"], "classes": {"gender": ["female", "male"]}}}),
         "settings[0]: no evaluation labeler labels gender (synthfaces-eval labels skin_tone, hair_length, eyeglasses, "
