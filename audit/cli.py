@@ -4,20 +4,50 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(help="Fairness audits and debiasing benchmarks for diffusion models.",
+# click's exceptions module, wherever this typer takes click from (recent typers vendor it)
+CLICK_ERRORS = sys.modules[typer.BadParameter.__module__]
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Usage mistakes (an unknown option, "--n abc", a missing argument) as one line on stderr
+    and exit code 2, like every other user error, instead of click's usage block."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)  # an Exit's code comes back
+        except getattr(CLICK_ERRORS, "NoArgsIsHelpError", ()) as error:  # the command alone: its help
+            typer.echo(error.format_message())
+            code = error.exit_code
+        except CLICK_ERRORS.ClickException as error:
+            hint = f" (see `{error.ctx.command_path} --help`)" if getattr(error, "ctx", None) else ""
+            typer.echo(f"error: {' '.join(error.format_message().split())}{hint}", err=True)
+            code = 2 if isinstance(error, CLICK_ERRORS.UsageError) else error.exit_code
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            code = 1
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(help="Fairness audits and debiasing benchmarks for diffusion models.", cls=OneLineUsageErrors,
                   no_args_is_help=True, pretty_exceptions_enable=False)
 zoo_app = typer.Typer(help="The bundled SynthFaces zoo.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
 
 def fail(message: str) -> None:
-    """A user mistake: one line on stderr, exit code 2, no traceback."""
-    typer.echo(f"error: {message}", err=True)
+    """A user mistake: one line on stderr, exit code 2, no traceback. Control characters (a path
+    given with a newline in it) are shown escaped, so the line stays one line."""
+    typer.echo("error: " + re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], message), err=True)
     raise typer.Exit(2)
 
 

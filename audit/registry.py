@@ -6,6 +6,7 @@ deepface, CLIP) cost nothing until a suite names them. `register_*` adds user co
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -110,16 +111,14 @@ def check_params(factory: Callable, params: dict, what: str) -> dict:
     False) and then by `factory.check_params` (cross-param rules). Returns every suite param's
     value, defaults filled in. Nothing is built, so this runs when the suite loads.
     A ValueError names the first bad param and what is allowed; `what` says whose params."""
-    from pydantic import ConfigDict, ValidationError, create_model
+    from pydantic import ValidationError
 
-    fields = suite_params(factory)
-    if fields is None:
+    model = _params_model(factory)
+    if model is None:
         return dict(params)
-    unknown = [key for key in params if key not in fields]
+    unknown = [key for key in params if key not in model.model_fields]
     if unknown:
-        raise ValueError(f"unknown {what} {unknown[0]!r}; allowed: {', '.join(fields) or 'none'}")
-    model = create_model(f"{getattr(factory, '__name__', 'factory')}Params",
-                         __config__=ConfigDict(strict=True, arbitrary_types_allowed=True), **fields)
+        raise ValueError(f"unknown {what} {unknown[0]!r}; allowed: {', '.join(model.model_fields) or 'none'}")
     try:
         values = dict(model.model_validate(params))
     except ValidationError as error:
@@ -128,6 +127,18 @@ def check_params(factory: Callable, params: dict, what: str) -> dict:
     if check is not None:
         check(values)
     return values
+
+
+@functools.cache
+def _params_model(factory: Callable):
+    """A strict pydantic model of the factory's suite params (None: anything goes), built once."""
+    from pydantic import ConfigDict, create_model
+
+    fields = suite_params(factory)
+    if fields is None:
+        return None
+    return create_model(f"{getattr(factory, '__name__', 'factory')}Params",
+                        __config__=ConfigDict(strict=True, arbitrary_types_allowed=True), **fields)
 
 
 def _first_problem(error) -> str:

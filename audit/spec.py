@@ -513,7 +513,7 @@ def load_suite(path: str | Path, samples: int | None = None) -> Suite:
     try:
         suite = Suite.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
+        err = _union_error(e.errors())
         message = err["msg"].removeprefix("Value error, ")
         located = (err.get("ctx") or {}).get("error")
         if isinstance(located, LocatedError):
@@ -554,6 +554,23 @@ def load_suite(path: str | Path, samples: int | None = None) -> Suite:
             raise SuiteError(f"--n must be a positive number of samples per cell, got {samples}")
         suite.samples = samples
     return suite
+
+
+def _union_error(errors: list[dict]) -> dict:
+    """The first error, where a value failed every member of a union (target: 'uniform', a
+    list or a mapping) said as one: the member the value's shape matched (its error lies deeper),
+    else every member's expectation in one message; the members' tags leave the location."""
+    err = errors[0]
+    tag = next((k for k, part in enumerate(err["loc"]) if isinstance(part, str) and "[" in part), None)
+    if tag is None:
+        return err
+    prefix = err["loc"][:tag]
+    members = [x for x in errors if x["loc"][:tag] == prefix and len(x["loc"]) > tag]
+    deepest = max(members, key=lambda x: len(x["loc"]))
+    if len(deepest["loc"]) > tag + 1:
+        return {**deepest, "loc": (*prefix, *deepest["loc"][tag + 1:])}
+    wants = " or ".join(dict.fromkeys(x["msg"].removeprefix("Input should be ") for x in members))
+    return {**err, "loc": prefix, "type": "union", "msg": f"Input should be {wants} (got {err.get('input')!r})"}
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
