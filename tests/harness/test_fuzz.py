@@ -251,7 +251,8 @@ def test_odd_cli_arguments_exit_cleanly(tmp_path, monkeypatch, command):
 
 @FUZZ
 @given(results=st.one_of(TREES, st.lists(st.dictionaries(st.sampled_from(RESULT_COLUMNS), SCALARS), max_size=4)),
-       suite=st.one_of(TREES, st.dictionaries(st.sampled_from(sorted(Suite.model_fields)), TREES)))
+       suite=st.one_of(TREES, st.dictionaries(st.sampled_from(sorted(Suite.model_fields)), st.one_of(SCALARS, TREES),
+                                              min_size=1)))
 def test_a_damaged_run_directory_is_reported_in_one_line(tmp_path, results, suite):
     """report and leaderboard read what a run wrote; a file damaged or edited by hand is a
     one-line error (or, where the report can make sense of it, a report)."""
