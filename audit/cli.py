@@ -2,19 +2,52 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(help="Fairness audits and debiasing benchmarks for diffusion models.",
+# click's exceptions module, wherever this typer takes click from (recent typers vendor it)
+CLICK_ERRORS = sys.modules[typer.BadParameter.__module__]
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Usage mistakes (an unknown option, "--n abc", a missing argument) as one line on stderr
+    and exit code 2, like every other user error, instead of click's usage block."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)  # an Exit's code comes back
+        except getattr(CLICK_ERRORS, "NoArgsIsHelpError", ()) as error:  # the command alone: its help
+            typer.echo(error.format_message())
+            code = error.exit_code
+        except CLICK_ERRORS.ClickException as error:
+            hint = f" (see `{error.ctx.command_path} --help`)" if getattr(error, "ctx", None) else ""
+            typer.echo(f"error: {' '.join(error.format_message().split())}{hint}", err=True)
+            code = 2 if isinstance(error, CLICK_ERRORS.UsageError) else error.exit_code
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            code = 1
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(help="Fairness audits and debiasing benchmarks for diffusion models.", cls=OneLineUsageErrors,
                   no_args_is_help=True, pretty_exceptions_enable=False)
 zoo_app = typer.Typer(help="The bundled SynthFaces zoo.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
 
 def fail(message: str) -> None:
-    """A user mistake: one line on stderr, exit code 2, no traceback."""
-    typer.echo(f"error: {message}", err=True)
+    """A user mistake: one line on stderr, exit code 2, no traceback. Control characters (a path
+    given with a newline in it) are shown escaped, so the line stays one line."""
+    typer.echo("error: " + re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], message), err=True)
     raise typer.Exit(2)
 
 
@@ -26,6 +59,56 @@ def check_device(device: str) -> None:
 
     if device == "cuda" and not torch.cuda.is_available():
         fail("--device cuda but no CUDA device is visible to torch; use --device cpu")
+
+
+def check_writable(path: Path, what: str, kind: str = "directory") -> None:
+    """Fail now, before any model loads, unless `path` can be written as a `kind` ("directory"
+    or "file"): it is one already or can be created, in a directory this process may write.
+    Nothing is created."""
+    if "\0" in str(path):
+        fail(f"{what} {str(path)!r}: a path cannot contain a NUL character")
+    if path.is_dir() if kind == "file" else (path.exists() and not path.is_dir()):
+        other = "directory" if kind == "file" else "file"
+        fail(f"{what} {path} is a {other}, not a {kind}: give a {kind} path")
+    target = path.absolute()
+    existing = next(p for p in [target, *target.parents] if os.path.lexists(p))
+    if kind == "file" and existing == target:
+        existing = target.parent
+    if not existing.is_dir():
+        fail(f"{what} {path}: {existing} is a file, so {path} cannot be created under it; give another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"{what} {path}: {existing} is not writable by this user; give a {kind} you can write "
+             "(or change its permissions)")
+
+
+# errno values that mean the machine, not the program, refused a write: one line, exit 2.
+FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+@contextmanager
+def environment_errors(out: Path | None):
+    """Turn a full disk or a refused write anywhere inside the block into one line naming the
+    path (the file being written, else OUT). Files already written stay whole (atomic writes), so
+    the same command resumes once there is space."""
+    import sqlite3
+
+    def where(error: OSError) -> str:
+        return str(error.filename or out or "the output directory")
+
+    try:
+        yield
+    except OSError as error:
+        if error.errno in FULL:
+            fail(f"no space left on the disk holding {where(error)} (writing it failed; files already written are "
+                 "intact): free space or give another -o, then run the same command again to resume")
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fail(f"cannot write {where(error)}: {error.strerror}; give a location you can write")
+        raise
+    except sqlite3.OperationalError as error:
+        if "disk is full" not in str(error):
+            raise
+        fail(f"no space left on the disk holding {out / 'index.sqlite' if out else 'the index'} (files already "
+             "written are intact): free space or give another -o, then run the same command again to resume")
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -58,10 +141,13 @@ def run(
         fail(f"--device must be cpu or cuda, got {device!r}")
     if executor not in ("local", "ray"):
         fail(f"--executor must be local or ray, got {executor!r}")
+    if threads is not None and threads < 1:
+        fail(f"--threads must be a positive number of CPU threads, got {threads}")
     console = Console(stderr=False)
     try:
         suite = load_suite(suite_file, samples=n)
         out = out or Path("runs") / suite.name
+        check_writable(out, "-o/--out")
         if dry_run:
             from audit.plan_view import print_plan
 
@@ -73,10 +159,16 @@ def run(
             torch.set_num_threads(threads)
         if device == "cuda" and not torch.cuda.is_available():
             fail("--device cuda but no CUDA device is visible to torch; use --device cpu")
+        if executor == "local" and not measure_only:
+            from audit.models.loading import preflight
+
+            for model in suite.models:  # every model's weights, before the first one loads
+                preflight(model)
         from audit.runner import run_suite
 
-        frame = run_suite(suite, out, device=device, executor=executor, address=address, console=console,
-                          suite_path=str(suite_file), measure_only=measure_only)
+        with environment_errors(out):
+            frame = run_suite(suite, out, device=device, executor=executor, address=address, console=console,
+                              suite_path=str(suite_file), measure_only=measure_only)
     except _user_errors() as e:
         fail(str(e))
     from audit.plan_view import print_summary
@@ -85,7 +177,8 @@ def run(
     from audit.report import ReportError, write_report
 
     try:
-        path = write_report(out)
+        with environment_errors(out):
+            path = write_report(out)
     except ReportError as e:
         fail(f"the run finished but its report could not be written: {e}")
     console.print(f"report: {path}")
@@ -101,10 +194,13 @@ def report(
     from audit.report import ReportError
     from audit.store import UnsafePathError
 
+    if out.is_dir():
+        check_writable(out, "OUT")
     try:
         from audit.report.html import write_report
 
-        path = write_report(out, tolerance=tolerance)
+        with environment_errors(out):
+            path = write_report(out, tolerance=tolerance)
     except (ReportError, UnsafePathError) as e:
         fail(str(e))
     typer.echo(f"report: {path}")
@@ -119,10 +215,12 @@ def leaderboard(
     from audit.report import ReportError
     from audit.store import UnsafePathError
 
+    check_writable(dest, "-o/--output", kind="file")
     try:
         from audit.report.leaderboard import write_leaderboard
 
-        path = write_leaderboard(outs, dest)
+        with environment_errors(dest.parent):
+            path = write_leaderboard(outs, dest)
     except (ReportError, UnsafePathError) as e:
         fail(str(e))
     typer.echo(f"leaderboard: {path}")

@@ -66,7 +66,7 @@ def print_plan(suite: Suite, console) -> None:
 
 def weights_status(model) -> str:
     """Where a model's weights are, or why they are missing (a dry run never loads them)."""
-    from audit.models.loading import ModelNotAvailable, resolve_source
+    from audit.models.loading import ModelNotAvailable, PickledWeights, check_weight_format, resolve_source
 
     if model.source.startswith("custom:"):
         return "a custom model registered in this process (loaded by its factory)"
@@ -74,6 +74,10 @@ def weights_status(model) -> str:
         path, _ = resolve_source(model.source, model.revision)
     except ModelNotAvailable as missing:
         return f"weights missing: {missing}"
+    try:
+        check_weight_format(model, path)
+    except PickledWeights as pickled:
+        return f"weights found at {path} but refused: {pickled}"
     return f"weights found at {path}"
 
 

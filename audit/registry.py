@@ -6,8 +6,10 @@ deepface, CLIP) cost nothing until a suite names them. `register_*` adds user co
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
+from typing import Any
 
 LABELERS: dict[str, str | Callable] = {
     "synthfaces-eval": "audit.labelers.synthfaces:SynthFacesLabeler",
@@ -67,12 +69,117 @@ def method_params(name: str, params: dict) -> dict:
     return effective_params(resolve(METHODS, name, "method"), params)
 
 
+def _signature(factory: Callable):
+    """The factory's signature with its annotations evaluated where they can be (a plug-in's
+    annotation naming a type it imports only for type checkers is left a string: no check)."""
+    import inspect
+
+    try:
+        return inspect.signature(factory, eval_str=True)
+    except (TypeError, ValueError):  # a callable without a signature
+        return None
+    except Exception:  # an annotation that does not evaluate here
+        return inspect.signature(factory)
+
+
+def suite_params(factory: Callable) -> dict | None:
+    """{name: (annotation, default)} of what a suite may write under a method's `params` (or a
+    labeler's `labeler_options`): the factory's keyword arguments less those the runner fills in
+    itself (`factory.supplied`), plus any the factory names in `suite_only` (a suite value the
+    runner turns into an argument, e.g. universal guidance's labeler name). None when the factory
+    takes **kwargs or has no signature: anything goes."""
+    import inspect
+
+    signature = _signature(factory)
+    if signature is None:
+        return None
+    supplied = set(getattr(factory, "supplied", ()))
+    fields = {}
+    for key, p in signature.parameters.items():
+        if p.kind == p.VAR_KEYWORD:
+            return None
+        if key in supplied or p.kind == p.VAR_POSITIONAL:
+            continue
+        annotation = Any if p.annotation is p.empty or isinstance(p.annotation, str) else p.annotation
+        fields[key] = (annotation, ... if p.default is inspect.Parameter.empty else p.default)
+    return {**fields, **getattr(factory, "suite_only", {})}
+
+
+def check_params(factory: Callable, params: dict, what: str) -> dict:
+    """The params a suite gave `factory`, checked against its signature's names and annotations
+    (types, Literal choices, Annotated ranges; strict, so YAML's "2" is not 2 and "no" is not
+    False) and then by `factory.check_params` (cross-param rules). Returns every suite param's
+    value, defaults filled in. Nothing is built, so this runs when the suite loads.
+    A ValueError names the first bad param and what is allowed; `what` says whose params."""
+    from pydantic import ValidationError
+
+    model = _params_model(factory)
+    if model is None:
+        return dict(params)
+    unknown = [key for key in params if key not in model.model_fields]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown[0]!r}; allowed: {', '.join(model.model_fields) or 'none'}")
+    try:
+        values = dict(model.model_validate(params))
+    except ValidationError as error:
+        raise ValueError(_first_problem(error)) from None
+    check = getattr(factory, "check_params", None)
+    if check is not None:
+        check(values)
+    return values
+
+
+@functools.cache
+def _params_model(factory: Callable):
+    """A strict pydantic model of the factory's suite params (None: anything goes), built once."""
+    from pydantic import ConfigDict, create_model
+
+    fields = suite_params(factory)
+    if fields is None:
+        return None
+    return create_model(f"{getattr(factory, '__name__', 'factory')}Params",
+                        __config__=ConfigDict(strict=True, arbitrary_types_allowed=True), **fields)
+
+
+def _first_problem(error) -> str:
+    """One line for the first bad param of a pydantic ValidationError: a union's alternatives
+    are joined ("scale should be greater than 0 or 'auto' (got -3)")."""
+    errors = error.errors()
+    key = errors[0]["loc"][0] if errors[0]["loc"] else ""
+    if errors[0]["type"] == "missing":
+        return f"missing {key} (it has no default)"
+    same = [e for e in errors if e["loc"][:1] == (key,)]
+    wants = [e["msg"].removeprefix("Input should be ") for e in same]
+    wanted = " or ".join(dict.fromkeys(wants))
+    if all(e["msg"].startswith("Input should be") for e in same):
+        return f"{key} should be {wanted} (got {same[0]['input']!r})"
+    return f"{key}: {wanted}"
+
+
+def check_method_params(name: str, params: dict) -> dict:
+    """A suite's params for method `name` (see check_params)."""
+    return check_params(resolve(METHODS, name, "method"), params, "param")
+
+
 def make_labeler(name: str, **options):
     """Instantiate a registered labeler; zoo labelers get their zoo name."""
     factory = resolve(LABELERS, name, "labeler")
     if name.startswith("synthfaces-"):
         return factory(name=name, **options)
     return factory(**options)
+
+
+def labeler_vocabulary(name: str, options: dict) -> dict[str, list[str]] | None:
+    """{attribute: [classes in the labeler's order]} that labeler `name` built with `options`
+    would label, read without loading its weights (the class's `vocabulary(options)`), after
+    checking the options against its constructor (see check_params). None for a labeler that
+    cannot say before it is built (a plug-in without `vocabulary`). ValueError on bad options."""
+    factory = resolve(LABELERS, name, "labeler")
+    values = check_params(factory, options, "option")
+    if name.startswith("synthfaces-"):  # as make_labeler
+        values["name"] = name
+    vocabulary = getattr(factory, "vocabulary", None)
+    return None if vocabulary is None else vocabulary(values)
 
 
 def register_labeler(name: str, factory: Callable) -> None:

@@ -363,7 +363,8 @@ def manifest(ctx: RunContext, cell: Cell, method) -> dict:
     return {
         "cell_id": cell.cell_id, "suite": ctx.suite.name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": {"name": cell.model.name, "source": cell.model.source, "id": adapter.model_id,
-                  "revision": adapter.revision, "dtype": cell.model.dtype, "info": adapter.info},
+                  "revision": adapter.revision, "dtype": cell.model.dtype, "info": adapter.info,
+                  "allow_pickle": cell.model.allow_pickle},
         "scheduler": {"class": type(adapter.scheduler).__name__, **dict(adapter.scheduler.config)},
         "steps": cell.model.steps, "eta": cell.model.eta, "guidance_scale": cell.model.guidance_scale,
         "device": ctx.device,

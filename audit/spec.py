@@ -15,9 +15,17 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from audit.registry import LABELERS, METHODS, method_params, resolve
+from audit.registry import LABELERS, METHODS, check_method_params, labeler_vocabulary, method_params, resolve
 from audit.zoo.synthfaces import ATTRIBUTE_PHRASES, ATTRIBUTES
 
 DEFAULT_PROMPT = "a photo of a person"  # text models' prompt when a suite gives none
@@ -30,6 +38,15 @@ BATCH_INDEPENDENT_METHODS = ("none", "prompt")
 
 class SuiteError(ValueError):
     """A mistake in a suite file; the message is one line meant for the user."""
+
+
+class LocatedError(ValueError):
+    """A validator's error about a place below the model it validates (load_suite shows `loc`,
+    e.g. ("settings", 0, "classes", "skin_tone"), in place of the validator's own)."""
+
+    def __init__(self, loc: tuple, message: str):
+        super().__init__(message)
+        self.loc = loc
 
 
 def directory_name(value: str) -> str:
@@ -52,6 +69,9 @@ class ModelSpec(Strict):
     name: str = Field(min_length=1, max_length=100)
     source: str = Field(description="zoo:NAME, a local diffusers directory, hf:ORG/REPO or custom:NAME")
     revision: str | None = None
+    allow_pickle: bool = Field(False, description=(
+        "load pickled weights (.bin/.pt) where a component has no .safetensors; unpickling can run code "
+        "hidden in the file, so only for weights you trust (recorded in the manifest)"))
     steps: int = Field(50, ge=1, le=1000)
     guidance_scale: float = Field(1.0, ge=0, description="classifier-free guidance (text models)")
     negative_prompt: str = ""
@@ -86,10 +106,11 @@ class ModelSpec(Strict):
         return v
 
     def identity(self) -> dict:
-        """What determines the samples: memory savers are left out, and loading options added after
-        the first runs only count when set, so existing run directories keep their cell ids (eta 0
-        samples exactly as eta unset did: both are the deterministic DDIM step)."""
-        data = self.model_dump(exclude={"memory"})
+        """What determines the samples: memory savers and the weight-format opt-in are left out,
+        and loading options added after the first runs only count when set, so existing run
+        directories keep their cell ids (eta 0 samples exactly as eta unset did: both are the
+        deterministic DDIM step)."""
+        data = self.model_dump(exclude={"memory", "allow_pickle"})
         if not data["eta"]:
             data["eta"] = None
         return {k: v for k, v in data.items() if not (k in self.ADDED_OPTIONS and v is None)}
@@ -153,6 +174,19 @@ class MethodSpec(Strict):
     @classmethod
     def _safe_label(cls, v: str | None) -> str | None:
         return None if v is None else directory_name(v)
+
+    @field_validator("params")
+    @classmethod
+    def _known_params(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Names, types and ranges from the method's constructor, checked now rather than when
+        the method is built after hours of generation (kept as written: they name the cell)."""
+        if "name" in info.data:
+            check_method_params(info.data["name"], v)
+        return v
+
+    def checked_params(self) -> dict[str, Any]:
+        """Every suite param of the method, defaults filled in."""
+        return check_method_params(self.name, self.params)
 
     @property
     def display(self) -> str:
@@ -244,7 +278,7 @@ class FidSpec(Strict):
 
 
 class Suite(Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=100, description="names the default output directory runs/NAME")
     description: str = ""
     models: list[ModelSpec] = Field(min_length=1)
     methods: list[MethodSpec] = Field(min_length=1)
@@ -264,6 +298,11 @@ class Suite(Strict):
     tolerance: float = Field(0.05, gt=0, lt=1, description="TOST equivalence margin per class")
     phrases: dict[str, dict[str, str]] = Field(default_factory=dict)
     clip_model: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return directory_name(v)
 
     @field_validator("labelers", "probe_labeler")
     @classmethod
@@ -306,12 +345,65 @@ class Suite(Strict):
             raise ValueError("a method listed twice needs a distinct 'label'")
         return self
 
+    @model_validator(mode="after")
+    def _labelers_label_the_settings(self) -> Suite:
+        """Each setting's attributes and classes (names and order) against what the labelers
+        that will judge or guide it declare, read without loading them: an order that differs
+        would pair the target's proportions with the wrong classes (and used to fail with a
+        KeyError only once every image was generated)."""
+        roles = {name: "evaluation labeler" for name in self.labelers}
+        method_labelers: dict[str, str] = {}  # labeler -> the method that runs it
+        for i, method in enumerate(self.methods):
+            factory = resolve(METHODS, method.name, "method")
+            if getattr(factory, "needs_probe", False):
+                roles.setdefault(self.probe_labeler, "probe labeler")
+            for name in getattr(factory, "labelers", lambda values: [])(method.checked_params()):
+                method_labelers.setdefault(name, f"methods[{i}] ({method.display})")
+                roles.setdefault(name, f"labeler of methods[{i}]")
+        vocabularies = {}
+        for name in [*roles, *(n for n in self.labeler_options if n not in roles)]:
+            try:
+                vocabularies[name] = labeler_vocabulary(name, self.labeler_options.get(name, {}))
+            except ValueError as e:
+                raise LocatedError(("labeler_options", name), str(e)) from None
+        for i, setting in enumerate(self.settings):
+            for attribute, classes in zip(setting.attributes, setting.class_lists(), strict=True):
+                for name, role in roles.items():
+                    declared = (vocabularies[name] or {}).get(attribute)
+                    if declared is not None and list(declared) != list(classes):
+                        raise LocatedError(("settings", i), _class_mismatch(attribute, classes, name, role, declared))
+            evaluators = [vocabularies[n] for n in self.labelers]
+            if evaluators and all(v is not None for v in evaluators) \
+                    and not any(all(a in v for a in setting.attributes) for v in evaluators):
+                said = "; ".join(f"{n} labels {', '.join(v) or 'nothing'}" for n, v in zip(self.labelers, evaluators,
+                                                                                           strict=True))
+                raise LocatedError(("settings", i), f"no evaluation labeler labels {' x '.join(setting.attributes)} "
+                                                    f"({said}); add one that does to labelers")
+            for name, where in method_labelers.items():
+                missing = [a for a in setting.attributes if a not in (vocabularies[name] or setting.attributes)]
+                if missing:
+                    labels = ", ".join(vocabularies[name])
+                    raise LocatedError(("settings", i), f"{where} guides with labeler {name}, which does not label "
+                                                        f"{', '.join(missing)} (it labels {labels})")
+        return self
+
     def phrase(self, attribute: str, cls: str) -> str:
         if attribute in self.phrases and cls in self.phrases[attribute]:
             return self.phrases[attribute][cls]
         if attribute in ATTRIBUTE_PHRASES and cls in ATTRIBUTE_PHRASES[attribute]:
             return ATTRIBUTE_PHRASES[attribute][cls][0]
         return f"with {cls} {attribute.replace('_', ' ')}"
+
+
+def _class_mismatch(attribute: str, classes: list[str], labeler: str, role: str, declared: list[str]) -> str:
+    """What to write when a setting's classes differ from a labeler's."""
+    theirs = ", ".join(declared)
+    if sorted(classes) == sorted(declared):
+        return (f"{attribute} classes [{', '.join(classes)}] are not in the order {role} {labeler} labels them; "
+                f"write classes: {{{attribute}: [{theirs}]}} (a target given as a mapping is matched by class name, "
+                "one given as a list follows this order)")
+    return (f"{role} {labeler} labels {attribute} as [{theirs}], not [{', '.join(classes)}]; write classes: "
+            f"{{{attribute}: [{theirs}]}} or use a labeler with these classes")
 
 
 class Cell(BaseModel):
@@ -362,25 +454,70 @@ def _format_location(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def load_suite(path: str | Path, samples: int | None = None) -> Suite:
-    """Parse and validate a suite file; every problem becomes a one-line SuiteError."""
-    path = Path(path)
-    if not path.is_file():
-        raise SuiteError(f"{path}: no such suite file")
+class SuiteLoader(yaml.SafeLoader):
+    """YAML as a suite means it. PyYAML reads YAML 1.1, where unquoted no/yes/on/off (and
+    true/false) are booleans: `target: {no: 0.7, yes: 0.3}` and `classes: {eyeglasses: [no, yes]}`
+    (the zoo's eyeglasses and smile classes) would name classes False and True. So a mapping key
+    or a list item is read as the word written; a value after `key:` stays a boolean
+    (`normalize: no` is False). A key written twice is an error, not a silent override."""
+
+    def compose_node(self, parent, index):
+        node = super().compose_node(parent, index)
+        is_name = isinstance(parent, yaml.SequenceNode) or (isinstance(parent, yaml.MappingNode) and index is None)
+        if is_name and isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
+            node.tag = "tag:yaml.org,2002:str"
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, _ in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if key.value in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key.value!r} appears twice (first on line {first[key.value]}); "
+                        "keep one", key.start_mark)
+                first[key.value] = key.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path):
+    """The YAML document in `path` (SuiteLoader), or a one-line SuiteError."""
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SuiteError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                         "save the suite file as UTF-8") from None
+    except OSError as e:
+        raise SuiteError(f"{path}: cannot read the suite file: {e.strerror or e}") from None
+    try:
+        return yaml.load(text, Loader=SuiteLoader)  # a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise SuiteError(f"{path}:{where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise SuiteError(f"{path}: invalid YAML: nested too deeply") from None
+
+
+def load_suite(path: str | Path, samples: int | None = None) -> Suite:
+    """Parse and validate a suite file; every problem becomes a one-line SuiteError."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"{path}: no such suite file")
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise SuiteError(f"{path}: a suite must be a YAML mapping with keys name, models, methods, settings")
     try:
         suite = Suite.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
+        err = _union_error(e.errors())
         message = err["msg"].removeprefix("Value error, ")
+        located = (err.get("ctx") or {}).get("error")
+        if isinstance(located, LocatedError):
+            err = {**err, "loc": (*err["loc"], *located.loc)}
         if err["type"] == "extra_forbidden":
             parent = err["loc"][:-1]
             model = _model_at(parent)
@@ -406,13 +543,34 @@ def load_suite(path: str | Path, samples: int | None = None) -> Suite:
             if not prompt_path.is_file():
                 raise SuiteError(f"{path}: models[{i}].prompts_file: {model.prompts_file} not found "
                                  f"(relative to the suite file)")
-            lines = [ln.strip() for ln in prompt_path.read_text().splitlines()]
+            try:
+                lines = [ln.strip() for ln in prompt_path.read_bytes().decode("utf-8-sig").splitlines()]
+            except UnicodeDecodeError:
+                raise SuiteError(f"{path}: models[{i}].prompts_file: {model.prompts_file} is not UTF-8 text; "
+                                 "save it as UTF-8") from None
             model.prompts = (model.prompts or []) + [ln for ln in lines if ln and not ln.startswith("#")]
     if samples is not None:
         if samples < 1:
             raise SuiteError(f"--n must be a positive number of samples per cell, got {samples}")
         suite.samples = samples
     return suite
+
+
+def _union_error(errors: list[dict]) -> dict:
+    """The first error, where a value failed every member of a union (target: 'uniform', a
+    list or a mapping) said as one: the member the value's shape matched (its error lies deeper),
+    else every member's expectation in one message; the members' tags leave the location."""
+    err = errors[0]
+    tag = next((k for k, part in enumerate(err["loc"]) if isinstance(part, str) and "[" in part), None)
+    if tag is None:
+        return err
+    prefix = err["loc"][:tag]
+    members = [x for x in errors if x["loc"][:tag] == prefix and len(x["loc"]) > tag]
+    deepest = max(members, key=lambda x: len(x["loc"]))
+    if len(deepest["loc"]) > tag + 1:
+        return {**deepest, "loc": (*prefix, *deepest["loc"][tag + 1:])}
+    wants = " or ".join(dict.fromkeys(x["msg"].removeprefix("Input should be ") for x in members))
+    return {**err, "loc": prefix, "type": "union", "msg": f"Input should be {wants} (got {err.get('input')!r})"}
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

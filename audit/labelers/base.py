@@ -26,6 +26,14 @@ class Labeler:
     attributes: dict[str, list[str]] = {}
     differentiable: bool = False
 
+    @classmethod
+    def vocabulary(cls, options: dict) -> dict[str, list[str]] | None:
+        """{attribute: [classes]} in the order `label` returns them, for a labeler built with
+        `options` (its constructor's arguments, defaults filled in), WITHOUT loading any weights:
+        a suite is checked against it when it loads, before any image is generated. Raise
+        ValueError for options the constructor would reject. None: not known until built."""
+        return {a: list(c) for a, c in cls.attributes.items()} or None
+
     def label(self, images: torch.Tensor) -> LabelResult:
         """images: [N, 3, H, W] float in [0, 1]."""
         raise NotImplementedError

@@ -75,35 +75,54 @@ def load_clip(model_path: str | os.PathLike, revision: str | None = None):
     return model, tokenizer, processor
 
 
+def class_prompts(classes: dict | None, templates: list[str] | None) -> dict[str, dict[str, list[str]]]:
+    """{attribute: {class name: [prompts]}} from the labeler's `classes` and `templates` (see the
+    module docstring); a ValueError for a template without '{}', an attribute with fewer than two
+    classes, or a class text that is not a string."""
+    if templates is not None:
+        templates = list(templates)
+        if not templates or any(not isinstance(t, str) or "{}" not in t for t in templates):
+            raise ValueError(f"each template needs a '{{}}' for the class text, got {templates}")
+    if not isinstance(classes, dict | None):
+        raise ValueError(f"classes must map each attribute to its classes, got {classes!r}")
+    prompts: dict[str, dict[str, list[str]]] = {}
+    for attribute, spec in (classes or {}).items():
+        if not isinstance(spec, dict | list | tuple):
+            raise ValueError(f"classes of {attribute!r} must be a list of class texts or a mapping of class "
+                             f"names to texts, got {spec!r}")
+        items = spec.items() if isinstance(spec, dict) else ((c, c) for c in spec)
+        per_class = {}
+        for name, texts in items:
+            texts = [texts] if isinstance(texts, str) else list(texts) if isinstance(texts, list | tuple) else [texts]
+            if not all(isinstance(t, str) for t in texts):
+                raise ValueError(f"class {name!r} of {attribute!r}: class texts must be strings, got {texts}")
+            per_class[str(name)] = [t.format(x) for x in texts for t in templates] if templates else texts
+        if len(per_class) < 2:
+            raise ValueError(f"attribute {attribute!r} needs at least two classes, got {list(per_class)}")
+        prompts[str(attribute)] = per_class
+    return prompts
+
+
 class ClipZeroShotLabeler(Labeler):
     name = "clip_zeroshot"
 
     def __init__(self, model_path: str | os.PathLike, classes: dict | None = None, templates: list[str] | None = None,
                  device: str = "cpu", batch_size: int = 64, revision: str | None = None):
-        if templates is not None:
-            templates = list(templates)
-            bad = [t for t in templates if "{}" not in t]
-            if bad or not templates:
-                raise ValueError(f"each template needs a '{{}}' for the class text, got {templates}")
+        self.prompts = class_prompts(classes, templates)
         self.model_path, self.templates, self.device, self.batch_size = str(model_path), templates, device, batch_size
         model, self.tokenizer, self.processor = load_clip(model_path, revision)
         self.model = model.to(device).eval()
-        self.prompts: dict[str, dict[str, list[str]]] = {}
-        for attribute, spec in (classes or {}).items():
-            items = spec.items() if isinstance(spec, dict) else ((c, c) for c in spec)
-            per_class = {}
-            for name, texts in items:
-                texts = [texts] if isinstance(texts, str) else list(texts)
-                per_class[str(name)] = [t.format(x) for x in texts for t in templates] if templates else texts
-            if len(per_class) < 2:
-                raise ValueError(f"attribute {attribute!r} needs at least two classes, got {list(per_class)}")
-            self.prompts[attribute] = per_class
         self.attributes = {a: list(p) for a, p in self.prompts.items()}
         self.class_embeddings = {a: self._class_embeddings(p) for a, p in self.prompts.items()}
         import transformers
 
         self.source = (f"transformers {transformers.__version__} CLIPModel from {self.model_path} (zero-shot: "
                        "softmax of logit_scale * cosine over class-prompt embeddings)")
+
+    @classmethod
+    def vocabulary(cls, options: dict) -> dict[str, list[str]]:
+        """The classes as given in `classes`, in their order (no CLIP is loaded)."""
+        return {a: list(p) for a, p in class_prompts(options["classes"], options["templates"]).items()}
 
     def describe(self) -> dict:
         return {**super().describe(), "templates": self.templates, "prompts": self.prompts}

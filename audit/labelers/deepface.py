@@ -116,19 +116,12 @@ class DeepFaceLabeler(Labeler):
         face detector ("opencv" haar cascades by default). min_side: upscale smaller images first.
         device: torch device of the pytorch models (default: deepface's choice, cuda:0 when
         available). engine: deepface backend (default $DEEPFACE_BACKEND_ENGINE or "pytorch")."""
-        unknown = [a for a in actions if a not in MODELS]
-        if unknown or not actions:
-            raise ValueError(f"deepface actions must be among {list(MODELS)}, got {list(actions)}")
-        if detector_backend in UNGUARDED_DETECTORS:
-            raise ValueError(f"detector {detector_backend!r} downloads weights through its own package; "
-                             "use opencv, ssd, yunet, centerface, dlib or a yolo detector with local weights")
+        self.attributes = self.vocabulary({"actions": actions, "detector_backend": detector_backend,
+                                           "age_bins": age_bins})
         self.engine, self._modeling, self._weight_utils = _import_deepface(engine)
         self.actions = list(actions)
         self.detector_backend, self.align, self.min_side = detector_backend, align, min_side
         self.age_bins = tuple(int(b) for b in age_bins)
-        classes = {"gender": ["woman", "man"], "race": list(RACES), "age": age_group_names(self.age_bins),
-                   "emotion": list(EMOTIONS)}
-        self.attributes = {a: classes[a] for a in self.actions}
         self.check_weights()
         with no_downloads(self._weight_utils):  # build everything now: errors surface here, not mid-run
             if detector_backend != "skip":
@@ -145,6 +138,20 @@ class DeepFaceLabeler(Labeler):
 
         self.source = (f"deepface {__version__} ({self.engine} backend; {detector_backend} face detector; "
                        f"{', '.join(MODELS[a] for a in self.actions)} models from {weights_dir()})")
+
+    @classmethod
+    def vocabulary(cls, options: dict) -> dict[str, list[str]]:
+        """The classes of each action; rejects unknown actions and detectors that would download."""
+        actions = list(options["actions"])
+        unknown = [a for a in actions if a not in MODELS]
+        if unknown or not actions:
+            raise ValueError(f"deepface actions must be among {list(MODELS)}, got {actions}")
+        if options["detector_backend"] in UNGUARDED_DETECTORS:
+            raise ValueError(f"detector {options['detector_backend']!r} downloads weights through its own package; "
+                             "use opencv, ssd, yunet, centerface, dlib or a yolo detector with local weights")
+        classes = {"gender": ["woman", "man"], "race": list(RACES), "age": age_group_names(options["age_bins"]),
+                   "emotion": list(EMOTIONS)}
+        return {a: classes[a] for a in actions}
 
     def weight_files(self) -> list[tuple[str, str | None]]:
         """(file name, deepface's source url) of each attribute model's weights."""

@@ -73,6 +73,12 @@ class SkinToneLabeler(Labeler):
         self.source = (f"skin-tone-classifier {__version__} (stone: OpenCV haar face detection, skin "
                        "segmentation, dominant colours, nearest Monk Skin Tone swatch by CIEDE2000)")
 
+    @classmethod
+    def vocabulary(cls, options: dict) -> dict[str, list[str]]:
+        if options["image_type"] not in ("auto", "color", "bw"):
+            raise ValueError(f"image_type must be 'auto', 'color' or 'bw', got {options['image_type']!r}")
+        return {"monk": list(MONK), "skin_tone_group": list(_check_groups(options["groups"] or DEFAULT_GROUPS))}
+
     def _is_bw(self, image: np.ndarray) -> bool:
         if self.image_type != "auto":
             return self.image_type == "bw"

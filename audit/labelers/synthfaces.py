@@ -15,6 +15,7 @@ from audit.zoo.networks import SynthFacesCNN
 
 class SynthFacesLabeler(Labeler):
     differentiable = True
+    supplied = ("name",)  # its registry name (audit.registry.make_labeler), not a suite option
 
     def __init__(self, name: str = "synthfaces-eval", device: str = "cpu", batch_size: int = 500):
         self.name = name
@@ -23,6 +24,15 @@ class SynthFacesLabeler(Labeler):
         self.device, self.batch_size = device, batch_size
         self.attributes = self.model.config["attributes"]
         self.source = f"diffaudit zoo ({self.model.config.get('description', name)})"
+
+    @classmethod
+    def vocabulary(cls, options: dict) -> dict[str, list[str]]:
+        """The attributes in the zoo labeler's config (the world's, while it is untrained)."""
+        from audit.zoo.synthfaces import ATTRIBUTES
+
+        config = zoo_path(options["name"]) / "config.json"
+        attributes = json.loads(config.read_text())["attributes"] if config.is_file() else ATTRIBUTES
+        return {a: list(c) for a, c in attributes.items()}
 
     def logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Differentiable logits for images in [0, 1] (used by universal guidance)."""

@@ -29,6 +29,7 @@ def zero_shot_classes() -> dict[str, dict[str, list[str]]]:
 
 
 class SynthFacesClipLabeler(ClipZeroShotLabeler):
+    supplied = ("name",)  # its registry name (audit.registry.make_labeler), not a suite option
     def __init__(self, name: str = "synthfaces-clip", device: str = "cpu", batch_size: int = 500,
                  model_path: str | os.PathLike | None = None):
         from audit.zoo import zoo_path
@@ -42,6 +43,10 @@ class SynthFacesClipLabeler(ClipZeroShotLabeler):
         self.name = name
         self.directory = directory
         self.source = f"diffaudit zoo CLIP {name} (zero-shot); {self.source}"
+
+    @classmethod
+    def vocabulary(cls, options: dict) -> dict[str, list[str]]:
+        return {a: list(c) for a, c in zero_shot_classes().items()}
 
     def confusion(self) -> dict[str, np.ndarray]:
         """Confusion counts (rows true, columns predicted) measured on held-out ground truth."""

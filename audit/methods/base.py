@@ -41,6 +41,22 @@ class Method:
     # Whether the images depend on the cell's attribute setting; unguided sampling does not, so
     # its images are generated once per (model, prompt, seeds) and shared by every setting.
     uses_setting: ClassVar[bool] = True
+    # Constructor arguments the runner fills in from the cell (probes, target, ...). Every other
+    # argument is a suite param: its annotation (types, Literal choices, Annotated ranges) is what
+    # a suite's `params` are checked against when the suite loads (audit.registry.check_params).
+    supplied: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def check_params(cls, values: dict) -> None:
+        """Rules across a suite's params that annotations cannot state (start < stop), on the
+        checked values with defaults filled in; raise ValueError. Runs when the suite loads,
+        before any probe or model exists, so it must stay cheap."""
+
+    @classmethod
+    def labelers(cls, values: dict) -> list[str]:
+        """Labelers (registry names) the method itself runs, given its checked params: the suite
+        checks that they label its settings' attributes with the same classes."""
+        return []
 
     def not_applicable(self, adapter) -> str | None:
         """Why this method cannot run on the model (None when it can)."""

@@ -25,6 +25,8 @@ steps), sending samples one way and then another, which cost image quality (1,00
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 import torch
 
@@ -32,7 +34,13 @@ from audit.methods.base import BatchContext, Method, allocate
 from audit.methods.guidance import (
     DEFAULT_STOP,
     LOSSES,
+    AutoScale,
+    Fraction,
+    GradientPath,
+    GradTau,
+    Loss,
     ProbeGuidance,
+    Tolerance,
     aim_vector,
     assign_classes,
     batch_distribution_loss,
@@ -43,7 +51,8 @@ from audit.methods.guidance import (
 )
 from audit.probes.probe import Probe, joint_probs
 
-PUSHES = ("all", "surplus", "assign", "assign_once")
+Push = Literal["all", "surplus", "assign", "assign_once"]
+PUSHES = get_args(Push)
 
 
 class DistributionGuidance(ProbeGuidance, Method):
@@ -51,10 +60,10 @@ class DistributionGuidance(ProbeGuidance, Method):
     needs_probe = True
     ADDED_OPTIONS = ("push", "auto_tolerance")  # see audit.registry.effective_params
 
-    def __init__(self, probes: list[Probe], target: np.ndarray | list[float], scale: float = 1.0,
-                 loss: str = "chi2", path: str = "h", start: float = 0.0, stop: float = DEFAULT_STOP,
-                 normalize: bool = True, grad_tau: float = 8.0, correct_confusion: bool = True,
-                 aim: list[float] | None = None, push: str = "all", auto_tolerance: float = 0.0):
+    def __init__(self, probes: list[Probe], target: np.ndarray | list[float], scale: AutoScale = 1.0,
+                 loss: Loss = "chi2", path: GradientPath = "h", start: Fraction = 0.0, stop: Fraction = DEFAULT_STOP,
+                 normalize: bool = True, grad_tau: GradTau = 8.0, correct_confusion: bool = True,
+                 aim: list[float] | None = None, push: Push = "all", auto_tolerance: Tolerance = 0.0):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         if path not in ("h", "x"):

@@ -11,8 +11,11 @@ as the batch nears its target. `normalize=False` gives the paper's raw `scale * 
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
+from pydantic import Field
 from scipy.optimize import linear_sum_assignment
 
 from audit.probes.probe import Probe, joint_confusion, joint_log_probs, joint_probs
@@ -39,6 +42,17 @@ def kl_loss(p_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 LOSSES = {"chi2": chi_square_loss, "kl": kl_loss}
+
+# What a suite may write for the guidance methods' params (checked when the suite loads, see
+# audit.methods.base.Method.supplied). A scale of 0 or below would run the cell unguided (or
+# pushed away from the target) under the method's name.
+Scale = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+AutoScale = Scale | Literal["auto"]  # "auto": the runner calibrates it before building the method
+Fraction = Annotated[float, Field(ge=0, le=1)]  # of the sampling loop (start, stop)
+GradientPath = Literal["h", "x"]
+Loss = Literal["chi2", "kl"]  # the keys of LOSSES
+GradTau = Annotated[float, Field(ge=1, allow_inf_nan=False)]
+Tolerance = Annotated[float, Field(ge=0, le=4)]  # auto_tolerance, see tolerance_value
 
 
 def rms(x: torch.Tensor) -> torch.Tensor:
@@ -164,6 +178,13 @@ def tolerance_value(value) -> float:
     return float(value)
 
 
+def check_window(values: dict) -> None:
+    """start and stop (fractions of the sampling loop) must leave some steps guided."""
+    if {"start", "stop"} <= set(values) and not values["start"] < values["stop"]:
+        raise ValueError(f"start must be below stop (fractions of the sampling loop), got start={values['start']:g}, "
+                         f"stop={values['stop']:g}")
+
+
 def joint_target(targets: list[np.ndarray]) -> np.ndarray:
     joint = np.asarray(targets[0], dtype=float)
     for t in targets[1:]:
@@ -176,6 +197,14 @@ class ProbeGuidance:
     `probe_loss(h, batch)` (a scalar to decrease) and set probes, scale, path, start, stop,
     normalize; `path='h'` edits h at the middle block, `path='x'` moves x_t along the gradient
     taken through the UNet's encoder half."""
+
+    supplied = ("probes", "target")
+
+    @classmethod
+    def check_params(cls, values: dict) -> None:
+        check_window(values)
+        if values.get("aim") is not None:
+            proportions(values["aim"], len(values["aim"]), "aim", "the label distribution to aim at")
 
     def probe_loss(self, h: torch.Tensor, batch) -> torch.Tensor:
         raise NotImplementedError

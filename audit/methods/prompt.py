@@ -5,6 +5,8 @@ to unconditional models."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from audit.methods.base import AllocatingMethod
@@ -12,8 +14,10 @@ from audit.methods.base import AllocatingMethod
 
 class PromptDebiasing(AllocatingMethod):
     name = "prompt"
+    supplied = ("phrases", "target", "attribute_names")
 
-    def __init__(self, phrases: list[str], target, variant: str = "allocate", attribute_names: str = ""):
+    def __init__(self, phrases: list[str], target, variant: Literal["allocate", "ethical"] = "allocate",
+                 attribute_names: str = ""):
         """phrases[k]: the text appended for class k of the (joint) attribute setting."""
         if variant not in ("allocate", "ethical"):
             raise ValueError(f"variant must be 'allocate' or 'ethical', got {variant!r}")

@@ -9,7 +9,17 @@ import numpy as np
 import torch
 
 from audit.methods.base import AllocatingMethod, BatchContext
-from audit.methods.guidance import DEFAULT_STOP, ProbeGuidance, aim_vector, per_sample_loss, tolerance_value
+from audit.methods.guidance import (
+    DEFAULT_STOP,
+    AutoScale,
+    Fraction,
+    GradientPath,
+    ProbeGuidance,
+    Tolerance,
+    aim_vector,
+    per_sample_loss,
+    tolerance_value,
+)
 from audit.probes.probe import Probe
 
 
@@ -18,9 +28,9 @@ class SampleGuidance(ProbeGuidance, AllocatingMethod):
     needs_probe = True
     ADDED_OPTIONS = ("auto_tolerance",)  # see audit.registry.effective_params
 
-    def __init__(self, probes: list[Probe], target, scale: float = 1.0, path: str = "h",
-                 start: float = 0.0, stop: float = DEFAULT_STOP, normalize: bool = True,
-                 aim: list[float] | None = None, auto_tolerance: float = 0.0):
+    def __init__(self, probes: list[Probe], target, scale: AutoScale = 1.0, path: GradientPath = "h",
+                 start: Fraction = 0.0, stop: Fraction = DEFAULT_STOP, normalize: bool = True,
+                 aim: list[float] | None = None, auto_tolerance: Tolerance = 0.0):
         if path not in ("h", "x"):
             raise ValueError(f"path must be 'h' or 'x', got {path!r}")
         self.probes, self.target = probes, np.asarray(target, dtype=float)

@@ -9,19 +9,43 @@ import numpy as np
 import torch
 
 from audit.methods.base import AllocatingMethod, BatchContext
-from audit.methods.guidance import DEFAULT_STOP, displacement
+from audit.methods.guidance import DEFAULT_STOP, Fraction, Scale, check_window, displacement
 
 
 class UniversalGuidance(AllocatingMethod):
     name = "universal_guidance"
+    supplied = ("labeler", "attributes", "target")
+    # A suite names the labeler (registry name; default: the suite's probe_labeler) and the
+    # runner builds it with its labeler_options.
+    suite_only = {"labeler": (str | None, None)}
 
-    def __init__(self, labeler, attributes: list[str], target, scale: float = 1.0, start: float = 0.0,
-                 stop: float = DEFAULT_STOP, normalize: bool = True):
+    def __init__(self, labeler, attributes: list[str], target, scale: Scale = 1.0, start: Fraction = 0.0,
+                 stop: Fraction = DEFAULT_STOP, normalize: bool = True):
         if not getattr(labeler, "differentiable", False):
             raise ValueError(f"universal guidance needs a differentiable labeler; {labeler.name} is not")
         self.labeler, self.attributes = labeler, list(attributes)
         self.target = np.asarray(target, dtype=float)
         self.scale, self.start, self.stop, self.normalize = float(scale), start, stop, normalize
+
+    @classmethod
+    def check_params(cls, values: dict) -> None:
+        check_window(values)
+        name = values["labeler"]
+        if name is None:
+            return
+        from audit.registry import LABELERS, resolve
+
+        if name not in LABELERS:
+            raise ValueError(f"labeler {name!r} is not a labeler; allowed: {', '.join(sorted(LABELERS))}")
+        factory = resolve(LABELERS, name, "labeler")
+        if isinstance(factory, type) and not getattr(factory, "differentiable", False):
+            usable = [n for n in sorted(LABELERS) if getattr(resolve(LABELERS, n, "labeler"), "differentiable", False)]
+            raise ValueError(f"labeler {name!r} is not differentiable (universal guidance back-propagates through "
+                             f"it); use one of: {', '.join(usable)}")
+
+    @classmethod
+    def labelers(cls, values: dict) -> list[str]:
+        return [values["labeler"]] if values.get("labeler") else []
 
     def joint_logp(self, images01: torch.Tensor) -> torch.Tensor:
         logits = self.labeler.logits(images01)

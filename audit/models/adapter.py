@@ -56,13 +56,15 @@ class ModelAdapter:
     @classmethod
     def from_directory(cls, path: str | Path, model_id: str | None = None, device: str = "cpu",
                        dtype: torch.dtype = torch.float32, scheduler: str | None = None,
-                       variant: str | None = None, memory: Sequence[str] = ()) -> ModelAdapter:
+                       variant: str | None = None, memory: Sequence[str] = (),
+                       allow_pickle: bool = False) -> ModelAdapter:
         """Load a diffusers-format model directory (unet/, scheduler/, optional text_encoder/,
         tokenizer/, text_encoder_2/, tokenizer_2/, vae/).
 
         scheduler: a diffusers scheduler class name built from the model's scheduler config
         (default DDIMScheduler, the paper's sampler). variant: weight-file variant ("fp16").
-        memory: MEMORY_OPTIONS to enable (for small GPUs)."""
+        memory: MEMORY_OPTIONS to enable (for small GPUs). allow_pickle: also load pickled weights
+        (.bin) where a part has no .safetensors; unpickling can run code, so off by default."""
         import diffusers
         import transformers
 
@@ -71,7 +73,7 @@ class ModelAdapter:
         if not index_file.exists():
             raise FileNotFoundError(f"{index_file} not found: not a diffusers model directory")
         index = json.loads(index_file.read_text())
-        weights = {"torch_dtype": dtype, "variant": variant}
+        weights = {"torch_dtype": dtype, "variant": variant, "use_safetensors": None if allow_pickle else True}
         unet_cls = getattr(diffusers, index["unet"][1])
         # low_cpu_mem_usage=False: the default wants `accelerate` and warns on every load without it.
         unet = unet_cls.from_pretrained(path / "unet", low_cpu_mem_usage=False, **weights).to(device).eval()
@@ -92,7 +94,8 @@ class ModelAdapter:
             upcast = json.loads((path / "vae" / "config.json").read_text()).get("force_upcast", True)
             vae_dtype = torch.float32 if dtype == torch.float16 and upcast else dtype
             parts["vae"] = getattr(diffusers, index["vae"][1]).from_pretrained(
-                path / "vae", torch_dtype=vae_dtype, variant=variant, low_cpu_mem_usage=False).to(device).eval()
+                path / "vae", torch_dtype=vae_dtype, variant=variant, low_cpu_mem_usage=False,
+                use_safetensors=weights["use_safetensors"]).to(device).eval()
         adapter = cls(unet=unet, scheduler=sampler, model_id=model_id or str(path), device=device, dtype=dtype,
                       zero_empty_negative=bool(index.get("force_zeros_for_empty_prompt", False)), **parts)
         adapter.info.update({"pipeline": index.get("_class_name"), "unet": type(unet).__name__,

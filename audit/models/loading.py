@@ -16,6 +16,47 @@ class ModelNotAvailable(FileNotFoundError):
     pass
 
 
+class PickledWeights(ModelNotAvailable):
+    """A model whose weights are pickles only, and the suite did not opt in to loading them."""
+
+
+WEIGHT_PARTS = ("unet", "text_encoder", "text_encoder_2", "vae")  # the parts ModelAdapter.from_directory loads
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weight_format(spec, path: Path) -> None:
+    """Weights load from .safetensors only unless the suite's model sets allow_pickle: true:
+    unpickling a .bin runs whatever code the file holds, so a downloaded or shared model could
+    execute code on the auditor's machine. Checked before any model loads, so the one line names
+    the file and the opt-in; loading itself also refuses pickles (use_safetensors)."""
+    if spec.allow_pickle or not (path / "model_index.json").is_file():
+        return
+    import json
+
+    index = json.loads((path / "model_index.json").read_text())
+    for part in WEIGHT_PARTS:
+        folder = path / part
+        if (index.get(part) or [None])[0] is None or not folder.is_dir() or any(folder.glob("*.safetensors")):
+            continue
+        pickles = sorted(f for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise PickledWeights(
+                f"model {spec.name}: {pickles[0]} holds pickled weights (loading a pickle can run code hidden in it) "
+                f"and {part}/ has no .safetensors; convert the model (load it where you trust it and "
+                f"save_pretrained(DIR), which writes safetensors) or, if you trust the file, set allow_pickle: true "
+                f"on model {spec.name} in the suite")
+
+
+def preflight(spec) -> None:
+    """What can fail about a model's weights before anything loads: present (ModelNotAvailable)
+    and in an allowed format (PickledWeights). Run for every model before the first cell, so the
+    second model's problem does not surface after the first model's cells were generated."""
+    if spec.source.startswith("custom:"):
+        return
+    path, _ = resolve_source(spec.source, spec.revision)
+    check_weight_format(spec, path)
+
+
 def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str]:
     """(local directory, model id) for a source string."""
     if source.startswith("zoo:"):
@@ -56,9 +97,11 @@ def load_model(spec, device: str = "cpu") -> ModelAdapter:
         adapter.revision = spec.revision or adapter.revision
         return adapter
     path, model_id = resolve_source(spec.source, spec.revision)
+    check_weight_format(spec, path)
     try:
         adapter = ModelAdapter.from_directory(path, model_id=model_id, device=device, dtype=DTYPES[spec.dtype],
-                                              scheduler=spec.scheduler, variant=spec.variant, memory=spec.memory)
+                                              scheduler=spec.scheduler, variant=spec.variant, memory=spec.memory,
+                                              allow_pickle=spec.allow_pickle)
     except OSError as error:
         detail = " ".join(str(error).split())[:200]
         variant = f" (variant {spec.variant!r}: are its *.{spec.variant}.* weight files there?)" if spec.variant else ""

@@ -200,6 +200,9 @@ def load_run(out: str | Path) -> RunData:
         suite = _read_json(out / "suite.json", "the suite")
         if not isinstance(suite, dict):
             raise ReportError(f"{out / 'suite.json'}: expected a mapping")
+        lists = [k for k in ("models", "methods", "settings", "labelers") if not isinstance(suite.get(k, []), list)]
+        if lists:  # a hand-edited or damaged file: what the report iterates must be lists
+            raise ReportError(f"{out / 'suite.json'}: {lists[0]} must be a list (as `diffaudit run` writes it)")
     run = RunData(out=out, suite=suite, rows=rows, reasons=_read_reasons(out))
     labels = {}
     for setting in suite.get("settings") or []:

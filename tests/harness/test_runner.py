@@ -265,27 +265,37 @@ def test_labeler_options_reach_the_labeler_and_bad_ones_fail_in_one_line(tmp_pat
     suite = tiny_suite(tmp_path, tiny_model_dir, labeler_options={"synthfaces-eval": {"batch_size": 7}})
     ctx = RunContext(suite=suite, store=RunStore(tmp_path / "out"))
     assert ctx.labeler("synthfaces-eval").batch_size == 7
-    bad = tiny_suite(tmp_path, tiny_model_dir, labeler_options={"synthfaces-eval": {"colour": "blue"}})
-    with pytest.raises(SuiteError, match="labeler_options.synthfaces-eval: .*colour"):
-        RunContext(suite=bad, store=RunStore(tmp_path / "bad")).labeler("synthfaces-eval")
+    with pytest.raises(SuiteError, match="labeler_options.synthfaces-eval: unknown option 'colour'"):
+        tiny_suite(tmp_path, tiny_model_dir, labeler_options={"synthfaces-eval": {"colour": "blue"}})
     result = CliRunner().invoke(app, ["run", str(tmp_path / "suite.yaml"), "-o", str(tmp_path / "cli")])
     last = result.output.strip().splitlines()[-1]
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert last.startswith("error: labeler_options.synthfaces-eval") and "colour" in last
+    assert last.startswith("error: ") and "labeler_options.synthfaces-eval" in last and "colour" in last
+    assert not (tmp_path / "cli").exists()
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"scale": "auto", "push": "some"}, r"push must be one of \['all', 'surplus', 'assign', 'assign_once'\]"),
+    ({"scale": "auto", "push": "some"}, "push should be 'all', 'surplus', 'assign' or 'assign_once' (got 'some')"),
     ({"scale": 2.0, "aim": [0.6, 0.6]}, "aim must be 2 non-negative proportions"),
-    ({"scale": "auto", "strength": 3}, "unexpected keyword argument 'strength'"),
-    ({"scale": "auto", "auto_tolerance": -1}, "auto_tolerance must be a number from 0 to 4"),
+    ({"scale": "auto", "strength": 3}, "unknown param 'strength'; allowed: scale, loss, path"),
+    ({"scale": "auto", "auto_tolerance": -1}, "auto_tolerance should be greater than or equal to 0 (got -1)"),
 ])
-def test_bad_method_params_fail_in_one_line_before_any_calibration(tmp_path, tiny_model_dir, params, message):
+def test_bad_method_params_fail_in_one_line_when_the_suite_loads(tmp_path, tiny_model_dir, params, message):
+    from audit.spec import SuiteError
+
+    with pytest.raises(SuiteError, match="methods\\[0\\].params: ") as error:
+        tiny_suite(tmp_path, tiny_model_dir, settings=[{"attributes": ["skin_tone"], "target": "uniform"}],
+                   methods=[{"name": "distribution_guidance", "label": "dg", "params": params}])
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_params_that_depend_on_the_setting_fail_in_one_line_before_any_calibration(tmp_path, tiny_model_dir):
     from audit.spec import SuiteError
 
     suite = tiny_suite(tmp_path, tiny_model_dir, settings=[{"attributes": ["skin_tone"], "target": "uniform"}],
-                       methods=[{"name": "distribution_guidance", "label": "dg", "params": params}])
-    with pytest.raises(SuiteError, match=f"methods 'dg': bad params: .*{message}") as error:
+                       methods=[{"name": "distribution_guidance", "label": "dg",
+                                 "params": {"scale": "auto", "aim": [0.2, 0.3, 0.5]}}])
+    with pytest.raises(SuiteError, match="methods 'dg': bad params: .*aim must be 2 non-negative proportions") as error:
         run_suite(suite, tmp_path / "out")
     assert "\n" not in str(error.value)
     assert not list((tmp_path / "out").glob("calibration/*.json"))

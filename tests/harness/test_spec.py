@@ -24,7 +24,10 @@ VALID = {
 
 def write(tmp_path, data, name="suite.yaml"):
     path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
     return path
 
 
@@ -89,6 +92,64 @@ MALFORMED = {
     "eta without a scheduler that takes it": (
         variant(**{"models.0.eta": 1, "models.0.scheduler": "EulerDiscreteScheduler"}),
         "EulerDiscreteScheduler has no eta; use scheduler: DDIMScheduler"),
+    # method params: names from the method's constructor, values checked by their annotations
+    "negative scale": (variant(**{"methods.2.params": {"scale": -3}}),
+                       "methods[2].params: scale should be greater than 0 or 'auto' (got -3)"),
+    "zero scale": (variant(**{"methods.2.params": {"scale": 0}}), "scale should be greater than 0 or 'auto' (got 0)"),
+    "scale as text": (variant(**{"methods.2.params": {"scale": "3"}}), "scale should be a valid number or 'auto'"),
+    "unknown param": (variant(**{"methods.2.params": {"scale": 1.0, "strength": 3}}),
+                      "methods[2].params: unknown param 'strength'; allowed: scale, loss, path, start, stop, "
+                      "normalize, grad_tau, correct_confusion, aim, push, auto_tolerance"),
+    "param of a method without params": (variant(**{"methods.0.params": {"scale": 1.0}}),
+                                         "methods[0].params: unknown param 'scale'; allowed: none"),
+    "unknown loss": (variant(**{"methods.2.params": {"loss": "hinge"}}),
+                     "methods[2].params: loss should be 'chi2' or 'kl' (got 'hinge')"),
+    "unknown push": (variant(**{"methods.2.params": {"push": "some"}}),
+                     "push should be 'all', 'surplus', 'assign' or 'assign_once' (got 'some')"),
+    "unknown path": (variant(**{"methods.2.params": {"path": "z"}}), "path should be 'h' or 'x' (got 'z')"),
+    "stop before start": (variant(**{"methods.2.params": {"start": 0.5, "stop": 0.2}}),
+                          "start must be below stop (fractions of the sampling loop), got start=0.5, stop=0.2"),
+    "boolean param as text": (variant(**{"methods.2.params": {"normalize": "no"}}),
+                              "normalize should be a valid boolean (got 'no')"),
+    "unknown prompt variant": (variant(**{"methods.1.params": {"variant": "ethic"}}),
+                               "methods[1].params: variant should be 'allocate' or 'ethical' (got 'ethic')"),
+    "universal guidance through a labeler without gradients": (
+        variant(methods=[{"name": "universal_guidance", "params": {"labeler": "nudenet"}}]),
+        "labeler 'nudenet' is not differentiable (universal guidance back-propagates through it); use one of: "),
+    # settings against what the labelers declare (read without loading them)
+    "classes in another order than the labeler's": (
+        variant(**{"settings.0.classes": {"skin_tone": ["dark", "light"]}}),
+        "settings[0]: skin_tone classes [dark, light] are not in the order evaluation labeler synthfaces-eval "
+        "labels them; write classes: {skin_tone: [light, dark]}"),
+    "classes the labeler does not have": (
+        variant(**{"settings.0.classes": {"skin_tone": ["pale", "dark"]}}),
+        "settings[0]: evaluation labeler synthfaces-eval labels skin_tone as [light, dark], not [pale, dark]"),
+    "classes in another order than the probe labeler's": (
+        variant(labelers=["age_gender"],
+                settings=[{"attributes": ["gender"], "classes": {"gender": ["female", "male"]}},
+                          {"attributes": ["skin_tone"], "classes": {"skin_tone": ["dark", "light"]}}]),
+        "settings[1]: skin_tone classes [dark, light] are not in the order probe labeler synthfaces-pseudo "
+        "labels them"),
+    "no evaluation labeler labels the setting": (
+        variant(**{"settings.0": {"attributes": ["gender"], "classes": {"gender": ["female", "male"]}}}),
+        "settings[0]: no evaluation labeler labels gender (synthfaces-eval labels skin_tone, hair_length, eyeglasses, "
+        "smile, hair_color); add one that does to labelers"),
+    "labeler option the labeler does not take": (
+        variant(labeler_options={"synthfaces-eval": {"colour": "blue"}}),
+        "labeler_options.synthfaces-eval: unknown option 'colour'; allowed: device, batch_size"),
+    "labeler option out of range": (
+        variant(labelers=["synthfaces-eval", "age_gender"], labeler_options={"age_gender": {"age_bins": [40, 20]}}),
+        "labeler_options.age_gender: age_bins must be strictly increasing positive ages, got [40, 20]"),
+    "labeler option missing": (
+        variant(labelers=["synthfaces-eval", "clip_zeroshot"]), "labeler_options.clip_zeroshot: missing model_path"),
+    # the suite name names the default output directory runs/NAME
+    "suite name escaping runs/": (variant(name="../../elsewhere"), "name: use letters, digits"),
+    "absolute suite name": (variant(name="/tmp/x"), "name: use letters, digits"),
+    # the file itself
+    "not UTF-8": (b"name: caf\xe9\n", "not UTF-8 text (byte 0xe9 at offset 9); save the suite file as UTF-8"),
+    "key written twice": ("name: a\nsamples: 10\nsamples: 20\n",
+                          "line 3, column 1: invalid YAML: key 'samples' appears twice (first on line 2); keep one"),
+    "nested too deeply": ("name: " + "[" * 5000 + "]" * 5000 + "\n", "invalid YAML"),
 }
 
 
@@ -101,10 +162,12 @@ def test_malformed_suite_gives_one_line_and_exit_2(tmp_path, case):
     message = str(error.value)
     assert message.startswith(str(path)) and expected in message, message
     assert "\n" not in message
-    result = CliRunner().invoke(app, ["run", str(path), "-o", str(tmp_path / "out")])
-    assert result.exit_code == 2
-    lines = [ln for ln in result.output.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
+    for dry_run in ([], ["--dry-run"]):
+        result = CliRunner().invoke(app, ["run", str(path), "-o", str(tmp_path / "out"), *dry_run])
+        assert result.exit_code == 2
+        lines = [ln for ln in result.output.strip().splitlines() if ln]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_n_override_must_be_positive(tmp_path):
@@ -197,3 +260,48 @@ def test_a_zoo_model_samples_with_its_own_eta_unless_the_suite_sets_one():
     assert "eta" not in cell(eta=0).model.identity()  # deterministic DDIM, as every cell before eta
     assert ModelSpec(name="t", source="zoo:synthfaces-t2i").eta is None  # t2i has no sampler default
     assert ModelSpec(name="e", source="zoo:synthfaces-ddpm", scheduler="EulerDiscreteScheduler").eta is None
+
+
+def test_yes_and_no_are_read_as_the_class_names_written(tmp_path):
+    """PyYAML reads YAML 1.1, where unquoted no/yes/on/off are booleans; the zoo's eyeglasses and
+    smile classes are no/yes. Keys and list items are names, so they stay the words written; a
+    value after `key:` is still a boolean."""
+    path = write(tmp_path, textwrap.dedent("""\
+        name: glasses
+        models: [{name: t2i, source: "zoo:synthfaces-t2i", steps: 2}]
+        methods:
+          - name: prompt
+          - {name: distribution_guidance, params: {scale: 2.0, normalize: no, correct_confusion: off}}
+        settings:
+          - attributes: [eyeglasses]
+            target: {no: 0.7, yes: 0.3}
+          - attributes: [smile]
+            classes: {smile: [no, yes]}
+            target: {yes: 0.5, no: 0.5}
+        phrases: {eyeglasses: {no: "without glasses", yes: "wearing glasses"}}
+        """))
+    suite = load_suite(path)
+    assert suite.settings[0].target_vector() == [0.7, 0.3]
+    assert suite.settings[1].class_lists() == [["no", "yes"]]
+    assert suite.phrase("eyeglasses", "yes") == "wearing glasses"
+    assert suite.methods[1].params == {"scale": 2.0, "normalize": False, "correct_confusion": False}
+    result = CliRunner().invoke(app, ["run", str(path), "--dry-run"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_class_order_other_than_the_labelers_is_refused_by_the_dry_run_with_the_order_to_write(tmp_path):
+    """Guidance aims the target's proportions at the probe labeler's class order: a suite in
+    another order would silently guide toward the swapped target, so it is refused up front."""
+    path = write(tmp_path, variant(settings=[{"attributes": ["skin_tone"], "classes": {"skin_tone": ["dark", "light"]},
+                                              "target": [0.9, 0.1]}]))
+    result = CliRunner().invoke(app, ["run", str(path), "--dry-run"], terminal_width=400)
+    assert result.exit_code == 2
+    assert "write classes: {skin_tone: [light, dark]}" in result.output.strip().splitlines()[-1]
+
+
+def test_the_suite_name_stays_a_directory_under_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default OUT is runs/NAME: runs/../../outside would be beside tmp_path
+    path = write(tmp_path, variant(name="../../outside"))
+    result = CliRunner().invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "name: use letters, digits" in result.output
+    assert not (tmp_path.parent / "outside").exists()
