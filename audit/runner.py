@@ -76,14 +76,16 @@ class RunContext:
 
 def probe_dir(ctx: RunContext, cell: Cell, attribute: str) -> Path:
     """Zoo models ship probes; others are trained on demand and cached in OUT/probes."""
+    from audit.probes.probe import Probe
+
     model, labeler = cell.model, ctx.suite.probe_labeler
     revision = ctx.adapter(cell).revision
     if model.source.startswith("zoo:") and cell.prompt in (None, DEFAULT_PROMPT):
         from audit.zoo import WEIGHTS_DIR
 
         shipped = WEIGHTS_DIR / "probes" / model.source[4:] / labeler / attribute
-        if (shipped / "probe.json").exists():
-            meta = json.loads((shipped / "probe.json").read_text())
+        if Probe.saved(shipped):
+            meta = Probe.load(shipped).meta  # a damaged zoo probe is a one-line ProbeError
             trained_on = (meta.get("revision"), float(meta.get("guidance_scale", 1.0)))
             if trained_on == (revision, float(model.guidance_scale)):
                 return shipped
@@ -110,7 +112,7 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
     # a probe reads x_t (through h), and DDIM gives x_t the same distribution for every eta.
     wanted = list(dict.fromkeys(a for s in ctx.suite.settings for a in s.attributes if a in labeler.attributes))
     dirs = {a: probe_dir(ctx, cell, a) for a in wanted}
-    missing = [a for a, d in dirs.items() if not (d / "probe.json").exists()]
+    missing = _probes_to_train(ctx, dirs)
     if missing:
         adapter = ctx.adapter(cell)
         ctx.log(f"training probes for {cell.model.name}: {', '.join(missing)} "
@@ -135,6 +137,27 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
                     f"accuracy <= {max(accuracy):.2f}, majority class {chance:.2f}): h does not encode "
                     f"{probe.attribute} linearly, so guidance on it will have little effect")
     return probes
+
+
+def _probes_to_train(ctx: RunContext, dirs: dict[str, Path]) -> list[str]:
+    """The attributes whose probe must be trained: never saved, or saved in OUT/probes but
+    damaged (a cache: trained again, and logged). A damaged probe outside OUT (the zoo's) is an
+    error: it belongs to the install, and another probe would guide differently."""
+    from audit.probes.probe import Probe, ProbeError
+
+    todo = []
+    for attribute, directory in dirs.items():
+        problem = Probe.problem(directory) if Probe.saved(directory) else "never trained"
+        if problem is None:
+            continue
+        if problem != "never trained":
+            if not directory.is_relative_to(ctx.store.out):
+                raise ProbeError(problem)
+            ctx.store.log_event(f"probe {attribute} at {directory.relative_to(ctx.store.out)} is damaged, training it "
+                                f"again: {problem}")
+            ctx.log(f"probe {attribute}: {problem}; training it again")
+        todo.append(attribute)
+    return todo
 
 
 def _calibration_of_started_cell(ctx: RunContext, cell: Cell) -> dict | None:
@@ -429,13 +452,24 @@ def _all_batches_done(ctx: RunContext, cell: Cell) -> bool:
 
 
 def _measured_current_images(ctx: RunContext, cell: Cell, done: dict) -> bool:
-    """Whether a finished cell's metrics were measured on the images its current seeds have now.
-    Metrics record which images they measured; those written before they did are trusted when they
-    counted as many images as the cell has now. The images need not be on disk any more."""
+    """Whether a finished cell's metrics still stand: measured on the cell's current seeds (metrics
+    written before they recorded their images: on as many images), on the very images its markers
+    claim now, and those images still whole on disk (a missing or truncated one sends the cell back
+    to generate_cell, which makes it again). A cell without markers holds measurements only (e.g.
+    copied by benchmarks/archive_run.py) and is trusted."""
     recorded = done.get("images")
     if recorded is None:
-        return (done.get("cost") or {}).get("images") == cell.samples
-    return recorded == ctx.store.generation(cell.cell_id, cell.seeds)["images"]
+        if (done.get("cost") or {}).get("images") != cell.samples:
+            return False
+    elif (recorded.get("first"), recorded.get("count")) != (cell.seed, cell.samples):
+        return False
+    claims = ctx.store.claims(cell.cell_id)
+    if not claims:
+        return True
+    if recorded is not None and recorded != ctx.store.generation(cell.cell_id, cell.seeds)["images"]:
+        return False
+    return all(s in claims and image_problem(ctx.store.image_path(cell.cell_id, s), thorough=False) is None
+               for s in cell.seeds)
 
 
 def _add_missing_fids(ctx: RunContext, cell: Cell, done: dict, metrics_file: Path) -> dict:
