@@ -38,14 +38,16 @@ def write_report(out: Path, tolerance: float | None = None, warn=None) -> Path:
     report comes when the run ends; results.csv has the cells finished so far). Images of measured
     cells that are missing or unreadable are listed in the report and, one line per cell, given to
     `warn` (default: stderr), never left to a silent "image missing"."""
-    run = load_run(out)
-    suite_tol = number(run.suite.get("tolerance"))
     if tolerance is not None and not (0 < tolerance < 1):
         raise ReportError(f"--tolerance must be between 0 and 1 (a proportion per class), got {tolerance:g}")
-    tol = tolerance if tolerance is not None else (suite_tol if suite_tol is not None else 0.05)
-    report = Report(run, tol, overridden=tolerance is not None and tolerance != suite_tol)
+    if not Path(out).is_dir():
+        load_run(out)  # the one-line error for a missing or wrong path
     try:
-        with RunStore(run.out).lock("diffaudit report"):
+        with RunStore(out).lock("diffaudit report"):
+            run = load_run(out)
+            suite_tol = number(run.suite.get("tolerance"))
+            tol = tolerance if tolerance is not None else (suite_tol if suite_tol is not None else 0.05)
+            report = Report(run, tol, overridden=tolerance is not None and tolerance != suite_tol)
             final = build_then_swap(run.out, "report", report.build)
     except RunLockedError as e:
         raise ReportError(f"{e}; the report is written when the run ends, and results.csv lists the cells "
