@@ -669,6 +669,18 @@ def write_results(store: RunStore, suite: Suite, cells: list[Cell], results: lis
     return frame
 
 
+def _run_cell_reporting_oom(ctx: RunContext, cell: Cell) -> dict:
+    """run_cell, with CUDA out-of-memory outside image generation (which handles its own) turned
+    into one line saying which batch size to lower."""
+    try:
+        return run_cell(ctx, cell)
+    except torch.OutOfMemoryError:
+        raise SuiteError(f"cell {cell.cell_id}: out of memory on {ctx.device} outside image generation: lower "
+                         f"probe.batch_size ({ctx.suite.probe.batch_size}) if probes were training, batch_size "
+                         f"({cell.batch_size}) if the scale was calibrating, or a labeler's batch_size in "
+                         "labeler_options") from None
+
+
 def _run_local(suite: Suite, store: RunStore, cells: list[Cell], device: str, console,
                measure_only: bool, after_cell) -> None:
     from rich.progress import (
@@ -694,6 +706,6 @@ def _run_local(suite: Suite, store: RunStore, cells: list[Cell], device: str, co
             if progress:
                 progress.update(cell_task, description=f"cells ({cell.model.name} / {cell.method.display} / "
                                                        f"{cell.setting.key})")
-            after_cell(cell, run_cell(ctx, cell))
+            after_cell(cell, _run_cell_reporting_oom(ctx, cell))
             if progress:
                 progress.advance(cell_task)

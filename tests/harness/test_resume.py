@@ -166,15 +166,15 @@ def test_a_half_done_cell_resumes_by_seed_with_another_batch_size(tmp_path, tiny
     assert_same(snapshot(out), snapshot(reference))
 
 
-def inject_out_of_memory(monkeypatch, above: int):
-    """CUDA out-of-memory for every batch of more than `above` evaluation images (probe training,
-    on seeds from 10,000,000, is left alone)."""
+def inject_out_of_memory(monkeypatch, above: int, probes: bool = False):
+    """CUDA out-of-memory for every batch of more than `above` evaluation images (or, with
+    `probes`, of probe-training images, on seeds from 10,000,000)."""
     from audit.models.adapter import ModelAdapter
 
     real = ModelAdapter.generate
 
     def generate(self, seeds, *args, **kwargs):
-        if len(seeds) > above and min(seeds) < 10_000_000:
+        if len(seeds) > above and (min(seeds) >= 10_000_000) == probes:
             raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(seeds)} GiB")
         return real(self, seeds, *args, **kwargs)
 
@@ -208,6 +208,15 @@ def test_out_of_memory_in_a_batch_coupled_method_stops_with_one_line(tmp_path, t
     assert not list(guided.glob("batches/*.json"))  # nothing half-made counts as generated
     plain = next((tmp_path / "out" / "cells").glob("tiny__none*"))
     assert (plain / "metrics.json").exists()  # the batch-independent cell before it finished, halving
+
+
+def test_out_of_memory_while_training_probes_stops_with_one_line(tmp_path, tiny_model_dir, monkeypatch):
+    path = suite_file(tmp_path, tiny_model_dir, methods=[{"name": "distribution_guidance", "params": {"scale": 1.0}}])
+    inject_out_of_memory(monkeypatch, above=4, probes=True)
+    result = CliRunner().invoke(app, ["run", str(path), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert "out of memory on cpu outside image generation: lower probe.batch_size (8)" in line
 
 
 def test_a_second_process_on_the_same_output_directory_is_turned_away(tmp_path, tiny_model_dir):
