@@ -1,15 +1,15 @@
 """Suite -> cells -> generate -> label -> measure -> index, locally or on Ray.
 
-A cell is done when its metrics.json exists (HELM-style); generation resumes batch by batch,
-labels are cached per (image, labeler), so re-running a suite after a crash or with an added
-labeler redoes only what is missing.
+A cell is done when its metrics.json exists and was measured on the images its seeds have now
+(HELM-style); generation resumes seed by seed, labels are cached per (image, labeler), so
+re-running a suite after a crash, with an added labeler or with more or fewer samples redoes
+only what is missing or no longer matches. One process at a time writes an output directory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 import re
 import time
@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from audit.spec import DEFAULT_PROMPT, Cell, Suite, SuiteError, plan, prompt_slug
-from audit.store import RunStore, atomic_path, atomic_write_json, inside
+from audit.store import RunStore, UnreadableImageError, atomic_path, atomic_write_json, image_problem, inside
 
 RESULT_COLUMNS = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "n", "n_valid",
                   "fd", "fd_lo", "fd_hi", "fd_soft", "kl", "chi2_p", "tost_p", "equivalent",
@@ -76,14 +76,16 @@ class RunContext:
 
 def probe_dir(ctx: RunContext, cell: Cell, attribute: str) -> Path:
     """Zoo models ship probes; others are trained on demand and cached in OUT/probes."""
+    from audit.probes.probe import Probe
+
     model, labeler = cell.model, ctx.suite.probe_labeler
     revision = ctx.adapter(cell).revision
     if model.source.startswith("zoo:") and cell.prompt in (None, DEFAULT_PROMPT):
         from audit.zoo import WEIGHTS_DIR
 
         shipped = WEIGHTS_DIR / "probes" / model.source[4:] / labeler / attribute
-        if (shipped / "probe.json").exists():
-            meta = json.loads((shipped / "probe.json").read_text())
+        if Probe.saved(shipped):
+            meta = Probe.load(shipped).meta  # a damaged zoo probe is a one-line ProbeError
             trained_on = (meta.get("revision"), float(meta.get("guidance_scale", 1.0)))
             if trained_on == (revision, float(model.guidance_scale)):
                 return shipped
@@ -110,7 +112,7 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
     # a probe reads x_t (through h), and DDIM gives x_t the same distribution for every eta.
     wanted = list(dict.fromkeys(a for s in ctx.suite.settings for a in s.attributes if a in labeler.attributes))
     dirs = {a: probe_dir(ctx, cell, a) for a in wanted}
-    missing = [a for a, d in dirs.items() if not (d / "probe.json").exists()]
+    missing = _probes_to_train(ctx, dirs)
     if missing:
         adapter = ctx.adapter(cell)
         ctx.log(f"training probes for {cell.model.name}: {', '.join(missing)} "
@@ -137,13 +139,34 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
     return probes
 
 
+def _probes_to_train(ctx: RunContext, dirs: dict[str, Path]) -> list[str]:
+    """The attributes whose probe must be trained: never saved, or saved in OUT/probes but
+    damaged (a cache: trained again, and logged). A damaged probe outside OUT (the zoo's) is an
+    error: it belongs to the install, and another probe would guide differently."""
+    from audit.probes.probe import Probe, ProbeError
+
+    todo = []
+    for attribute, directory in dirs.items():
+        problem = Probe.problem(directory) if Probe.saved(directory) else "never trained"
+        if problem is None:
+            continue
+        if problem != "never trained":
+            if not directory.is_relative_to(ctx.store.out):
+                raise ProbeError(problem)
+            ctx.store.log_event(f"probe {attribute} at {directory.relative_to(ctx.store.out)} is damaged, training it "
+                                f"again: {problem}")
+            ctx.log(f"probe {attribute}: {problem}; training it again")
+        todo.append(attribute)
+    return todo
+
+
 def _calibration_of_started_cell(ctx: RunContext, cell: Cell) -> dict | None:
     """The scale (and aim) a killed cell's finished batches were generated with: a resumed cell
     must finish with them even if calibration would now choose others (a changed rule, a
     deleted calibration record)."""
     cell_dir = ctx.store.cell_dir(cell.cell_id)
     manifest = cell_dir / "manifest.json"
-    if not manifest.exists() or not any((cell_dir / "batches").glob("*.json")):
+    if not manifest.exists() or not any(m["seeds"] for m in ctx.store.batches(cell.cell_id)):
         return None
     method = json.loads(manifest.read_text()).get("method", {})
     if not isinstance(method.get("scale"), int | float):
@@ -214,34 +237,129 @@ def _construct(factory, spec, kwargs: dict):
 # -- one cell -----------------------------------------------------------------------------------
 
 def generate_cell(ctx: RunContext, cell: Cell, method) -> None:
-    adapter = ctx.adapter(cell)
-    seeds = cell.seeds
+    """Generate what the cell's images lack, resuming by seed.
+
+    An image is kept while a batch marker claims its seed and records that it was generated under
+    what the cell asks for now: the same prompt and method choice (e.g. the class allocated over
+    all the cell's seeds, which moves when `samples` does) and, for a batch-coupled method, the
+    very same batch. Everything else (never generated, generated for another sample count,
+    unreadable) is generated again, its labels dropped first; so the cell ends up with the images a
+    fresh run of the suite would make, whatever it was run with before and wherever it was killed.
+    A batch-independent method's images are generated in batches of batch_size, halved on CUDA
+    out-of-memory (the images do not depend on it); a batch-coupled method's images do, so there
+    out-of-memory stops the run and says what to change."""
+    store, adapter, seeds = ctx.store, ctx.adapter(cell), cell.seeds
     method.start_cell(seeds)
-    prompts_all = None
-    if adapter.conditional:
-        prompts_all = method.prompts([cell.prompt or DEFAULT_PROMPT] * len(seeds), seeds)
-    twins = _twin_cells(ctx, cell) if cell.shares_images else []
-    ctx.store.recover_cell(cell.cell_id)
-    for b, start in enumerate(range(0, len(seeds), cell.batch_size)):
-        batch_seeds = seeds[start:start + cell.batch_size]
-        twin = next((t for t in twins if ctx.store.batch_done(t, b)), None)
-        if twin is not None and not ctx.store.batch_done(cell.cell_id, b):
-            ctx.store.copy_batch(twin, cell.cell_id, b)
-        if ctx.store.batch_done(cell.cell_id, b):
+    prompts = method.prompts([cell.prompt or DEFAULT_PROMPT] * len(seeds), seeds) if adapter.conditional else None
+    choices = method.cell_choices(seeds)
+    wanted = {s: (None if prompts is None else prompts[i], None if choices is None else choices[i])
+              for i, s in enumerate(seeds)}
+    store.recover_cell(cell.cell_id)
+    units = cell.batches if cell.batch_coupled else [[s] for s in seeds]
+    claims = store.claims(cell.cell_id)
+    todo = [u for u in units if not _kept(ctx, cell, cell.cell_id, claims, u, wanted)]
+    if ctx.progress:
+        ctx.progress(len(seeds) - sum(map(len, todo)))
+    if todo:
+        store.forget(cell.cell_id, [s for u in todo for s in u])
+    for twin in _twin_cells(ctx, cell) if (todo and cell.shares_images) else []:
+        twin_claims = store.claims(twin)
+        copied = [u for u in todo if _kept(ctx, cell, twin, twin_claims, u, wanted, log=False)]
+        by_marker: dict[int, tuple[dict, list[int]]] = {}
+        for s in (s for u in copied for s in u):
+            by_marker.setdefault(twin_claims[s].marker["index"], (twin_claims[s].marker, []))[1].append(s)
+        for marker, copy in by_marker.values():
+            store.copy_batch(twin, marker, copy, cell.cell_id, store.next_index(cell.cell_id))
             if ctx.progress:
-                ctx.progress(len(batch_seeds))
-            continue
-        prompts = None if prompts_all is None else prompts_all[start:start + cell.batch_size]
-        t0 = time.perf_counter()
-        out = adapter.generate(batch_seeds, prompts=prompts, steps=cell.model.steps,
-                               guidance_scale=cell.model.guidance_scale,
-                               negative_prompt=cell.model.negative_prompt, method=method, eta=cell.model.eta)
-        seconds = time.perf_counter() - t0
-        ctx.store.write_batch(cell.cell_id, b, batch_seeds, prompts, out.images, seconds, out.stats,
-                              event=f"generated {cell.cell_id} batch {b} ({len(batch_seeds)} images, {seconds:.2f}s)")
-        if ctx.progress:
-            ctx.progress(len(batch_seeds))
-    ctx.store.write_samples(cell.cell_id)
+                ctx.progress(len(copy))
+        todo = [u for u in todo if u not in copied]
+    if cell.batch_coupled:
+        for unit in todo:
+            try:
+                _generate(ctx, cell, method, unit, wanted, choices is not None)
+            except torch.OutOfMemoryError:
+                raise SuiteError(
+                    f"cell {cell.cell_id}: out of memory generating a batch of {len(unit)} images on {ctx.device}; "
+                    f"{cell.method.name} couples the samples of a batch, so its images depend on batch_size: set "
+                    f"batch_size: {max(1, len(unit) // 2)} (or smaller) in the suite, which makes new cells for "
+                    "this method (the finished ones are kept)") from None
+    else:
+        rest, size = [s for u in todo for s in u], cell.batch_size
+        while rest:
+            chunk = rest[:size]
+            try:
+                _generate(ctx, cell, method, chunk, wanted, choices is not None)
+            except torch.OutOfMemoryError:
+                size = _smaller_batch(ctx, cell, len(chunk))
+                continue
+            rest = rest[len(chunk):]
+    store.write_samples(cell.cell_id, seeds)
+
+
+def _fits(cell: Cell, unit: list[int], found: list, wanted: dict | None, legacy_samples: int | None = None) -> bool:
+    """Whether the claims `found` on the seeds of `unit` (a batch of a batch-coupled cell, else one
+    seed) are of images made as the cell would make them now: per seed the same prompt and method
+    choice (`wanted`) and, when coupled, generated together as exactly this batch. Without
+    `wanted` (the method not built), an image that depends on a choice must have been generated
+    for this sample count (markers written before they recorded it: `legacy_samples`)."""
+    if any(c is None for c in found):
+        return False
+    if cell.batch_coupled:
+        marker = found[0].marker
+        if any(c.marker["index"] != marker["index"] for c in found) \
+                or [int(s) for s in marker.get("batch", marker["seeds"])] != unit:
+            return False
+    if wanted is None:
+        return all(c.choice is None or c.marker.get("samples", legacy_samples) == cell.samples for c in found)
+    return all((c.prompt, c.choice) == wanted[s] for s, c in zip(unit, found, strict=True))
+
+
+def _kept(ctx: RunContext, cell: Cell, source: str, claims: dict, unit: list[int], wanted: dict,
+          log: bool = True) -> bool:
+    """Whether cell `source` (this one, or a twin to copy from) has the images of `unit` as the cell
+    would generate them now, and readable (an unreadable one is logged and generated again)."""
+    if not _fits(cell, unit, [claims.get(s) for s in unit], wanted):
+        return False
+    for seed in unit:
+        problem = image_problem(ctx.store.image_path(source, seed))
+        if problem:
+            if log:
+                ctx.store.log_event(f"regenerating {source} seed {seed}: images/{seed:08d}.png is {problem}")
+            return False
+    return True
+
+
+def _generate(ctx: RunContext, cell: Cell, method, seeds: list[int], wanted: dict, with_choices: bool) -> None:
+    """One batch: generate, then store its images and the marker saying what they were made under."""
+    adapter = ctx.adapter(cell)
+    prompts = [wanted[s][0] for s in seeds] if adapter.conditional else None
+    index = ctx.store.next_index(cell.cell_id)
+    t0 = time.perf_counter()
+    out = adapter.generate(seeds, prompts=prompts, steps=cell.model.steps, guidance_scale=cell.model.guidance_scale,
+                           negative_prompt=cell.model.negative_prompt, method=method, eta=cell.model.eta)
+    seconds = time.perf_counter() - t0
+    span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
+    ctx.store.write_batch(cell.cell_id, index, seeds, prompts, out.images, seconds, out.stats,
+                          choices=[wanted[s][1] for s in seeds] if with_choices else None, samples=cell.samples,
+                          event=f"generated {cell.cell_id} batch {index} ({len(seeds)} images, seeds {span}, "
+                                f"{seconds:.2f}s)")
+    if ctx.progress:
+        ctx.progress(len(seeds))
+
+
+def _smaller_batch(ctx: RunContext, cell: Cell, size: int) -> int:
+    """After CUDA out-of-memory on a batch of `size` images of a batch-independent cell: half the
+    size (logged; the images are the same in any batch), or an error when one image did not fit."""
+    if size <= 1:
+        raise SuiteError(f"cell {cell.cell_id}: out of memory generating a single image on {ctx.device}: free GPU "
+                         "memory, or set the model's dtype: float16 or memory: [attention_slicing, vae_slicing]")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    message = (f"out of memory in {cell.cell_id} with a batch of {size} images: continuing with batches of "
+               f"{size // 2} (this method's images do not depend on the batch)")
+    ctx.store.log_event(message)
+    ctx.log(message)
+    return size // 2
 
 
 def _twin_cells(ctx: RunContext, cell: Cell) -> list[str]:
@@ -301,16 +419,57 @@ def measure_cell(ctx: RunContext, cell: Cell) -> dict:
         from audit.metrics.clip import cell_clip_score
 
         results["clip_score"] = cell_clip_score(ctx, cell)
-    batches = ctx.store.batches(cell.cell_id)
-    seconds = float(sum(b["seconds"] for b in batches))
+    generation = ctx.store.generation(cell.cell_id, cell.seeds)  # the images measured, not others on disk
+    seconds = float(generation["seconds"])
     results["cost"] = {"seconds": seconds, "images": cell.samples,
                        "images_per_s": cell.samples / seconds if seconds else None}
-    results["guidance"] = _guidance_summary(batches)
+    results["guidance"] = _guidance_summary(generation["batches"])
+    results["images"] = generation["images"]
     return results
 
 
 def _all_batches_done(ctx: RunContext, cell: Cell) -> bool:
-    return all(ctx.store.batch_done(cell.cell_id, b) for b in range(math.ceil(cell.samples / cell.batch_size)))
+    """Whether every current seed of the cell has its image, generated for the cell's current plan,
+    judged without building the method (for --measure-only and for FIDs added to a finished cell):
+    an image that depends on a per-cell choice must have been generated for this sample count, a
+    batch-coupled one in exactly its batch. An unreadable image under --measure-only is an error
+    naming the file (a plain run generates it again)."""
+    claims = ctx.store.claims(cell.cell_id)
+    manifest = ctx.store.cell_dir(cell.cell_id) / "manifest.json"
+    legacy_samples = json.loads(manifest.read_text()).get("seeds", {}).get("count") if manifest.exists() else None
+    units = cell.batches if cell.batch_coupled else [[s] for s in cell.seeds]
+    if not all(_fits(cell, u, [claims.get(s) for s in u], None, legacy_samples) for u in units):
+        return False
+    for seed in cell.seeds:
+        path = ctx.store.image_path(cell.cell_id, seed)
+        problem = image_problem(path)
+        if problem and ctx.measure_only:
+            raise UnreadableImageError(f"cell {cell.cell_id}: {path.relative_to(ctx.store.out)} is {problem}: run the "
+                                       "suite without --measure-only to generate it again")
+        if problem:
+            return False
+    return True
+
+
+def _measured_current_images(ctx: RunContext, cell: Cell, done: dict) -> bool:
+    """Whether a finished cell's metrics still stand: measured on the cell's current seeds (metrics
+    written before they recorded their images: on as many images), on the very images its markers
+    claim now, and those images still whole on disk (a missing or truncated one sends the cell back
+    to generate_cell, which makes it again). A cell without markers holds measurements only (e.g.
+    copied by benchmarks/archive_run.py) and is trusted."""
+    recorded = done.get("images")
+    if recorded is None:
+        if (done.get("cost") or {}).get("images") != cell.samples:
+            return False
+    elif (recorded.get("first"), recorded.get("count")) != (cell.seed, cell.samples):
+        return False
+    claims = ctx.store.claims(cell.cell_id)
+    if not claims:
+        return True
+    if recorded is not None and recorded != ctx.store.generation(cell.cell_id, cell.seeds)["images"]:
+        return False
+    return all(s in claims and image_problem(ctx.store.image_path(cell.cell_id, s), thorough=False) is None
+               for s in cell.seeds)
 
 
 def _add_missing_fids(ctx: RunContext, cell: Cell, done: dict, metrics_file: Path) -> dict:
@@ -395,7 +554,7 @@ def run_cell(ctx: RunContext, cell: Cell) -> dict:
         return results
     if metrics_file.exists():
         done = json.loads(metrics_file.read_text())
-        if set(done.get("labelers", {})) >= set(ctx.suite.labelers):
+        if set(done.get("labelers", {})) >= set(ctx.suite.labelers) and _measured_current_images(ctx, cell, done):
             done = _add_missing_fids(ctx, cell, done, metrics_file)
             if ctx.progress:
                 ctx.progress(cell.samples)
@@ -466,10 +625,17 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", executor: str 
               measure_only: bool = False) -> pd.DataFrame:
     """Run every cell (resuming what exists) and write results.csv / results.json / report.
     `measure_only` recomputes the metrics of cells whose images exist (e.g. after an upgrade
-    added a metric, or to report an unfinished run) and generates nothing."""
+    added a metric, or to report an unfinished run) and generates nothing. Holds OUT's lock
+    throughout: a second process on the same OUT gets a one-line RunLockedError."""
     if measure_only and executor != "local":
         raise SuiteError("--measure-only runs locally (measuring is cheap): drop --executor ray")
     store = RunStore(out)
+    with store.lock("diffaudit run"):
+        return _run_suite(suite, store, device, executor, address, console, suite_path, measure_only)
+
+
+def _run_suite(suite: Suite, store: RunStore, device: str, executor: str, address: str | None, console,
+               suite_path: str | None, measure_only: bool) -> pd.DataFrame:
     cells = plan(suite)
     atomic_write_json(store.out / "suite.json", {"path": suite_path, **suite.model_dump()})
     if executor == "ray":
@@ -504,6 +670,18 @@ def write_results(store: RunStore, suite: Suite, cells: list[Cell], results: lis
     return frame
 
 
+def _run_cell_reporting_oom(ctx: RunContext, cell: Cell) -> dict:
+    """run_cell, with CUDA out-of-memory outside image generation (which handles its own) turned
+    into one line saying which batch size to lower."""
+    try:
+        return run_cell(ctx, cell)
+    except torch.OutOfMemoryError:
+        raise SuiteError(f"cell {cell.cell_id}: out of memory on {ctx.device} outside image generation: lower "
+                         f"probe.batch_size ({ctx.suite.probe.batch_size}) if probes were training, batch_size "
+                         f"({cell.batch_size}) if the scale was calibrating, or a labeler's batch_size in "
+                         "labeler_options") from None
+
+
 def _run_local(suite: Suite, store: RunStore, cells: list[Cell], device: str, console,
                measure_only: bool, after_cell) -> None:
     from rich.progress import (
@@ -529,6 +707,6 @@ def _run_local(suite: Suite, store: RunStore, cells: list[Cell], device: str, co
             if progress:
                 progress.update(cell_task, description=f"cells ({cell.model.name} / {cell.method.display} / "
                                                        f"{cell.setting.key})")
-            after_cell(cell, run_cell(ctx, cell))
+            after_cell(cell, _run_cell_reporting_oom(ctx, cell))
             if progress:
                 progress.advance(cell_task)

@@ -422,7 +422,7 @@ class Cell(BaseModel):
     def cell_id(self) -> str:
         method = {**self.method.model_dump(), "params": method_params(self.method.name, self.method.params)}
         identity = [self.model.identity(), method, self.setting.model_dump(), self.prompt, self.seed]
-        if self.method.name not in BATCH_INDEPENDENT_METHODS:  # guidance couples the samples of a batch
+        if self.batch_coupled:  # guidance couples the samples of a batch
             identity.append(self.batch_size)
         payload = json.dumps(identity, sort_keys=True)
         digest = hashlib.sha256(payload.encode()).hexdigest()[:8]
@@ -443,8 +443,23 @@ class Cell(BaseModel):
 
     @property
     def seeds(self) -> list[int]:
-        """Image i uses seed + i in every cell of the suite, so methods compare on the same noise."""
+        """Image i uses seed + i in every cell of the suite, so methods compare on the same noise.
+        `samples` is not part of the cell id: a cell that grows or shrinks keeps its directory,
+        and the runner keeps only the images still generated as a fresh run would make them."""
         return list(range(self.seed, self.seed + self.samples))
+
+    @property
+    def batch_coupled(self) -> bool:
+        """Whether an image depends on the other samples of its batch (guidance), so the batch
+        size is part of the cell and a batch is generated, kept or regenerated as a whole."""
+        return self.method.name not in BATCH_INDEPENDENT_METHODS
+
+    @property
+    def batches(self) -> list[list[int]]:
+        """The seeds in batches of batch_size, the last one partial: how a batch-coupled cell is
+        sampled (image i of such a cell depends on which batch it is in)."""
+        seeds = self.seeds
+        return [seeds[i:i + self.batch_size] for i in range(0, len(seeds), self.batch_size)]
 
 
 def _format_location(loc: tuple) -> str:

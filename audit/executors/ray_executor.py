@@ -2,7 +2,9 @@
 
 Every task writes into the same store, so OUT must be on a filesystem all workers share.
 Probes are trained first, one task per model, so that no two cell tasks race to train the
-same probe; then every cell is a task (requesting a GPU when the device is cuda).
+same probe; then every cell is a task (requesting a GPU when the device is cuda). The driver
+holds OUT's lock (audit.store.RunStore.lock) for the whole run; each task writes only its own
+cell's directory, resuming it by seed as a local run does.
 """
 
 from __future__ import annotations

@@ -68,6 +68,16 @@ class Method:
     def start_cell(self, seeds: list[int]) -> None:
         """Called once with every seed of a cell before its first batch."""
 
+    def cell_choices(self, seeds: list[int]) -> list | None:
+        """What start_cell decided for each of the cell's `seeds` that the seed's image depends on
+        besides its noise, prompt and batch (an allocated class): the runner stores it with the
+        image and generates the image again when it changes, e.g. when the cell's `samples` does.
+        None: nothing. A method that overrides start_cell without overriding this is taken to
+        depend on the whole cell: any change of its seeds regenerates every image."""
+        if type(self).start_cell is Method.start_cell:
+            return None
+        return [[int(seeds[0]), len(seeds)] for _ in seeds]
+
     def start_batch(self, batch: BatchContext) -> None:
         pass
 
@@ -108,6 +118,9 @@ class AllocatingMethod(Method):
     def start_cell(self, seeds: list[int]) -> None:
         self._allocation = dict(zip((int(s) for s in seeds), allocate(self.shares, list(seeds)).tolist(),
                                     strict=True))
+
+    def cell_choices(self, seeds: list[int]) -> list | None:
+        return self.allocated(seeds).tolist()
 
     def allocated(self, seeds: list[int]) -> np.ndarray:
         table = getattr(self, "_allocation", None)

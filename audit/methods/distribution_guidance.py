@@ -92,6 +92,12 @@ class DistributionGuidance(ProbeGuidance, Method):
         every batch; which sample fills which count is decided at every step."""
         self._allocation = dict(zip((int(s) for s in seeds), allocate(self.aim, list(seeds)).tolist(), strict=True))
 
+    def cell_choices(self, seeds: list[int]) -> list | None:
+        """The allocation, which only the assigning pushes use."""
+        if self.push not in ("assign", "assign_once"):
+            return None
+        return [self._allocation[int(s)] for s in seeds]
+
     def batch_counts(self, seeds: list[int]) -> np.ndarray:
         if all(int(s) in self._allocation for s in seeds):
             labels = np.asarray([self._allocation[int(s)] for s in seeds])

@@ -31,6 +31,10 @@ class PromptDebiasing(AllocatingMethod):
             return "prompt debiasing needs a text-conditioned model; this one is unconditional"
         return None
 
+    def cell_choices(self, seeds: list[int]) -> list | None:
+        """The ethical variant's prompts allocate nothing."""
+        return None if self.variant == "ethical" else super().cell_choices(seeds)
+
     def prompts(self, prompts: list[str], seeds: list[int]) -> list[str]:
         if self.variant == "ethical":
             clause = f"if all individuals can be of any {self.attribute_names}"

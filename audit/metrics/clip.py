@@ -45,7 +45,7 @@ def cell_clip_score(ctx, cell) -> dict:
     clip = cell_clip_model(ctx.suite, cell)
     if clip is None:
         return {"value": None, "reason": "no clip_model configured in the suite"}
-    samples = ctx.store.write_samples(cell.cell_id)
+    samples = ctx.store.write_samples(cell.cell_id, cell.seeds)
     scores = []
     for i in range(0, len(samples), 256):
         chunk = samples.iloc[i:i + 256]

@@ -12,12 +12,22 @@ the final images' distribution pi (label-shift correction, as in Lipton et al. 2
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from audit.spec import SuiteError
+from audit.store import atomic_path, atomic_write_json
+
+WEIGHTS, META = "probe.safetensors", "probe.json"
+
+
+class ProbeError(SuiteError):
+    """A probe folder that cannot be loaded (missing, torn or mismatched files); one line."""
 
 
 class Probe(nn.Module):
@@ -67,29 +77,63 @@ class Probe(nn.Module):
         return self.confusion[self.index(t)]
 
     def save(self, directory: str | Path, half: bool = False) -> None:
-        """safetensors + JSON; `half` stores float16 (loading always gives float32)."""
+        """safetensors + JSON; `half` stores float16 (loading always gives float32). probe.json
+        marks a probe as saved, so it goes first and comes back last, each file written whole
+        (temporary file, then rename); it records the weights' checksum, so weights that do not
+        belong to it (a kill between the two files while replacing a probe) are recognised."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        (directory / META).unlink(missing_ok=True)
         dtype = torch.float16 if half else torch.float32
         tensors = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, directory / "probe.safetensors")
+        with atomic_path(directory / WEIGHTS) as tmp:
+            save_file(tensors, tmp)
+            digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
         meta = {**self.meta, "attribute": self.attribute, "classes": self.classes, "tau": self.tau,
-                "timesteps": self.timesteps, "dim": int(self.weight.shape[-1])}
-        (directory / "probe.json").write_text(json.dumps(meta, indent=2))
+                "timesteps": self.timesteps, "dim": int(self.weight.shape[-1]), "weights_sha256": digest}
+        atomic_write_json(directory / META, meta)
+
+    @staticmethod
+    def saved(directory: str | Path) -> bool:
+        """Whether a save of a probe got as far as its probe.json (which it writes last)."""
+        return (Path(directory) / META).exists()
+
+    @classmethod
+    def problem(cls, directory: str | Path) -> str | None:
+        """Why the probe in `directory` cannot be loaded, or None when it can."""
+        try:
+            cls.load(directory)
+        except ProbeError as error:
+            return str(error)
+        return None
 
     @classmethod
     def load(cls, directory: str | Path) -> Probe:
+        """The probe saved in `directory`; anything missing, torn or not matching is a one-line
+        ProbeError naming the file (never a traceback from the JSON or safetensors reader)."""
         directory = Path(directory)
-        meta_file = directory / "probe.json"
+        meta_file, weights_file = directory / META, directory / WEIGHTS
         if not meta_file.exists():
-            raise FileNotFoundError(f"no probe at {directory}: train one with `diffaudit probe train`")
-        meta = json.loads(meta_file.read_text())
-        probe = cls(meta["attribute"], meta["classes"], meta["timesteps"], meta["dim"], meta["tau"], meta)
-        tensors = load_file(directory / "probe.safetensors")
-        if "confusion" not in tensors:  # probes saved before confusions were measured
-            tensors["confusion"] = probe.confusion
-            probe.meta["confusion"] = "not measured (identity)"
-        probe.load_state_dict(tensors)
+            raise ProbeError(f"no probe at {directory} (no {META}): train one with `diffaudit probe train`")
+        try:
+            meta = json.loads(meta_file.read_text())
+            probe = cls(meta["attribute"], meta["classes"], meta["timesteps"], meta["dim"], meta["tau"], meta)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise ProbeError(f"{meta_file} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:100]}): "
+                             "train the probe again (`diffaudit probe train`)") from None
+        expected = probe.meta.pop("weights_sha256", None)
+        try:
+            data = weights_file.read_bytes()
+            if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+                raise ValueError(f"{WEIGHTS} does not match the checksum {META} records")
+            tensors = load_file(weights_file)
+            if "confusion" not in tensors:  # probes saved before confusions were measured
+                tensors["confusion"] = probe.confusion
+                probe.meta["confusion"] = "not measured (identity)"
+            probe.load_state_dict(tensors)
+        except Exception as e:  # safetensors and torch raise several kinds of error on a damaged file
+            raise ProbeError(f"{weights_file} is missing or damaged ({' '.join(str(e).split())[:120]}): train "
+                             "the probe again (`diffaudit probe train`)") from None
         return probe.eval().requires_grad_(False)
 
 

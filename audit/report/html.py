@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +24,7 @@ from PIL import Image
 from audit.report import plots
 from audit.report.load import CellData, ReportError, RunData, cell_key, load_run, number, text
 from audit.report.render import build_then_swap, render, url
-from audit.store import UnsafePathError, inside
+from audit.store import RunLockedError, RunStore, UnsafePathError, image_problem, inside
 
 GALLERY_MAX = 48
 THUMB_MAX = 64  # images up to this size are copied as they are
@@ -31,16 +32,39 @@ THUMB_SIZE = 96  # larger ones get a thumbnail of this size
 SCHEDULER_KEYS = ("timestep_spacing", "prediction_type", "beta_schedule", "num_train_timesteps", "clip_sample")
 
 
-def write_report(out: Path, tolerance: float | None = None) -> Path:
-    """Render the report of a finished run directory; returns OUT/report/index.html."""
-    run = load_run(out)
-    suite_tol = number(run.suite.get("tolerance"))
+def write_report(out: Path, tolerance: float | None = None, warn=None) -> Path:
+    """Render the report of a finished run directory; returns OUT/report/index.html. Holds OUT's
+    lock while it writes OUT/report: a directory a run is writing is a one-line ReportError (its
+    report comes when the run ends; results.csv has the cells finished so far). Images of measured
+    cells that are missing or unreadable are listed in the report and, one line per cell, given to
+    `warn` (default: stderr), never left to a silent "image missing"."""
     if tolerance is not None and not (0 < tolerance < 1):
         raise ReportError(f"--tolerance must be between 0 and 1 (a proportion per class), got {tolerance:g}")
-    tol = tolerance if tolerance is not None else (suite_tol if suite_tol is not None else 0.05)
-    report = Report(run, tol, overridden=tolerance is not None and tolerance != suite_tol)
-    final = build_then_swap(run.out, "report", report.build)
+    if not Path(out).is_dir():
+        load_run(out)  # the one-line error for a missing or wrong path
+    try:
+        with RunStore(out).lock("diffaudit report"):
+            run = load_run(out)
+            suite_tol = number(run.suite.get("tolerance"))
+            tol = tolerance if tolerance is not None else (suite_tol if suite_tol is not None else 0.05)
+            report = Report(run, tol, overridden=tolerance is not None and tolerance != suite_tol)
+            final = build_then_swap(run.out, "report", report.build)
+    except RunLockedError as e:
+        raise ReportError(f"{e}; the report is written when the run ends, and results.csv lists the cells "
+                          "finished so far") from None
+    warn = warn or (lambda message: print(message, file=sys.stderr))
+    for cell_id, problems in report.image_problems.items():
+        warn(f"warning: cell {cell_id}: {image_summary(problems)}; run the suite on {run.out} again to "
+             "generate them again (its numbers were measured on them before)")
     return final / "index.html"
+
+
+def image_summary(problems: list[dict], shown: int = 3) -> str:
+    """'2 of its images are missing or unreadable: images/00000003.png (missing), ...'."""
+    listed = ", ".join(f"{p['file']} ({p['problem']})" for p in problems[:shown])
+    more = f" and {len(problems) - shown} more" if len(problems) > shown else ""
+    verb = "is" if len(problems) == 1 else "are"
+    return f"{len(problems)} of its images {verb} missing or unreadable: {listed}{more}"
 
 
 # -- statistics the report may have to redo --------------------------------------------------------
@@ -83,6 +107,7 @@ class Report:
         taken: set[str] = set()
         self.keys = {cid: cell_key(cid, taken) for cid in run.cells}
         self.primary = run.labelers[0] if run.labelers else None
+        self.image_problems: dict[str, list[dict]] = {}  # cell id -> its missing or unreadable images
 
     # entry point: builds the whole folder into `root` (a temporary folder swapped in afterwards)
     def build(self, root: Path) -> None:
@@ -103,6 +128,8 @@ class Report:
                        "pass": sum(1 for v in verdicts if v["equivalent"] is True),
                        "fail": sum(1 for v in verdicts if v["equivalent"] is False)},
             "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "image_problems": [{"cell_id": c["cell_id"], "key": c["key"], "summary": image_summary(c["image_problems"])}
+                               for c in cells if c["image_problems"]],
         }
         for cell in cells:
             cell["verdicts"] = [v for v in verdicts if v["cell_id"] == cell["cell_id"]]
@@ -169,7 +196,8 @@ class Report:
                 "setting": first["setting"], "target_label": first["target"], "prompt": first["prompt"],
                 "n": first["n"], "problem": cell.problem, "labelers": labelers, "classes": classes,
                 "target": target, "chart": None, "heatmap": None, "small_cells": [], "gallery": [],
-                "gallery_note": "no cell directory", "invalid": [], "agreement": [], "class_rows": [],
+                "image_problems": [], "gallery_note": "no cell directory", "invalid": [], "agreement": [],
+                "class_rows": [],
                 "fid": _fields(metrics.get("fid"), "value", "extractor", "reference", "n_reference", "n"),
                 "fid_extra": [_fields(f, "value", "extractor", "reference", "n_reference", "n")
                               for f in (metrics.get("fid_extra") or {}).values() if isinstance(f, dict)]
@@ -230,10 +258,18 @@ class Report:
         # gallery
         page["attributes"] = attributes
         if cell.dir is not None:
-            page["gallery"], page["gallery_note"] = self.gallery(cell, key, labelers, attributes)
+            page["gallery"], page["gallery_note"], problems = self.gallery(cell, key, labelers, attributes)
+            page["image_problems"] = [{"file": f"images/{seed:08d}.png", "problem": problem}
+                                      for seed, problem in sorted(problems.items())]
+            if page["image_problems"]:
+                self.image_problems[cell_id] = page["image_problems"]
         return page
 
-    def gallery(self, cell: CellData, key: str, labelers: list[str], attributes: list[str]) -> tuple[list, str]:
+    def gallery(self, cell: CellData, key: str, labelers: list[str],
+                attributes: list[str]) -> tuple[list, str, dict[int, str]]:
+        """(items, note, problems): up to GALLERY_MAX images with their labels, and what is wrong
+        with any image of the cell (every image is checked for its file and its PNG end; those
+        shown are decoded)."""
         samples = _read_parquet(cell, "samples.parquet")
         labels = {name: _read_parquet(cell, f"labels-{name}.parquet") for name in labelers}
         seeds: list[int] = []
@@ -245,6 +281,12 @@ class Report:
             images = cell.dir / "images"
             seeds = sorted(int(p.stem) for p in images.glob("*.png") if p.stem.isdigit()) if images.is_dir() else []
         total = len(seeds)
+        problems = {}
+        for seed in seeds:
+            source = self._image_file(cell, seed)
+            problem = "not a safe path" if source is None else image_problem(source, thorough=False)
+            if problem:
+                problems[seed] = problem
         if total > GALLERY_MAX:
             picks = np.unique(np.linspace(0, total - 1, GALLERY_MAX).round().astype(int))
             seeds = [seeds[i] for i in picks]
@@ -258,17 +300,17 @@ class Report:
         for seed in seeds:
             item = {"seed": seed, "prompt": prompts.get(seed), "thumb": None, "full": None, "labels": [],
                     "invalid": False, "width": None, "height": None}
-            try:
-                source = inside(self.run.out, Path("cells") / cell.cell_id / "images" / f"{seed:08d}.png")
-            except UnsafePathError:
-                source = None
-            if source is not None and source.is_file():
+            source = self._image_file(cell, seed)
+            if source is not None and seed not in problems:
                 thumb = _thumbnail(source, out_dir, seed)
                 if thumb is not None:
                     name, item["width"], item["height"], copied = thumb
                     item["thumb"] = url(f"assets/thumbs/{key}/{name}")
                     item["full"] = (f"../{item['thumb']}" if copied else
                                     url(os.path.relpath(source, self.final / "cells")))
+                else:
+                    problems[seed] = image_problem(source) or "unreadable"
+            item["problem"] = problems.get(seed)
             for name in labelers:
                 row = by_seed[name].get(seed)
                 item["labels"].append(_image_labels(name, row, attributes))
@@ -277,7 +319,13 @@ class Report:
             items.append(item)
         note = f"{len(items)} of {total} images, evenly spaced over the seeds" if total > len(items) else \
             f"all {total} images"
-        return items, note
+        return items, note, problems
+
+    def _image_file(self, cell: CellData, seed: int) -> Path | None:
+        try:
+            return inside(self.run.out, Path("cells") / cell.cell_id / "images" / f"{seed:08d}.png")
+        except UnsafePathError:
+            return None
 
     # -- across cells ------------------------------------------------------------------------------
     def primary_row(self, cell_id: str) -> dict | None:
@@ -528,6 +576,7 @@ def _thumbnail(source: Path, out_dir: Path, seed: int) -> tuple[str, int, int, b
     """Small images are copied as they are; larger ones become a THUMB_SIZE JPEG thumbnail."""
     try:
         with Image.open(source) as image:
+            image.load()  # decodes it all: a damaged file fails here, not in the reader's browser
             width, height = image.size
             out_dir.mkdir(parents=True, exist_ok=True)
             if max(width, height) <= THUMB_MAX:
