@@ -81,7 +81,14 @@ def weights_status(model) -> str:
     return f"weights found at {path}"
 
 
+def _num(value, spec: str = ".3f") -> str:
+    """A number for the table, or "" when it is missing (None or NaN: nothing was measured)."""
+    return "" if value is None or pd.isna(value) else format(value, spec)
+
+
 def print_summary(frame: pd.DataFrame, console) -> None:
+    """The results table. Every value may be missing (a cell with no valid sample has no FD, a
+    cell without timings no speed): such a cell says why instead of printing a number."""
     table = Table(title="results")
     for column in ("model", "method", "attributes", "target", "labeler", "n", "FD [95% CI]", "KL", "FID", "img/s"):
         table.add_column(column)
@@ -89,8 +96,12 @@ def print_summary(frame: pd.DataFrame, console) -> None:
         if row.status != "done":
             table.add_row(row.model, row.method, row.attributes, row.target, "", "", row.status, "", "", "")
             continue
-        fid = "" if pd.isna(row.fid) else f"{row.fid:.2f}"
-        table.add_row(row.model, row.method, row.attributes, row.target, row.labeler, f"{row.n_valid}/{row.n}",
-                      f"{row.fd:.3f} [{row.fd_lo:.3f}, {row.fd_hi:.3f}]", f"{row.kl:.3f}", fid,
-                      f"{row.images_per_s:.1f}")
+        if _num(row.fd):
+            fd = f"{row.fd:.3f} [{_num(row.fd_lo)}, {_num(row.fd_hi)}]"
+        else:
+            reasons = getattr(row, "invalid_reasons", None)
+            fd = "not measured: no valid sample" + (f" ({reasons})" if isinstance(reasons, str) and reasons else "")
+        table.add_row(row.model, row.method, row.attributes, row.target, row.labeler or "",
+                      f"{_num(row.n_valid, '.0f') or '?'}/{_num(row.n, '.0f')}", fd, _num(row.kl), _num(row.fid, ".2f"),
+                      _num(row.images_per_s, ".1f"))
     console.print(table)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import re
 import time
@@ -22,10 +23,11 @@ import pandas as pd
 import torch
 
 from audit.spec import DEFAULT_PROMPT, Cell, Suite, SuiteError, plan, prompt_slug
+from audit.stages import reached
 from audit.store import RunStore, UnreadableImageError, atomic_path, atomic_write_json, image_problem, inside
 
 RESULT_COLUMNS = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "n", "n_valid",
-                  "fd", "fd_lo", "fd_hi", "fd_soft", "kl", "chi2_p", "tost_p", "equivalent",
+                  "invalid_reasons", "fd", "fd_lo", "fd_hi", "fd_soft", "kl", "chi2_p", "tost_p", "equivalent",
                   "error_aware_fd", "fid", "fid_target", "fid_extractor", "clip_score", "seconds", "images_per_s",
                   "cell_id"]
 
@@ -51,6 +53,9 @@ class RunContext:
     progress: object | None = None
     log: object = print
     measure_only: bool = False  # re-measure cells whose images exist; generate nothing
+    revisions: dict = field(default_factory=dict)
+    label_keys: dict = field(default_factory=dict)
+    fid_checked: bool = False
 
     def adapter(self, cell: Cell):
         from audit.models.loading import load_model
@@ -70,6 +75,45 @@ class RunContext:
             except TypeError as e:
                 raise SuiteError(f"labeler_options.{name}: {e}") from None
         return self.labelers[name]
+
+    def revision(self, cell: Cell) -> str | None:
+        """The revision of the cell's model weights (hashed, not loaded, where it can be)."""
+        from audit.models.loading import model_revision
+
+        name = cell.model.name
+        if name not in self.revisions:
+            if name in self.adapters or cell.model.source.startswith("custom:"):
+                self.revisions[name] = self.adapter(cell).revision
+            else:
+                self.revisions[name] = model_revision(cell.model)
+        return self.revisions[name]
+
+    def label_key(self, name: str) -> str:
+        """A digest of everything a labeler's labels depend on: its name, its suite options, what it
+        says it is (source and versions, classes, prompts), the content of its weight files, and
+        the image checks label_cell applies. Cached labels are reused only under the same key."""
+        if name not in self.label_keys:
+            labeler = self.labeler(name)
+            self.label_keys[name] = digest({"labeler": name, "options": self.suite.labeler_options.get(name, {}),
+                                            "describe": labeler.describe(), "weights": labeler_weights(labeler),
+                                            "checks": IMAGE_CHECKS})
+        return self.label_keys[name]
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def labeler_weights(labeler) -> str | None:
+    """The content hash of a labeler's weights, where it names them (a zoo labeler's directory, a
+    CLIP's model_path); None for labelers whose describe() carries their package version only."""
+    from audit.models.loading import directory_digest
+
+    for attribute in ("directory", "model_path", "weights_path"):
+        value = getattr(labeler, attribute, None)
+        if isinstance(value, str | Path) and str(value) and Path(value).expanduser().exists():
+            return directory_digest(Path(value).expanduser())
+    return None
 
 
 # -- probes and methods ------------------------------------------------------------------------
@@ -125,6 +169,7 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
                                guidance_scale=cell.model.guidance_scale)
         for a, probe in trained.items():
             probe.save(dirs[a])
+            reached("probes")
             ctx.log(f"probe {a}: validation accuracy per step min {min(probe.meta['val_accuracy']):.3f} "
                     f"max {max(probe.meta['val_accuracy']):.3f}")
     probes = [Probe.load(dirs[a]).to(ctx.device) for a in attributes]
@@ -367,64 +412,139 @@ def _twin_cells(ctx: RunContext, cell: Cell) -> list[str]:
     return [c.cell_id for c in plan(ctx.suite) if c.cell_id != cell.cell_id and c.image_key == cell.image_key]
 
 
+IMAGE_CHECKS = ("non-finite pixels", "blank image")  # images label_cell marks invalid whatever the labeler says
+
+
+def _unusable_images(ctx: RunContext, cell: Cell) -> set[int]:
+    """Seeds whose sample came out NaN/inf (the adapter stored them black and listed them in
+    their batch's marker)."""
+    return {int(s) for b in ctx.store.batches(cell.cell_id) for s in (b.get("stats") or {}).get("nonfinite_seeds", [])}
+
+
 def label_cell(ctx: RunContext, cell: Cell, labeler_name: str) -> pd.DataFrame:
-    """Labels of every image of the cell, reusing what is cached for this labeler."""
+    """Labels of every image of the cell, reusing the cached labels made under the same label key
+    (ctx.label_key). A sample that came out non-finite, or an image of one flat colour, is invalid
+    with that reason whatever the labeler says: no labeler's answer about it means anything."""
+    key = ctx.label_key(labeler_name)
     cached = ctx.store.read_labels(cell.cell_id, labeler_name)
+    if cached is not None:  # rows of another labeler configuration (or from before keys) are stale
+        cached = cached[cached["labeler_key"] == key] if "labeler_key" in cached.columns else None
     seeds = cell.seeds
     have = set() if cached is None else set(cached["seed"].tolist())
     todo = [s for s in seeds if s not in have]
     if not todo:
         return cached[cached["seed"].isin(seeds)].sort_values("seed").reset_index(drop=True)
     labeler = ctx.labeler(labeler_name)
-    frames = [] if cached is None else [cached]
+    nonfinite = _unusable_images(ctx, cell)
+    frames = [] if cached is None or cached.empty else [cached]
     for i in range(0, len(todo), 256):
         chunk = todo[i:i + 256]
-        result = labeler.label(ctx.store.load_images(cell.cell_id, chunk))
-        columns = {"seed": chunk, "valid": result.valid.astype(bool),
-                   "reason": [r or "" for r in (result.reasons or [None] * len(chunk))]}
+        images = ctx.store.load_images(cell.cell_id, chunk)
+        result = labeler.label(images)
+        valid = result.valid.astype(bool).copy()
+        reasons = [r or "" for r in (result.reasons or [None] * len(chunk))]
+        flat = images.flatten(1)
+        blank = (flat.amax(1) == flat.amin(1)).tolist()
+        for j, seed in enumerate(chunk):
+            if seed in nonfinite or blank[j]:
+                valid[j], reasons[j] = False, IMAGE_CHECKS[0] if seed in nonfinite else IMAGE_CHECKS[1]
+        columns = {"seed": chunk, "valid": valid, "reason": reasons}
         for attribute, probs in result.probs.items():
             for k, cls in enumerate(labeler.attributes[attribute]):
                 columns[f"p:{attribute}:{cls}"] = probs[:, k].astype(np.float32)
+        columns["labeler_key"] = key
         frames.append(pd.DataFrame(columns))
     frame = pd.concat(frames).drop_duplicates("seed", keep="last").sort_values("seed").reset_index(drop=True)
     ctx.store.write_labels(cell.cell_id, labeler_name, frame)
+    reached("labels")
     return frame[frame["seed"].isin(seeds)].reset_index(drop=True)
 
 
-def measure_cell(ctx: RunContext, cell: Cell) -> dict:
+def measurement_keys(ctx: RunContext, cell: Cell) -> dict:
+    """Digests of everything each part of a cell's metrics depends on besides the cell's identity:
+    the images (model revision, seeds), and for fairness the evaluation labelers' label keys and
+    the tolerance; for each FID its extractor (and weights), reference and n; for the CLIP score
+    its CLIP. The metrics list is the set of parts. A finished cell is reused only under the same
+    keys, and only the parts whose key changed are measured again."""
+    from audit.metrics.fid import fid_identity
+
+    images = {"revision": ctx.revision(cell), "seeds": [cell.seed, cell.samples]}
+    labelers = {name: ctx.label_key(name) for name in ctx.suite.labelers}
+    keys = {"fairness": digest({**images, "labelers": labelers, "tolerance": ctx.suite.tolerance})}
+    if "fid" in ctx.suite.metrics:
+        keys["fid"] = [digest({**images, **fid_identity(spec)}) for spec in ctx.suite.fid]
+    if "clip" in ctx.suite.metrics:
+        from audit.metrics.clip import cell_clip_model
+        from audit.models.loading import directory_digest
+
+        clip = cell_clip_model(ctx.suite, cell)
+        weights = directory_digest(Path(clip[0])) if clip and Path(clip[0]).exists() else None
+        keys["clip"] = digest({**images, "clip": clip, "weights": weights})
+    return keys
+
+
+def _check_not_all_diverged(ctx: RunContext, cell: Cell) -> None:
+    """A cell none of whose images came out finite fails in one line (a batch of two or more
+    already fails in the adapter; this catches batch size 1)."""
+    if len(_unusable_images(ctx, cell) & set(cell.seeds)) == cell.samples:
+        raise SuiteError(f"model {cell.model.name}: all {cell.samples} images of cell {cell.cell_id} came out "
+                         f"non-finite (NaN/inf) with steps {cell.model.steps}, eta {cell.model.eta or 0:g}: the "
+                         "sampler diverged; change steps or eta (or the scheduler) in the model's entry")
+
+
+def measure_cell(ctx: RunContext, cell: Cell, previous: dict | None = None) -> dict:
+    """The cell's metrics; the parts of `previous` (an earlier metrics.json of the cell) whose
+    measurement key is unchanged are kept, the others measured (labels come from the cache)."""
     from audit.metrics.cell import fairness_metrics
 
-    suite, results = ctx.suite, {"labelers": {}}
-    tables = {}
-    for name in suite.labelers:
-        labeler = ctx.labeler(name)
-        missing = unlabeled(labeler, cell.setting.attributes)
-        if missing:  # e.g. a gender classifier in a suite that also audits skin tone
-            results.setdefault("labelers_skipped", {})[name] = f"does not label {', '.join(missing)}"
-            continue
-        tables[name] = label_cell(ctx, cell, name)
-        results["labelers"][name] = fairness_metrics(tables[name], labeler, cell.setting, suite.tolerance)
-    if len(tables) > 1:
-        from audit.metrics.cell import labeler_agreement
+    _check_not_all_diverged(ctx, cell)
+    suite, keys = ctx.suite, measurement_keys(ctx, cell)
+    previous = previous if isinstance(previous, dict) and previous.get("status") == "done" else {}
+    old = previous.get("keys") if isinstance(previous.get("keys"), dict) else {}
+    results: dict = {"labelers": {}}
+    if old.get("fairness") == keys["fairness"] and isinstance(previous.get("labelers"), dict):
+        results.update({k: previous[k] for k in ("labelers", "labelers_skipped", "agreement") if k in previous})
+    else:
+        tables = {}
+        for name in suite.labelers:
+            labeler = ctx.labeler(name)
+            missing = unlabeled(labeler, cell.setting.attributes)
+            if missing:  # e.g. a gender classifier in a suite that also audits skin tone
+                results.setdefault("labelers_skipped", {})[name] = f"does not label {', '.join(missing)}"
+                continue
+            tables[name] = label_cell(ctx, cell, name)
+            results["labelers"][name] = fairness_metrics(tables[name], labeler, cell.setting, suite.tolerance)
+        if len(tables) > 1:
+            from audit.metrics.cell import labeler_agreement
 
-        results["agreement"] = labeler_agreement(tables, cell.setting)
+            results["agreement"] = labeler_agreement(tables, cell.setting)
     if "fid" in suite.metrics:
         from audit.metrics.fid import cell_fids
 
-        fids = cell_fids(ctx, cell)
+        stored = {f["key"]: f for f in [previous.get("fid"), *(previous.get("fid_extra") or {}).values()]
+                  if isinstance(f, dict) and f.get("key") and f.get("value") is not None}
+        missing = [(spec, key) for spec, key in zip(suite.fid, keys["fid"], strict=True) if key not in stored]
+        if missing:
+            measured = cell_fids(ctx, cell, [spec for spec, _ in missing])
+            stored.update({key: {**f, "key": key} for (_, key), f in zip(missing, measured, strict=True)})
+        fids = [stored[key] for key in keys["fid"]]
         results["fid"] = fids[0]
         if len(fids) > 1:
             results["fid_extra"] = {f["extractor"]: f for f in fids[1:]}
     if "clip" in suite.metrics:
         from audit.metrics.clip import cell_clip_score
 
-        results["clip_score"] = cell_clip_score(ctx, cell)
+        clip = previous.get("clip_score")
+        if not (isinstance(clip, dict) and clip.get("key") == keys["clip"]):
+            clip = {**cell_clip_score(ctx, cell), "key": keys["clip"]}
+        results["clip_score"] = clip
     generation = ctx.store.generation(cell.cell_id, cell.seeds)  # the images measured, not others on disk
     seconds = float(generation["seconds"])
     results["cost"] = {"seconds": seconds, "images": cell.samples,
                        "images_per_s": cell.samples / seconds if seconds else None}
     results["guidance"] = _guidance_summary(generation["batches"])
     results["images"] = generation["images"]
+    results["keys"] = keys
     return results
 
 
@@ -472,36 +592,57 @@ def _measured_current_images(ctx: RunContext, cell: Cell, done: dict) -> bool:
                for s in cell.seeds)
 
 
-def _add_missing_fids(ctx: RunContext, cell: Cell, done: dict, metrics_file: Path) -> dict:
-    """A finished cell measured without some of the suite's FID extractors (e.g. a run made with
-    a single extractor, or an earlier suite's cell reused) gets only those FIDs computed from its
-    images, and its metrics.json rewritten; a cell with every requested FID is returned as is."""
-    if "fid" not in ctx.suite.metrics or done.get("status") != "done" \
-            or (done.get("cost") or {}).get("images") != cell.samples:  # measured on other seeds: leave it
-        return done
-    from audit.metrics.fid import cell_fids
+def read_metrics(path: Path) -> dict | None:
+    """A cell's metrics.json, or None when it is missing, torn (a kill mid-write where renames are
+    not atomic) or hand-edited into something that is not a finished cell's metrics."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("status") == "done" else None
 
-    stored = {}
-    for entry in [done.get("fid"), *(done.get("fid_extra") or {}).values()]:
-        if isinstance(entry, dict) and entry.get("extractor") and entry.get("value") is not None:
-            stored.setdefault(entry["extractor"], entry)
 
-    def matches(entry: dict | None, spec) -> bool:
-        return entry is not None and entry.get("reference") == spec.reference and entry.get("n_reference") == spec.n
+def retire_stale_cells(ctx: RunContext, cells: list[Cell]) -> None:
+    """Move aside cell directories generated from other weights of their model (the manifest's
+    revision differs from the weights' revision now, e.g. a local model retrained in place), so
+    their images, labels and metrics are never reused: they go to OUT/superseded/ and the cell
+    is generated again. A manifest without a revision (a local model run before revisions were
+    recorded) cannot vouch for its images either."""
+    for cell in cells:
+        manifest_file = ctx.store.cell_dir(cell.cell_id) / "manifest.json"
+        if not manifest_file.exists():
+            continue
+        try:
+            recorded = json.loads(manifest_file.read_text())["model"]["revision"]
+        except (OSError, ValueError, KeyError, TypeError):
+            recorded = "unreadable"
+        revision = ctx.revision(cell)
+        if recorded == revision:
+            continue
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(recorded))[:40]
+        dest, n = inside(ctx.store.out, Path("superseded") / f"{cell.cell_id}__rev-{slug}"), 1
+        while dest.exists():
+            dest, n = dest.with_name(f"{cell.cell_id}__rev-{slug}-{n}"), n + 1
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(ctx.store.cell_dir(cell.cell_id), dest)
+        message = (f"superseded {cell.cell_id}: its images came from revision {recorded} of model {cell.model.name}, "
+                   f"whose weights are now revision {revision}; moved to superseded/{dest.name}")
+        ctx.store.log_event(message)
+        ctx.log(message)
 
-    missing = [spec for spec in ctx.suite.fid if not matches(stored.get(spec.extractor), spec)]
-    if not missing:
-        return done
-    if not _all_batches_done(ctx, cell):
-        return done  # images gone: keep what was measured
-    stored.update({f["extractor"]: f for f in cell_fids(ctx, cell, missing)})
-    fids = [stored[spec.extractor] for spec in ctx.suite.fid]
-    done = {k: v for k, v in done.items() if k != "fid_extra"}
-    done["fid"] = fids[0]
-    if len(fids) > 1:
-        done["fid_extra"] = {f["extractor"]: f for f in fids[1:]}
-    atomic_write_json(metrics_file, done)
-    return done
+
+def check_fid_references(ctx: RunContext) -> None:
+    """Refuse, before anything is generated, FID references that cannot back the FID the suite
+    asks for (audit.metrics.fid.reference_problem)."""
+    if ctx.fid_checked or "fid" not in ctx.suite.metrics:
+        return
+    from audit.metrics.fid import reference_problem
+
+    for spec in ctx.suite.fid:
+        problem = reference_problem(spec)
+        if problem:
+            raise SuiteError(problem)
+    ctx.fid_checked = True
 
 
 def _guidance_summary(batches: list[dict]) -> dict:
@@ -545,6 +686,10 @@ def run_cell(ctx: RunContext, cell: Cell) -> dict:
     cell_dir = ctx.store.cell_dir(cell.cell_id)
     if cell.skip_reason:
         return {"status": "not_applicable", "reason": cell.skip_reason}
+    check_fid_references(ctx)
+    twins = [c for c in plan(ctx.suite) if c.cell_id != cell.cell_id and c.image_key == cell.image_key] \
+        if cell.shares_images else []
+    retire_stale_cells(ctx, [cell, *twins])  # twins too: their images would be copied
     metrics_file = cell_dir / "metrics.json"
     if ctx.measure_only:
         if not _all_batches_done(ctx, cell):
@@ -552,10 +697,15 @@ def run_cell(ctx: RunContext, cell: Cell) -> dict:
         results = {"status": "done", **measure_cell(ctx, cell)}
         atomic_write_json(metrics_file, results)
         return results
-    if metrics_file.exists():
-        done = json.loads(metrics_file.read_text())
-        if set(done.get("labelers", {})) >= set(ctx.suite.labelers) and _measured_current_images(ctx, cell, done):
-            done = _add_missing_fids(ctx, cell, done, metrics_file)
+    done = read_metrics(metrics_file)
+    if done is not None and not _measured_current_images(ctx, cell, done):
+        done = None  # measured on other images: nothing of it stands
+    if done is not None:
+        keys = measurement_keys(ctx, cell)
+        if done.get("keys") != keys and _all_batches_done(ctx, cell):  # measured otherwise: redo what changed
+            done = {"status": "done", **measure_cell(ctx, cell, previous=done)}
+            atomic_write_json(metrics_file, done)
+        if done.get("keys") == keys:
             if ctx.progress:
                 ctx.progress(cell.samples)
             return done
@@ -569,12 +719,20 @@ def run_cell(ctx: RunContext, cell: Cell) -> dict:
     manifest_file = cell_dir / "manifest.json"
     atomic_write_json(manifest_file, manifest(ctx, cell, method))
     generate_cell(ctx, cell, method)
-    results = {"status": "done", **measure_cell(ctx, cell)}
+    results = {"status": "done", **measure_cell(ctx, cell, previous=done)}
     atomic_write_json(metrics_file, results)
     return results
 
 
 # -- the suite ----------------------------------------------------------------------------------
+
+def invalid_summary(reasons) -> str | None:
+    """'no face detected: 14; blank image: 2' (most frequent first), or None when all were valid."""
+    if not isinstance(reasons, dict) or not reasons:
+        return None
+    ordered = sorted(reasons.items(), key=lambda kv: (-int(kv[1]), str(kv[0])))
+    return "; ".join(f"{reason or 'no reason given'}: {int(count)}" for reason, count in ordered)
+
 
 def result_rows(cell: Cell, results: dict) -> list[dict]:
     base = {"model": cell.model.name, "method": cell.method.display, "attributes": cell.setting.key,
@@ -591,7 +749,8 @@ def result_rows(cell: Cell, results: dict) -> list[dict]:
     cost = results["cost"]
     rows = []
     for labeler, m in results["labelers"].items():
-        rows.append({**base, "labeler": labeler, "n_valid": m["n_valid"], "fd": m["fd"], "fd_lo": m["fd_lo"],
+        rows.append({**base, "labeler": labeler, "n_valid": m["n_valid"],
+                     "invalid_reasons": invalid_summary(m.get("invalid_reasons")), "fd": m["fd"], "fd_lo": m["fd_lo"],
                      "fd_hi": m["fd_hi"], "fd_soft": m["fd_soft"], "kl": m["kl"], "chi2_p": m["chi2_p"],
                      "tost_p": m["tost_p"], "equivalent": m["equivalent"],
                      "error_aware_fd": m.get("error_aware", {}).get("fd"),

@@ -53,6 +53,14 @@ def run_cells_on_ray(suite, out: Path, cells: list, device: str = "cpu", address
         raise SuiteError("--executor ray needs Ray: pip install 'diffaudit[ray]'") from None
     import torch
 
+    from audit.runner import check_fid_references, retire_stale_cells
+
+    # Before any task: refuse FID references that cannot back an FID, and move aside cells made
+    # from other weights (here, not in the tasks, where twin cells would race to move each other).
+    driver = _context(suite.model_dump(), str(Path(out).resolve()), device, torch.get_num_threads())
+    check_fid_references(driver)
+    retire_stale_cells(driver, [c for c in cells if not c.skip_reason])
+    del driver
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,

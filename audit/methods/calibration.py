@@ -32,6 +32,7 @@ import torch
 
 from audit.registry import effective_params
 from audit.spec import DEFAULT_PROMPT
+from audit.stages import reached
 from audit.store import atomic_write_json, inside
 
 CALIBRATION_SEED = 20_000_000
@@ -65,8 +66,10 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
     if not cache.exists() and shipped is not None and shipped.exists():
         ctx.log(f"{cell.method.name} on {cell.model.name}/{cell.setting.key}: using the zoo's calibrated scale")
         atomic_write_json(cache, json.loads(shipped.read_text()))
+    partial = inside(ctx.store.out, Path("calibration") / "partial" / cache.name)
     if cache.exists():
         record = json.loads(cache.read_text())
+        partial.unlink(missing_ok=True)  # a kill between the record and this cleanup left it
         return {"scale": float(record["scale"]), "aim": record.get("aim")}
     judge = ctx.labeler(ctx.suite.probe_labeler)
     seeds = list(range(CALIBRATION_SEED, CALIBRATION_SEED + AIM_SAMPLES * n))  # the walk uses the first n
@@ -75,24 +78,37 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
     noise = float(np.sqrt((target * (1 - target)).sum() / n))  # FD's sampling spread at the target
     tried = []
     earlier = earlier_trials(config, [cache.parent, shipped.parent] if shipped is not None else [cache.parent])
+    finished = resumable_measurements(partial, config)  # of a calibration killed before its record
 
     def measure(scale: float, aim: np.ndarray | None = None, count: int = n) -> dict:
         aimed = {} if aim is None else {"aim": aim.tolist()}
+        key = measurement_key(scale, aimed.get("aim"), count)
+        if key in finished:
+            say(f"scale {scale:g}{' aimed' if aimed else ''} on {count} seeds: kept from an interrupted calibration")
+            return finished[key]
         method = factory(probes=probes, target=target, **{**params, "scale": scale, **aimed})
         method.start_cell(seeds[:count])
-        images = []
+        images, finite = [], []
         for i in range(0, count, cell.batch_size):
             end = min(i + cell.batch_size, count)
             out = adapter.generate(seeds[i:end], prompts=None if prompts is None else prompts[i:end],
                                    steps=cell.model.steps, guidance_scale=cell.model.guidance_scale, method=method,
                                    eta=cell.model.eta)
             images.append(out.images)
-        labels = judge.label(torch.cat(images))
-        joint, k = joint_labels([labels.hard(a)[labels.valid] for a in cell.setting.attributes],
+            finite.append(out.finite)
+        images = torch.cat(images)
+        labels = judge.label(images)
+        flat = images.flatten(1)  # a non-finite (stored black) or flat image is no sample of any class
+        valid = labels.valid & torch.cat(finite).numpy() & (flat.amax(1) > flat.amin(1)).numpy()
+        joint, k = joint_labels([labels.hard(a)[valid] for a in cell.setting.attributes],
                                 [len(judge.attributes[a]) for a in cell.setting.attributes])
         p_hat = np.bincount(joint, minlength=k) / max(1, len(joint))
-        return {"scale": scale, **aimed, "n": count, "fd": float(np.linalg.norm(p_hat - target)),
-                "p_hat": p_hat.round(4).tolist()}
+        result = {"scale": scale, **aimed, "n": count, "fd": float(np.linalg.norm(p_hat - target)),
+                  "p_hat": p_hat.round(4).tolist()}
+        finished[key] = result
+        atomic_write_json(partial, {"config": config, "measurements": list(finished.values())})
+        reached("calibration-trial")
+        return result
 
     def say(message: str) -> None:
         ctx.log(f"calibrating {cell.method.name} on {cell.model.name}/{cell.setting.key}: {message}")
@@ -139,7 +155,28 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
         aim = best.get("aim")
     atomic_write_json(cache, {"scale": chosen, "aim": aim, "noise": noise, "tried": tried, "aimed": aimed,
                               "config": config})
+    partial.unlink(missing_ok=True)
     return {"scale": chosen, "aim": aim}
+
+
+def measurement_key(scale: float, aim: list | None, count: int) -> str:
+    return json.dumps([float(scale), aim, int(count)])
+
+
+def resumable_measurements(partial: Path, config: dict) -> dict[str, dict]:
+    """The measurements (walk trials and aims) a calibration of the same config finished before it
+    was killed or interrupted, by (scale, aim, seeds): each is deterministic (fixed seeds, weights,
+    params and judge), so the re-run continues from them and chooses what the run would have.
+    Kept in OUT/calibration/partial/ (not beside the records: ship_calibrations and earlier_trials
+    read those as finished) and removed once the record is written."""
+    try:
+        data = json.loads(partial.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = lambda c: json.dumps(c, sort_keys=True, default=str)  # noqa: E731  (NaN accuracies compare equal)
+    if not isinstance(data, dict) or same(data.get("config")) != same(config):
+        return {}
+    return {measurement_key(m["scale"], m.get("aim"), m["n"]): m for m in data.get("measurements", [])}
 
 
 def corrected_aim(aim: np.ndarray, p_hat: np.ndarray, target: np.ndarray, noise: float) -> np.ndarray | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from audit.stages import reached
 from audit.zoo.synthfaces import ATTRIBUTES
 
 
@@ -72,12 +73,84 @@ def make_fid(extractor: str = "synthfaces", weights: str | None = None):
 
 
 def extractor_tag(extractor: str, weights: str | None = None) -> str:
-    """The extractor's name in cache files: user-supplied weights are part of how stats were made."""
+    """The extractor's name in cache files: user-supplied weights, by content, are part of how
+    stats were made."""
     if extractor in WEIGHTED and weights:
+        from audit.models.loading import file_digest
+
         path = Path(weights)
-        size = path.stat().st_size if path.is_file() else 0
-        return f"{extractor}-{path.stem}-{size}"
+        return f"{extractor}-{path.stem}-{file_digest(path)[:12] if path.is_file() else 'missing'}"
     return extractor
+
+
+def feature_dim(extractor: str) -> int:
+    """The number of features the extractor gives per image (the size of FID's covariance)."""
+    if extractor == "synthfaces":
+        import json
+
+        from audit.zoo import zoo_path
+
+        return int(json.loads((zoo_path("synthfaces-features") / "config.json").read_text())["feature_dim"])
+    return {"mobilenet_v2": 1280, "inception": 2048}[extractor]
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def reference_files(reference: str, n: int, base_dir: Path | None = None) -> list[Path]:
+    """The (up to n) image files of a directory reference that FID reads, in name order."""
+    folder = Path(reference) if base_dir is None else base_dir / reference
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:n]
+
+
+def reference_problem(spec) -> str | None:
+    """Why a directory FID reference cannot back an FID (one line naming the fix), or None.
+
+    It must hold at least the fid.n images the suite asks for (the count metrics.json and the
+    report state), and more than the extractor has features: with no more images than features
+    the reference covariance is singular and FID measures mostly the small sample (two samples of
+    the biased SynthFaces world, 1,000 generated against N reference images, FID[synthfaces] with
+    its 64 features: 48.5 at N=14, 13.0 at 65, 5.7 at 130, 1.2 at 1,000). torchmetrics itself only
+    refuses fewer than 2. SynthFaces worlds are drawn at exactly fid.n and are not checked."""
+    if spec.reference.startswith("synthfaces:"):
+        return None
+    folder = Path(spec.reference)
+    if not folder.is_dir():
+        return (f"fid.reference {spec.reference}: no such directory; give synthfaces:WORLD or a directory of "
+                f"{'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images")
+    count, dim = len(reference_files(spec.reference, spec.n)), feature_dim(spec.extractor)
+    if count < spec.n:
+        fix = f"lower fid.n to {count} or add images" if count > dim else \
+            f"add images (FID[{spec.extractor}] needs more than {dim}, its feature dimension)"
+        return f"fid.reference {spec.reference} holds {count} images, fewer than fid.n = {spec.n}: {fix}"
+    if spec.n <= dim:
+        return (f"fid.n {spec.n} is too few reference images for FID[{spec.extractor}], whose features have {dim} "
+                f"dimensions: the reference covariance would be singular and FID would mostly measure the small "
+                f"sample; use more than {dim} images in {spec.reference}")
+    return None
+
+
+def reference_identity(reference: str, n: int) -> str:
+    """The reference set as FID reads it: a SynthFaces world by name; a directory by the names,
+    sizes and modification times of the files read, so replacing images invalidates cached stats."""
+    if reference.startswith("synthfaces:"):
+        return reference
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in reference_files(reference, n):
+        st = f.stat()
+        digest.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return f"{reference}@{digest.hexdigest()[:12]}"
+
+
+def fid_identity(spec) -> dict:
+    """Everything an FID entry depends on besides the cell's images."""
+    return {"extractor": extractor_tag(spec.extractor, spec.weights), "reference": reference_identity(spec.reference,
+                                                                                                   spec.n),
+            "n": spec.n}
 
 
 def fid_between(a: torch.Tensor, b: torch.Tensor, extractor: str = "synthfaces", batch: int = 500,
@@ -107,7 +180,7 @@ def reference_images(reference: str, n: int, base_dir: Path | None = None) -> to
     from PIL import Image
 
     folder = Path(reference) if base_dir is None else base_dir / reference
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))[:n]
+    files = reference_files(reference, n, base_dir)
     if len(files) < 2:
         raise FileNotFoundError(f"FID reference {folder} holds {len(files)} images; need at least 2")
     arrays = [np.asarray(Image.open(f).convert("RGB").resize((32, 32), Image.BICUBIC)) for f in files]
@@ -147,7 +220,9 @@ def reference_state(out: Path, extractor: str, reference: str, n: int, weights: 
     from audit.store import inside
 
     safe = lambda text: "".join(c if c.isalnum() or c in "-_." else "_" for c in text)  # noqa: E731
-    name = reference if target is None else f"{reference}-{'x'.join(target[0])}-{'_'.join(f'{v:g}' for v in target[1])}"
+    name = reference_identity(reference, n)
+    if target is not None:
+        name = f"{name}-{'x'.join(target[0])}-{'_'.join(f'{v:g}' for v in target[1])}"
     cache = inside(out, Path("fid") / f"{safe(extractor_tag(extractor, weights))}__{safe(name)}__n{n}.safetensors")
     if cache.exists():
         return load_file(cache)
@@ -157,10 +232,10 @@ def reference_state(out: Path, extractor: str, reference: str, n: int, weights: 
         metric.update(images[i:i + 500], real=True)
     state = {k: getattr(metric, k).detach().clone() for k in
              ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    save_file(state, tmp)
-    tmp.replace(cache)
+    from audit.store import atomic_path
+
+    with atomic_path(cache) as tmp:  # a unique temporary name: parallel Ray tasks may write the same cache
+        save_file(state, tmp)
     return state
 
 
@@ -179,10 +254,14 @@ def cell_fids(ctx, cell, specs=None) -> list[dict]:
             state = reference_state(ctx.store.out, spec.extractor, spec.reference, spec.n, spec.weights, target)
             for name, value in state.items():
                 setattr(metric, name, value)
+    reached("fid")
     for start in range(0, len(cell.seeds), 500):
         images = ctx.store.load_images(cell.cell_id, cell.seeds[start:start + 500])
         for metric in metrics.values():
             metric.update(images, real=False)
-    return [{"extractor": spec.extractor, "reference": spec.reference, "n_reference": spec.n, "n": len(cell.seeds),
+    # n_reference: the images the reference statistics were made from, not the count asked for
+    return [{"extractor": spec.extractor, "reference": spec.reference, "n_requested": spec.n,
+             "n_reference": int(metrics[i, "value"].real_features_num_samples), "n": len(cell.seeds),
+             "feature_dim": feature_dim(spec.extractor),
              **{key: float(metric.compute()) for (j, key), metric in metrics.items() if j == i}}
             for i, spec in enumerate(specs)]

@@ -22,6 +22,7 @@ import torch
 
 from audit.models.batch_invariant import make_batch_invariant
 from audit.models.hspace import HSpaceHook
+from audit.spec import SuiteError
 
 
 @dataclass
@@ -230,6 +231,8 @@ class ModelAdapter:
         method = method or Method()
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
         scheduler.set_timesteps(steps)
+        if eta:
+            _keep_ddim_direction_real(scheduler, eta)
         x = self.initial_noise(seeds) * scheduler.init_noise_sigma
         generators = [torch.Generator().manual_seed(int(s) + 1) for s in seeds]
         # Stochastic samplers draw each image's step noise from its own generator (PNDM takes none).
@@ -278,8 +281,19 @@ class ModelAdapter:
                 if getattr(self.vae.config, "shift_factor", None) is not None:
                     latents = latents + self.vae.config.shift_factor
                 x = self.vae.decode(latents).sample
-        images = (x.float() / 2 + 0.5).clamp(0, 1).cpu()
-        return Generated(images=images, h=recorded if record_h else None, stats=method.end_batch(batch))
+        finite = torch.isfinite(x.float()).flatten(1).all(1).cpu()
+        if not finite.any() and len(seeds) > 1:
+            raise SamplingDiverged(f"{self.model_id}: all {len(seeds)} images of a batch came out non-finite (NaN/inf) "
+                                   f"sampling with {type(scheduler).__name__}, steps {steps}, eta {eta or 0:g}: the "
+                                   "sampler diverged; change steps or eta (or the scheduler) in the model's entry")
+        # A non-finite image is stored black (not NaN cast to uint8 with a warning) and reported,
+        # so the runner marks it invalid with its reason instead of labelling a black square.
+        images = torch.where(finite[:, None, None, None], (x.float().cpu() / 2 + 0.5).clamp(0, 1).nan_to_num(0.0),
+                             torch.zeros(()))
+        stats = method.end_batch(batch)
+        if not finite.all():
+            stats["nonfinite_seeds"] = [int(s) for s, ok in zip(seeds, finite.tolist(), strict=True) if not ok]
+        return Generated(images=images, h=recorded if record_h else None, stats=stats, finite=finite)
 
 
 MEMORY_OPTIONS = ("attention_slicing", "vae_slicing", "vae_tiling")
@@ -298,9 +312,43 @@ def load_scheduler(directory: Path, name: str | None = None):
 
 @dataclass
 class Generated:
-    images: torch.Tensor  # [N, 3, H, W] in [0, 1]
+    images: torch.Tensor  # [N, 3, H, W] in [0, 1]; black where the sample came out non-finite
     h: list[torch.Tensor] | None  # per step [N, C*h*w] (the conditional half under CFG)
-    stats: dict
+    stats: dict  # the method's, plus "nonfinite_seeds" when some images came out NaN/inf
+    finite: torch.Tensor | None = None  # bool [N]: False where the sample came out NaN/inf
+
+
+class SamplingDiverged(SuiteError):
+    """Every image of a batch came out NaN/inf: a sampler setting (steps, eta, scheduler) that
+    does not work for this model. A user-fixable setting, so one line and exit 2 like a suite error."""
+
+
+def _keep_ddim_direction_real(scheduler, eta: float) -> None:
+    """Work around a float32 cancellation in diffusers' DDIMScheduler.step at eta > 0.
+
+    The step takes sqrt(1 - alpha_bar_prev - (eta * sqrt(variance))**2). Where alpha_bar_t is ~0,
+    as at t=999 of a cosine schedule with trailing spacing (2.4e-9 on the zoo models), the exact
+    value is ~1e-8 but float32 can round it to -6e-8: the square root is NaN and so is every image.
+    The zoo's synthfaces-ddpm hit it at 5 steps with its default eta 1 (t 999 -> 799; diffusers'
+    own DDIMPipeline gives the same all-NaN images). Here the variance of such a step is lowered by
+    the few ulps that keep the root real (its true value is ~1e-4: the noise added is unchanged to
+    float precision); every step that was finite before is left bit for bit as it was."""
+    from diffusers import DDIMScheduler
+
+    if not isinstance(scheduler, DDIMScheduler):
+        return
+    exact = scheduler._get_variance
+
+    def variance(timestep, prev_timestep):
+        var = exact(timestep, prev_timestep)
+        a_prev = scheduler.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else scheduler.final_alpha_cumprod
+        for _ in range(64):  # the same expression as the step's; a few ulps suffice
+            if not (1 - a_prev - (eta * var ** 0.5) ** 2 < 0):
+                break
+            var = torch.nextafter(var, torch.zeros_like(var))
+        return var
+
+    scheduler._get_variance = variance
 
 
 def _edit_cond_half(h: torch.Tensor, method, batch, n: int) -> torch.Tensor | None:

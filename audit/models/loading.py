@@ -108,11 +108,24 @@ def load_model(spec, device: str = "cpu") -> ModelAdapter:
         raise ModelNotAvailable(f"{model_id}: incomplete model at {path}{variant}: {detail}; download the whole "
                                 "model (`hf download REPO`, `hf auth login` first for gated models) or save a complete "
                                 "pipeline with pipeline.save_pretrained(DIR)") from None
-    # For the HF cache the snapshot folder is the commit: the manifest records what was audited.
-    adapter.revision = path.name if spec.source.startswith("hf:") else spec.revision
-    if spec.source.startswith("zoo:"):
-        adapter.revision = zoo_revision(path)
+    adapter.revision = model_revision(spec, path)
     return adapter
+
+
+def model_revision(spec, path: Path | None = None) -> str | None:
+    """What identifies a model's weights, without loading them: the HF snapshot folder (the commit),
+    the zoo's step and UNet hash, a local directory's content hash. Probes, calibrations and a
+    cell's images are keyed on it, so weights retrained in place are never mistaken for the old.
+    Custom models (None here) report their own on the adapter."""
+    if spec.source.startswith("custom:"):
+        return spec.revision
+    if path is None:
+        path = resolve_source(spec.source, spec.revision)[0]
+    if spec.source.startswith("hf:"):
+        return path.name
+    if spec.source.startswith("zoo:"):
+        return zoo_revision(path)
+    return local_revision(path)
 
 
 def zoo_revision(path: Path) -> str:
@@ -126,3 +139,81 @@ def zoo_revision(path: Path) -> str:
     for weights in sorted((path / "unet").glob("*.safetensors")):
         digest.update(weights.read_bytes())
     return f"step{steps}-{digest.hexdigest()[:10]}"
+
+
+def local_revision(path: Path) -> str:
+    """A local diffusers directory's revision: a hash of the content of every file of
+    model_index.json's components (weights, whether safetensors or bin, configs, tokenizers)."""
+    import hashlib
+    import json
+
+    path = Path(path)
+    index = json.loads((path / "model_index.json").read_text())
+    files = [path / "model_index.json"]
+    for name, entry in sorted(index.items()):
+        if name.startswith("_") or not isinstance(entry, list) or (entry + [None])[1] is None:
+            continue
+        if (path / name).is_dir():
+            files += sorted(f for f in (path / name).iterdir() if f.is_file() and not f.name.startswith("."))
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.relative_to(path).as_posix()}\0{file_digest(f)}\0".encode())
+    return f"content-{digest.hexdigest()[:12]}"
+
+
+def directory_digest(path: Path) -> str:
+    """sha256 over the names and contents of every non-hidden file under `path` (a labeler's or
+    CLIP's weights directory), or of the file itself."""
+    import hashlib
+
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts)):
+        digest.update(f"{f.relative_to(path).as_posix()}\0{file_digest(f)}\0".encode())
+    return digest.hexdigest()
+
+
+_DIGESTS: dict[str, str] = {}
+CACHED_FROM_BYTES = 16 << 20  # files this large keep their hash on disk between runs
+
+
+def hash_cache_dir() -> Path:
+    """Where the hashes of large weight files are kept: $DIFFAUDIT_CACHE/hashes (default
+    ~/.cache/diffaudit/hashes)."""
+    import os
+
+    return Path(os.environ.get("DIFFAUDIT_CACHE") or Path.home() / ".cache" / "diffaudit") / "hashes"
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, read in chunks (memory stays flat for multi-GB weights).
+    Cached by (path, size, mtime, ctime, inode): in this process for every file, on disk for files
+    of 16 MiB or more, so a multi-GB model is hashed once, not at every run. Rewriting a file in
+    place changes its mtime and ctime, so retrained weights are hashed again."""
+    import hashlib
+
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    cached = hash_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.sha256"
+    if st.st_size >= CACHED_FROM_BYTES and cached.is_file():
+        value = cached.read_text().strip()
+        if len(value) == 64:
+            _DIGESTS[key] = value
+            return value
+    with open(path, "rb") as f:
+        value = hashlib.file_digest(f, "sha256").hexdigest()
+    _DIGESTS[key] = value
+    if st.st_size >= CACHED_FROM_BYTES:
+        from contextlib import suppress
+
+        from audit.store import atomic_write_bytes
+
+        with suppress(OSError):  # a read-only home: hash again next run
+            atomic_write_bytes(cached, value.encode())
+    return value

@@ -24,6 +24,7 @@ from PIL import Image
 from audit.report import plots
 from audit.report.load import CellData, ReportError, RunData, cell_key, load_run, number, text
 from audit.report.render import build_then_swap, render, url
+from audit.stages import reached
 from audit.store import RunLockedError, RunStore, UnsafePathError, image_problem, inside
 
 GALLERY_MAX = 48
@@ -135,6 +136,7 @@ class Report:
             cell["verdicts"] = [v for v in verdicts if v["cell_id"] == cell["cell_id"]]
             render("cell.html.j2", root / "cells" / f"{cell['key']}.html", cell=cell, suite=context["suite"],
                    tolerance=self.tolerance, root="../")
+        reached("report")
         context["render_seconds"] = time.perf_counter() - t0
         render("index.html.j2", root / "index.html", **context)
 
@@ -174,7 +176,7 @@ class Report:
         return {**row, "tost_p": tost_p, "equivalent": equivalent,
                 "error_aware_fd": row["error_aware_fd"] if row["error_aware_fd"] is not None else number(ea.get("fd")),
                 "error_aware": error_aware, "href": f"cells/{key}.html" if key else None,
-                "reason": self.run.reasons.get(row["cell_id"] or ""),
+                "reason": self.run.reasons.get(row["cell_id"] or "") or _nothing_measured(row, m),
                 "n_valid": row["n_valid"], "invalid_rate": number((m or {}).get("invalid_rate"))}
 
     # -- one cell ----------------------------------------------------------------------------------
@@ -467,6 +469,17 @@ class Report:
         specs = self.run.suite.get("fid")  # one spec (older runs) or a list, primary first
         fid = [_fields(f, "extractor", "reference", "n") for f in (specs if isinstance(specs, list) else [specs])
                if isinstance(f, dict)]
+        used = defaultdict(set)  # the reference counts the cells' FIDs were computed from
+        for c in self.run.cells.values():
+            metrics = c.metrics if isinstance(c.metrics, dict) else {}
+            extra = metrics.get("fid_extra") if isinstance(metrics.get("fid_extra"), dict) else {}
+            for entry in [metrics.get("fid"), *extra.values()]:
+                if isinstance(entry, dict) and number(entry.get("n_reference")) is not None:
+                    used[str(entry.get("extractor"))].add(int(number(entry["n_reference"])))
+        for f in fid:
+            counts = sorted(used.get(str(f["extractor"]), ()))
+            f["requested"] = f["n"]
+            f["n"] = " or ".join(f"{c:,}" for c in counts) if counts else None
         return {"models": [{**e, "samplers": sorted(e["samplers"]), "steps": ", ".join(sorted(e["steps"])),
                             "guidance_scale": ", ".join(sorted(e["guidance_scale"]))} for e in models.values()],
                 "seeds": sorted(seeds), "devices": sorted(devices), "labelers": list(labelers.values()),
@@ -487,6 +500,18 @@ class Report:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+
+def _nothing_measured(row: dict, metrics: dict | None) -> str | None:
+    """Why a finished cell has no fairness numbers: none of its samples was valid for the labeler,
+    with the most frequent reasons (e.g. "no valid sample: no face detected: 16")."""
+    if row["status"] != "done" or row["n_valid"] is None or row["n_valid"] > 0:
+        return None
+    reasons = row.get("invalid_reasons")
+    if not reasons and isinstance((metrics or {}).get("invalid_reasons"), dict):
+        ordered = sorted(metrics["invalid_reasons"].items(), key=lambda kv: -(number(kv[1]) or 0))
+        reasons = "; ".join(f"{k or 'no reason given'}: {v}" for k, v in ordered)
+    return "no valid sample, nothing measured" + (f": {reasons}" if reasons else "")
+
 
 def _fields(value, *keys) -> dict | None:
     """A dict from the run with exactly these keys (missing ones None); None if not a dict."""

@@ -24,7 +24,8 @@ class ReportError(ValueError):
 
 NUMERIC = ["n", "n_valid", "fd", "fd_lo", "fd_hi", "fd_soft", "kl", "chi2_p", "tost_p", "error_aware_fd", "fid",
            "fid_target", "clip_score", "seconds", "images_per_s"]
-TEXT = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "fid_extractor", "cell_id"]
+TEXT = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "fid_extractor", "cell_id",
+        "invalid_reasons"]
 
 
 def number(value) -> float | None:

@@ -112,7 +112,8 @@ def build_then_swap(parent: Path, name: str, build) -> Path:
             inside(parent, name)
         except UnsafePathError as e:
             raise ReportError(str(e)) from None
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".tmp"))
+    _remove_leftovers(parent, name)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.{os.getpid()}.", suffix=".tmp"))
     os.chmod(tmp, 0o755)
     try:
         build(tmp)
@@ -123,7 +124,7 @@ def build_then_swap(parent: Path, name: str, build) -> Path:
     if final.is_symlink() or final.is_file():
         final.unlink()
     elif final.exists():
-        old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".old"))
+        old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.{os.getpid()}.", suffix=".old"))
         os.replace(final, old / name)
     try:
         os.replace(tmp, final)
@@ -136,3 +137,26 @@ def build_then_swap(parent: Path, name: str, build) -> Path:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _remove_leftovers(parent: Path, name: str) -> None:
+    """Remove the temporary folders of renders killed before they could clean up (kill -9): their
+    names carry the rendering process's id, and a folder of a process still running (another
+    render of the same run) is left alone."""
+    for leftover in parent.glob(f".{name}.*"):
+        parts = leftover.name[len(name) + 2:].split(".")  # [pid, random, tmp|old] ([random, tmp] before pids)
+        if parts[-1] not in ("tmp", "old") or not leftover.is_dir() or leftover.is_symlink():
+            continue
+        if len(parts) == 3 and parts[0].isdigit() and _running(int(parts[0])):
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
