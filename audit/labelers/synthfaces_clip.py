@@ -30,6 +30,7 @@ def zero_shot_classes() -> dict[str, dict[str, list[str]]]:
 
 class SynthFacesClipLabeler(ClipZeroShotLabeler):
     supplied = ("name",)  # its registry name (audit.registry.make_labeler), not a suite option
+
     def __init__(self, name: str = "synthfaces-clip", device: str = "cpu", batch_size: int = 500,
                  model_path: str | os.PathLike | None = None):
         from audit.zoo import zoo_path
