@@ -408,13 +408,16 @@ def sample_size_to_decide(p: np.ndarray, target: np.ndarray, epsilon: float, alp
 
     Inside the band (max_c |p_c - target_c| < epsilon): the n at which tost_equivalence declares
     equivalence. The test fails if any of its one-sided tests fails, so the chance of failing is
-    at most the sum of theirs (a bound: the n is on the safe side), and n is the smallest with
-    that sum <= 1 - power (a bisection: each term falls with n). Outside the band: the n at which
+    at most the sum of theirs, and n is the smallest with that sum <= 1 - power (a bisection:
+    each term falls with n; the bound's slack offsets the approximation's neglect of the exact
+    tests' discreteness, so the n is not systematically short). Outside the band: the n at which
     minimum_effect_test declares the distribution off target; any class's test suffices, so n is
     the smallest over the classes outside the band of the one-sample binomial sample size for
     its one-sided test at level alpha / (2 m) (m classes tested), in closed form. Normal
-    approximation throughout, with the exact tests' discreteness ignored. None when p lies on the
-    band's edge (no n decides) or the answer exceeds max_n.
+    approximation throughout. None when p lies on the band's edge (no n decides) or the answer
+    exceeds max_n. Not statsmodels' power_binom_tost: the exact power saw-tooths in n (and it
+    answers negative powers where the rejection region is empty), so "the smallest n reaching the
+    power" is not a stable answer from it.
     """
     p = np.asarray(p, dtype=float)
     target = np.asarray(target, dtype=float)
@@ -466,9 +469,11 @@ def fairness_verdict(counts: np.ndarray, target: np.ndarray, epsilon: float, alp
       settle it with probability `power` (sample_size_to_decide; None when p_hat sits on the
       band's edge).
 
-    The two tests cannot both succeed (one shows a class inside the band, the other the same or
-    another class outside it, each on its own exact one-sided tails), and as n grows every
-    distribution not exactly on the band's edge gets a definite verdict.
+    The two tests cannot both succeed: TOST shows every class inside the band, the other some
+    class outside it, and for that class both would need the opposite tails of one binomial at
+    level < 1/2. As n grows every distribution not exactly on the band's edge gets a definite
+    verdict. The verdict judges the labeler's output, like TOST and FD; the error-aware estimate
+    has its own intervals.
     Returns {"verdict", "n_needed", "tost_p", "off_target_p"}.
     """
     counts = np.asarray(counts, dtype=int)
