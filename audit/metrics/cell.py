@@ -21,7 +21,16 @@ def label_matrix(labels: pd.DataFrame, attribute: str, classes: list[str]) -> np
 
 
 def fairness_metrics(labels: pd.DataFrame, labeler, setting, tolerance: float) -> dict:
-    """Every fairness number of the setting's (joint) attribute distribution, with intervals."""
+    """Every fairness number of the setting's (joint) attribute distribution, with intervals.
+
+    Beside FD: fd_floor / fd_floor_q95 (mean and 95% quantile of the FD a generator exactly on
+    target shows at this n, F.fd_noise_floor), fd_within_noise (fd <= fd_floor_q95),
+    fd_corrected (F.fd_bias_corrected: comparable across n). chi2_p is the p-value of
+    F.multinomial_gof and chi2_method says which test gave it. verdict is "on_target",
+    "off_target" or "inconclusive" (F.fairness_verdict at the tolerance), with n_needed (valid
+    samples that would settle an inconclusive verdict) and samples_needed (images, allowing for
+    the invalid rate). p_intervals are per class, p_intervals_simultaneous hold all at once.
+    """
     class_lists = setting.class_lists()
     attributes = setting.attributes
     for a, classes in zip(attributes, class_lists, strict=True):
@@ -48,17 +57,27 @@ def fairness_metrics(labels: pd.DataFrame, labeler, setting, tolerance: float) -
     counts = np.bincount(joint, minlength=k)
     p_hat = counts / n_valid
     fd_lo, fd_hi = F.bootstrap_fd_interval(joint, k, target, n_resamples=BOOTSTRAP_RESAMPLES)
-    chi2, chi2_p = F.chi_square_gof(counts, target)
+    gof = F.multinomial_gof(counts, target)
     tost = F.tost_equivalence(counts, target, tolerance)
+    verdict = F.fairness_verdict(counts, target, tolerance)
     intervals = F.proportion_intervals(counts)
+    fd = F.fairness_discrepancy(p_hat, target)
+    floor, floor_q95 = F.fd_noise_floor(n_valid, target)
+    n_needed = verdict["n_needed"]
     result.update({
         "counts": counts.tolist(), "p_hat": p_hat.tolist(), "p_soft": F.soft_proportions(soft).tolist(),
         "p_intervals": np.asarray(intervals).tolist(),
-        "fd": F.fairness_discrepancy(p_hat, target), "fd_lo": fd_lo, "fd_hi": fd_hi,
+        "p_intervals_simultaneous": F.proportion_intervals(counts, method="goodman").tolist(),
+        "fd": fd, "fd_lo": fd_lo, "fd_hi": fd_hi,
+        "fd_floor": floor, "fd_floor_q95": floor_q95, "fd_within_noise": bool(fd <= floor_q95),
+        "fd_corrected": F.fd_bias_corrected(counts, target),
         "fd_soft": F.fairness_discrepancy(F.soft_proportions(soft), target),
         "kl": F.kl_to_target(p_hat, target), "kl_reverse": F.kl_to_target(p_hat, target, direction="reverse"),
-        "chi2": chi2, "chi2_p": chi2_p, "tost_p": tost["p_value"], "equivalent": bool(tost["equivalent"]),
+        "chi2": gof["statistic"], "chi2_p": gof["p_value"], "chi2_method": gof["method"],
+        "tost_p": tost["p_value"], "equivalent": bool(tost["equivalent"]),
         "tost_per_class": np.asarray(tost["p_values"]).tolist(), "tolerance": tolerance,
+        "verdict": verdict["verdict"], "off_target_p": verdict["off_target_p"], "n_needed": n_needed,
+        "samples_needed": None if n_needed is None else int(np.ceil(n_needed * len(labels) / n_valid)),
         "per_attribute": {a: np.bincount(h, minlength=kk).tolist() for a, h, kk in zip(attributes, hard, ks,
                                                                                          strict=True)},
     })
@@ -68,27 +87,15 @@ def fairness_metrics(labels: pd.DataFrame, labeler, setting, tolerance: float) -
     confusion = getattr(labeler, "confusion", None)
     if confusion is not None:
         matrices = confusion()
-        C = F.joint_confusion([F.confusion_from_counts(matrices[a]) for a in attributes])
         counts_per = [np.asarray(matrices[a]) for a in attributes]
-        joint_counts = _joint_confusion_counts(counts_per)
-        estimate = F.error_aware_interval(joint, joint_counts, k, n_resamples=BOOTSTRAP_RESAMPLES)
-        p = np.asarray(estimate["p"])
-        result["error_aware"] = {"p": p.tolist(), "lo": np.asarray(estimate["lo"]).tolist(),
-                                 "hi": np.asarray(estimate["hi"]).tolist(),
-                                 "fd": F.fairness_discrepancy(p, target),
-                                 "confusion": C.tolist()}
+        C = F.joint_confusion([F.confusion_from_counts(c) for c in counts_per])
+        # each attribute's matrix is resampled from its own labelled counts (never fake joint counts)
+        estimate = F.error_aware_interval(joint, counts_per, k, n_resamples=BOOTSTRAP_RESAMPLES, target=target)
+        result["error_aware"] = {key: np.asarray(estimate[key]).tolist()
+                                 for key in ("p", "lo", "hi", "lo_simultaneous", "hi_simultaneous")}
+        result["error_aware"].update({"fd": estimate["fd"], "fd_lo": estimate["fd_lo"], "fd_hi": estimate["fd_hi"],
+                                      "confusion": C.tolist()})
     return result
-
-
-def _joint_confusion_counts(counts: list[np.ndarray]) -> np.ndarray:
-    """Joint confusion counts assuming independent errors across attributes: the Kronecker
-    product of the row-normalised matrices scaled by the joint row totals."""
-    C = F.joint_confusion([F.confusion_from_counts(c) for c in counts])
-    totals = np.ones(1)
-    for c in counts:
-        totals = np.outer(totals, np.asarray(c).sum(1)).ravel()
-    per_row = totals / totals.max() * min(np.asarray(c).sum() for c in counts)
-    return np.round(C * per_row[:, None]).astype(int)
 
 
 def labeler_agreement(tables: dict[str, pd.DataFrame], setting) -> dict[str, dict[str, float]]:

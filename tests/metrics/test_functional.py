@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import special, stats
 
 from audit.metrics import functional as F
 
@@ -327,3 +327,257 @@ def test_error_aware_removes_labeler_bias(p, C):
           f"per-class coverage {np.round(coverage, 3).tolist()}")
     assert removed >= 0.8
     assert np.all(coverage >= 0.90), coverage
+
+
+# --------------------------------------------------------------------------------------------
+# Library agreement (the wrappers add only edge cases)
+# --------------------------------------------------------------------------------------------
+
+
+def test_wilson_is_statsmodels_and_bootstrap_is_scipy():
+    from statsmodels.stats.proportion import proportion_confint
+
+    x, n = np.array([1, 7, 30, 99]), np.array([10, 50, 60, 100])
+    np.testing.assert_allclose(np.stack(F.wilson_interval(x, n)), np.stack(proportion_confint(x, n, method="wilson")))
+    labels = (np.random.default_rng(7).random(200) < 0.4).astype(int)
+    expected = stats.bootstrap((labels,), np.mean, n_resamples=300, vectorized=False, method="percentile",
+                               rng=np.random.default_rng(1)).confidence_interval
+    assert F.bootstrap_interval(np.mean, labels, 300, seed=1) == pytest.approx((expected.low, expected.high))
+
+
+def test_adjust_pvalues_and_kappa_are_statsmodels():
+    from statsmodels.stats.inter_rater import cohens_kappa
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.random.default_rng(8).random(12) / 5
+    for method in ("holm", "bonferroni", "fdr_bh"):
+        np.testing.assert_allclose(F.adjust_pvalues(p, method), multipletests(p, method=method)[1])
+    a = np.repeat([0, 0, 1, 1], [20, 5, 10, 15])
+    b = np.repeat([0, 1, 0, 1], [20, 5, 10, 15])
+    assert F.cohens_kappa(a, b, 2) == pytest.approx(cohens_kappa(np.array([[20, 5], [10, 15]]), return_results=False))
+    assert np.isnan(F.cohens_kappa(np.zeros(5, int), np.zeros(5, int), 2))
+
+
+def test_tost_matches_statsmodels_binom_tost_inside_the_unit_interval():
+    from statsmodels.stats.proportion import binom_tost
+
+    counts, target = np.array([230, 270, 250, 250]), UNIFORM4
+    ours = F.tost_equivalence(counts, target, epsilon=0.05)["p_values"]
+    theirs = [binom_tost(x, 1000, t - 0.05, t + 0.05)[0] for x, t in zip(counts, target, strict=True)]
+    np.testing.assert_allclose(ours, theirs)
+
+
+# --------------------------------------------------------------------------------------------
+# Goodness of fit with a small-sample guard
+# --------------------------------------------------------------------------------------------
+
+
+def _exact_multinomial_by_enumeration(counts, target) -> float:
+    """Probability-ordered exact multinomial p-value, by brute force over every outcome."""
+    import itertools
+
+    n, k = int(sum(counts)), len(counts)
+    outcomes = [c for c in itertools.product(range(n + 1), repeat=k) if sum(c) == n]
+    pmf = np.array([stats.multinomial.pmf(c, n, target) for c in outcomes])
+    observed = stats.multinomial.pmf(counts, n, target)
+    return float(pmf[pmf <= observed * (1 + 1e-9)].sum())
+
+
+def test_gof_is_exact_when_expected_counts_are_small():
+    # Pearson's chi-square gives 0.079 here; the exact test (the outcome and every less probable one) 0.167
+    result = F.multinomial_gof([1, 2, 6, 1], UNIFORM4)
+    assert result["method"] == "exact"
+    assert result["p_value"] == pytest.approx(_exact_multinomial_by_enumeration([1, 2, 6, 1], UNIFORM4))
+    assert result["p_value"] == pytest.approx(0.1669, abs=1e-4)
+    assert result["statistic"] == pytest.approx(stats.chisquare([1, 2, 6, 1]).statistic)
+    target = np.array([0.5, 0.3, 0.2])
+    assert F.multinomial_gof([4, 0, 3], target)["p_value"] == pytest.approx(
+        _exact_multinomial_by_enumeration([4, 0, 3], target))
+    # large expected counts: scipy's chi-square, unchanged
+    big = F.multinomial_gof([30, 50, 20], [0.3, 0.4, 0.3])
+    assert big["method"] == "asymptotic"
+    assert big["p_value"] == pytest.approx(stats.chisquare([30, 50, 20], [30, 40, 30]).pvalue)
+    # zero-target classes as chi_square_gof: a sample in one is a violation
+    assert F.multinomial_gof([3, 2, 1], [0.5, 0.5, 0.0]) == {"statistic": float("inf"), "p_value": 0.0,
+                                                              "method": "exact"}
+    assert F.multinomial_gof([0, 0], UNIFORM2)["method"] is None
+
+
+def test_gof_monte_carlo_agrees_with_exact_when_outcomes_are_too_many():
+    counts, target = np.array([5, 1, 2, 4, 0, 3, 2, 3]), np.full(8, 1 / 8)     # 20 samples, 888,030 outcomes
+    mc = F.multinomial_gof(counts, target)
+    exact = F.multinomial_gof(counts, target, max_outcomes=10**6)
+    assert mc["method"] == "monte_carlo" and exact["method"] == "exact"
+    se = np.sqrt(exact["p_value"] * (1 - exact["p_value"]) / 100_000)
+    assert abs(mc["p_value"] - exact["p_value"]) < 4 * se
+
+
+def test_gof_holds_its_level_at_small_n():
+    """Under the target, n = 10 over 4 classes: the exact test rejects at most 5% of the time."""
+    rng = np.random.default_rng(9)
+    p = np.array([F.multinomial_gof(c, UNIFORM4)["p_value"] for c in rng.multinomial(10, UNIFORM4, size=1000)])
+    assert np.mean(p < 0.05) <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / 1000)
+
+
+def test_compositions_enumerate_every_outcome_once():
+    rows = F._compositions(6, 4)
+    assert rows.shape == (84, 4) and np.all(rows.sum(1) == 6) and np.all(rows >= 0)
+    assert len({tuple(r) for r in rows}) == 84
+
+
+# --------------------------------------------------------------------------------------------
+# The FD noise floor and the bias-corrected FD
+# --------------------------------------------------------------------------------------------
+
+
+def test_fd_noise_floor_matches_theory():
+    mean, q95 = F.fd_noise_floor(100, UNIFORM4)
+    assert mean == pytest.approx(0.080, abs=0.002)        # E[FD] on target, K = 4, n = 100
+    # large n: n K FD^2 is chi-square(K - 1) for a uniform target
+    n, k = 20_000, 4
+    mean, q95 = F.fd_noise_floor(n, UNIFORM4)
+    chi_mean = np.sqrt(2 / (n * k)) * np.exp(special.gammaln(k / 2) - special.gammaln((k - 1) / 2))
+    assert mean == pytest.approx(chi_mean, rel=0.01)
+    assert q95 == pytest.approx(np.sqrt(stats.chi2.ppf(0.95, k - 1) / (n * k)), rel=0.01)
+    # any target: E[FD^2] = (1 - sum t^2) / n, and the floor shrinks like 1 / sqrt(n)
+    target = np.array([0.6, 0.3, 0.1])
+    rng = np.random.default_rng(10)
+    fd2 = np.sum((rng.multinomial(400, target, size=50_000) / 400 - target) ** 2, axis=1)
+    assert fd2.mean() == pytest.approx((1 - np.sum(target**2)) / 400, rel=0.02)
+    assert F.fd_noise_floor(400, target)[0] == pytest.approx(2 * F.fd_noise_floor(1600, target)[0], rel=0.03)
+    assert np.isnan(F.fd_noise_floor(0, target)).all()
+
+
+def test_within_noise_flags_five_percent_of_on_target_audits():
+    rng = np.random.default_rng(11)
+    _, q95 = F.fd_noise_floor(200, UNIFORM4)
+    fd = np.linalg.norm(rng.multinomial(200, UNIFORM4, size=4000) / 200 - UNIFORM4, axis=1)
+    assert np.mean(fd > q95) == pytest.approx(0.05, abs=0.012)
+
+
+def test_fd_bias_corrected():
+    counts, target = np.array([60, 25, 15]), np.array([0.5, 0.3, 0.2])
+    p_hat = counts / 100
+    by_hand = np.sqrt(np.sum((p_hat - target) ** 2) - np.sum(p_hat * (1 - p_hat)) / 99)
+    assert F.fd_bias_corrected(counts, target) == pytest.approx(by_hand)
+    assert F.fd_bias_corrected([50, 50], UNIFORM2) == 0.0
+    assert np.isnan(F.fd_bias_corrected([1, 0], UNIFORM2))
+    # the squared correction is unbiased for FD^2; the raw FD^2 is not, and depends on n
+    p = np.array([0.35, 0.3, 0.2, 0.15])
+    rng = np.random.default_rng(12)
+    for n in (30, 300):
+        p_hats = rng.multinomial(n, p, size=100_000) / n
+        raw = np.sum((p_hats - UNIFORM4) ** 2, axis=1)
+        corrected = raw - np.sum(p_hats * (1 - p_hats), axis=1) / (n - 1)
+        truth = np.sum((p - UNIFORM4) ** 2)
+        assert corrected.mean() == pytest.approx(truth, rel=0.02)
+        assert raw.mean() == pytest.approx(truth + np.sum(p * (1 - p)) / n, rel=0.02)
+
+
+# --------------------------------------------------------------------------------------------
+# Verdicts: on target, off target, inconclusive with the samples needed
+# --------------------------------------------------------------------------------------------
+
+
+def test_verdict_three_states():
+    assert F.fairness_verdict([5000, 5000], UNIFORM2, 0.05)["verdict"] == "on_target"
+    off = F.fairness_verdict([7000, 3000], UNIFORM2, 0.05)
+    assert off["verdict"] == "off_target" and off["n_needed"] is None and off["off_target_p"] < 1e-10
+    # the quickstart's FD 0.000 cell: 64 samples cannot show "within 0.05"
+    for counts, target in (([32, 32], UNIFORM2), ([16, 16, 16, 16], UNIFORM4), ([8] * 8, np.full(8, 1 / 8))):
+        v = F.fairness_verdict(counts, target, 0.05)
+        assert v["verdict"] == "inconclusive" and v["n_needed"] > 64, (counts, v)
+    # off by more than epsilon but not significantly: inconclusive, with the n that would show it
+    v = F.fairness_verdict([40, 24], UNIFORM2, 0.05)                 # 0.625 vs 0.5 +- 0.05
+    assert v["verdict"] == "inconclusive" and 64 < v["n_needed"] < 2000
+    assert F.fairness_verdict([0, 0], UNIFORM2, 0.05) == {"tost_p": 1.0, "off_target_p": 1.0, "n_needed": None,
+                                                         "verdict": "inconclusive"}
+
+
+def test_minimum_effect_test_holds_its_level_at_the_band_edge():
+    """A distribution exactly epsilon off target is not off target: declared so <= 5% of the time."""
+    rng = np.random.default_rng(13)
+    p = np.array([0.3, 0.25, 0.25, 0.2])        # class 0 is 0.05 above, class 3 0.05 below the target
+    off = [F.minimum_effect_test(c, UNIFORM4, 0.05)["off_target"] for c in rng.multinomial(300, p, size=600)]
+    assert np.mean(off) <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / 600)
+
+
+def test_on_and_off_target_never_both():
+    rng = np.random.default_rng(14)
+    for counts in rng.multinomial(80, [0.4, 0.3, 0.2, 0.1], size=300):
+        tost = F.tost_equivalence(counts, UNIFORM4, 0.05, 0.4)            # even at a lax level
+        effect = F.minimum_effect_test(counts, UNIFORM4, 0.05, 0.4)
+        assert not (tost["equivalent"] and effect["off_target"])
+
+
+@pytest.mark.parametrize(("p", "target"), [
+    (np.array([0.5, 0.5]), UNIFORM2),                       # on target: TOST must show it
+    (np.array([0.27, 0.25, 0.25, 0.23]), UNIFORM4),         # inside the band
+    (np.array([0.58, 0.42]), UNIFORM2),                     # 0.08 off with epsilon 0.05: shown off target
+    (np.array([0.35, 0.25, 0.2, 0.2]), UNIFORM4),
+], ids=["k2-on", "k4-inside", "k2-off", "k4-off"])
+def test_n_needed_reaches_the_verdict_with_the_planned_power(p, target):
+    """At n_needed the verdict the truth deserves comes out in >= 75% of simulated audits (80%
+    planned, from a normal approximation with a Bonferroni bound) and at half of it in fewer."""
+    n = F.sample_size_to_decide(p, target, 0.05)
+    expected = "on_target" if np.abs(p - target).max() < 0.05 else "off_target"
+    rng = np.random.default_rng(15)
+
+    def power(size):
+        return np.mean([F.fairness_verdict(c, target, 0.05)["verdict"] == expected
+                        for c in rng.multinomial(size, p, size=300)])
+
+    at_n, at_half = power(n), power(n // 2)
+    print(f"n_needed {n}: power {at_n:.2f}, at n / 2 {at_half:.2f}")
+    assert at_n >= 0.75 and at_half < at_n
+
+
+def test_n_needed_edge_cases():
+    assert F.sample_size_to_decide(np.array([0.55, 0.45]), UNIFORM2, 0.05) is None      # on the band's edge
+    one_class_zero = F.sample_size_to_decide(np.array([0.0, 1.0]), np.array([0.02, 0.98]), 0.05)
+    assert isinstance(one_class_zero, int) and one_class_zero > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Error-aware: per-attribute confusion resampling, simultaneous band, FD interval
+# --------------------------------------------------------------------------------------------
+
+
+def test_error_aware_joint_takes_per_attribute_confusions():
+    rng = np.random.default_rng(16)
+    counts2, counts4 = rng.multinomial(500, CONFUSION2), rng.multinomial(300, CONFUSION4)
+    C = F.joint_confusion([F.confusion_from_counts(counts2), F.confusion_from_counts(counts4)])
+    p = np.outer(P2, P4).ravel()
+    predicted = rng.multinomial(rng.multinomial(3000, p), C).sum(0)
+    labels = np.repeat(np.arange(8), predicted)
+    result = F.error_aware_interval(labels, [counts2, counts4], 8, n_resamples=300, target=np.full(8, 1 / 8))
+    np.testing.assert_allclose(result["p"], F.error_aware_estimate(predicted / 3000, C), atol=1e-9)
+    assert np.all(result["lo_simultaneous"] <= result["lo"] + 1e-12)
+    assert np.all(result["hi"] <= result["hi_simultaneous"] + 1e-12)
+    assert result["fd_lo"] <= result["fd"] <= result["fd_hi"]
+    # the shipped bug: fake joint counts (rows scaled to the largest row total times the grand total)
+    # claim several times the labelled images there are, so their interval is too narrow
+    totals = np.outer(counts2.sum(1), counts4.sum(1)).ravel()
+    fake = np.round(C * (totals / totals.max() * counts2.sum())[:, None]).astype(int)
+    narrow = F.error_aware_interval(labels, fake, 8, n_resamples=300)
+    assert np.mean(narrow["hi"] - narrow["lo"]) < 0.9 * np.mean(result["hi"] - result["lo"])
+    # a single attribute: the plain matrix and a one-element list are the same thing
+    single = [F.error_aware_interval(labels % 4, c, 4, n_resamples=100) for c in (counts4, [counts4])]
+    np.testing.assert_array_equal(single[0]["lo"], single[1]["lo"])
+    with pytest.raises(ValueError):
+        F.error_aware_interval(labels, [counts2, counts2], 8)
+    empty = F.error_aware_interval(np.array([], int), counts4, 4, target=UNIFORM4)
+    assert empty["n"] == 0 and np.isnan(empty["fd_lo"])
+
+
+def test_sup_t_band_holds_all_at_once():
+    rng = np.random.default_rng(17)
+    cov = np.array([[1.0, 0.6, -0.3], [0.6, 1.0, 0.2], [-0.3, 0.2, 1.0]]) * 1e-4
+    draws = rng.multivariate_normal(np.full(3, 0.3), cov, size=4000)
+    lo, hi = F.sup_t_band(draws, np.full(3, 0.3))
+    fresh = rng.multivariate_normal(np.full(3, 0.3), cov, size=4000)
+    assert np.mean(np.all((lo <= fresh) & (fresh <= hi), axis=1)) == pytest.approx(0.95, abs=0.01)
+    # two complementary classes: the band is the per-class normal interval, no Bonferroni price
+    x = rng.normal(0.3, 0.01, 4000)
+    lo, hi = F.sup_t_band(np.stack([x, 1 - x], axis=1), np.array([0.3, 0.7]))
+    assert hi[0] - lo[0] == pytest.approx(2 * 1.96 * x.std(), rel=0.03)
