@@ -30,7 +30,7 @@ class SynthFacesLabeler(Labeler):
         """The attributes in the zoo labeler's config (the world's, while it is untrained)."""
         from audit.zoo.synthfaces import ATTRIBUTES
 
-        config = zoo_path(options["name"]) / "config.json"
+        config = zoo_path(options.get("name", "synthfaces-eval")) / "config.json"  # a subclass may fix its name
         attributes = json.loads(config.read_text())["attributes"] if config.is_file() else ATTRIBUTES
         return {a: list(c) for a, c in attributes.items()}
 
