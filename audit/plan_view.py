@@ -90,11 +90,12 @@ def print_summary(frame: pd.DataFrame, console) -> None:
     """The results table. Every value may be missing (a cell with no valid sample has no FD, a
     cell without timings no speed): such a cell says why instead of printing a number."""
     table = Table(title="results")
-    for column in ("model", "method", "attributes", "target", "labeler", "n", "FD [95% CI]", "KL", "FID", "img/s"):
+    for column in ("model", "method", "attributes", "target", "labeler", "n", "FD [95% CI]", "verdict", "KL", "FID",
+                   "img/s"):
         table.add_column(column)
     for row in frame.itertuples():
         if row.status != "done":
-            table.add_row(row.model, row.method, row.attributes, row.target, "", "", row.status, "", "", "")
+            table.add_row(row.model, row.method, row.attributes, row.target, "", "", row.status, "", "", "", "")
             continue
         if _num(row.fd):
             fd = f"{row.fd:.3f} [{_num(row.fd_lo)}, {_num(row.fd_hi)}]"
@@ -102,6 +103,16 @@ def print_summary(frame: pd.DataFrame, console) -> None:
             reasons = getattr(row, "invalid_reasons", None)
             fd = "not measured: no valid sample" + (f" ({reasons})" if isinstance(reasons, str) and reasons else "")
         table.add_row(row.model, row.method, row.attributes, row.target, row.labeler or "",
-                      f"{_num(row.n_valid, '.0f') or '?'}/{_num(row.n, '.0f')}", fd, _num(row.kl), _num(row.fid, ".2f"),
+                      f"{_num(row.n_valid, '.0f') or '?'}/{_num(row.n, '.0f')}", fd, _verdict(row), _num(row.kl),
+                      _num(row.fid, ".2f"),
                       _num(row.images_per_s, ".1f"))
     console.print(table)
+
+
+def _verdict(row) -> str:
+    """on target / off target / inconclusive (with the samples that would decide it)."""
+    verdict = getattr(row, "verdict", None)
+    if not isinstance(verdict, str):
+        return ""
+    needed = _num(getattr(row, "samples_needed", None), ".0f")
+    return verdict.replace("_", " ") + (f" (needs ~{needed})" if verdict == "inconclusive" and needed else "")

@@ -27,8 +27,10 @@ from audit.stages import reached
 from audit.store import RunStore, UnreadableImageError, atomic_path, atomic_write_json, image_problem, inside
 
 RESULT_COLUMNS = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "n", "n_valid",
-                  "invalid_reasons", "fd", "fd_lo", "fd_hi", "fd_soft", "kl", "chi2_p", "tost_p", "equivalent",
-                  "error_aware_fd", "fid", "fid_target", "fid_extractor", "clip_score", "seconds", "images_per_s",
+                  "invalid_reasons", "fd", "fd_lo", "fd_hi", "fd_floor", "fd_corrected", "fd_soft", "kl", "chi2_p",
+                  "chi2_method", "tost_p", "equivalent", "verdict", "samples_needed",
+                  "error_aware_fd", "error_aware_fd_lo", "error_aware_fd_hi",
+                  "fid", "fid_target", "fid_extractor", "clip_score", "seconds", "images_per_s",
                   "cell_id"]
 
 
@@ -749,11 +751,15 @@ def result_rows(cell: Cell, results: dict) -> list[dict]:
     cost = results["cost"]
     rows = []
     for labeler, m in results["labelers"].items():
+        error_aware = m.get("error_aware") or {}
         rows.append({**base, "labeler": labeler, "n_valid": m["n_valid"],
                      "invalid_reasons": invalid_summary(m.get("invalid_reasons")), "fd": m["fd"], "fd_lo": m["fd_lo"],
-                     "fd_hi": m["fd_hi"], "fd_soft": m["fd_soft"], "kl": m["kl"], "chi2_p": m["chi2_p"],
+                     "fd_hi": m["fd_hi"], "fd_floor": m.get("fd_floor"), "fd_corrected": m.get("fd_corrected"),
+                     "fd_soft": m["fd_soft"], "kl": m["kl"], "chi2_p": m["chi2_p"], "chi2_method": m.get("chi2_method"),
                      "tost_p": m["tost_p"], "equivalent": m["equivalent"],
-                     "error_aware_fd": m.get("error_aware", {}).get("fd"),
+                     "verdict": m.get("verdict") or "inconclusive", "samples_needed": m.get("samples_needed"),
+                     "error_aware_fd": error_aware.get("fd"), "error_aware_fd_lo": error_aware.get("fd_lo"),
+                     "error_aware_fd_hi": error_aware.get("fd_hi"),
                      "fid": fid.get("value"), "fid_target": fid.get("target_value"),
                      "fid_extractor": fid.get("extractor"), **extra,
                      "clip_score": (results.get("clip_score") or {}).get("value"),

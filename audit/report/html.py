@@ -70,6 +70,18 @@ def image_summary(problems: list[dict], shown: int = 3) -> str:
 
 # -- statistics the report may have to redo --------------------------------------------------------
 
+def verdict_at(counts, target, tolerance: float) -> dict | None:
+    """The three-state verdict (audit.metrics.functional.fairness_verdict, as the runner computes
+    it) at the report's tolerance, for cells measured at another one or before verdicts were stored."""
+    from audit.metrics.functional import fairness_verdict
+
+    counts = np.asarray([number(c) or 0 for c in counts], dtype=float)
+    target = np.asarray([number(t) or 0 for t in target], dtype=float)
+    if counts.sum() <= 0 or len(counts) != len(target):
+        return None
+    return fairness_verdict(counts.round().astype(int), target, tolerance)
+
+
 def tost(counts, target, tolerance: float) -> tuple[float | None, bool | None]:
     """The TOST equivalence test of the cell's counts against the target within +-tolerance per
     class (audit.metrics.functional, the same test the runner used). Only needed when the report's
@@ -126,8 +138,8 @@ class Report:
             "has_prompts": any(r["prompt"] for r in self.run.rows),
             "counts": {"done": len(self.run.cells),
                        "not_applicable": len({r["cell_id"] for r in self.run.rows if r["status"] == "not_applicable"}),
-                       "pass": sum(1 for v in verdicts if v["equivalent"] is True),
-                       "fail": sum(1 for v in verdicts if v["equivalent"] is False)},
+                       **{state: sum(1 for v in verdicts if v["verdict"] == state)
+                          for state in ("on_target", "off_target", "inconclusive")}},
             "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "image_problems": [{"cell_id": c["cell_id"], "key": c["key"], "summary": image_summary(c["image_problems"])}
                                for c in cells if c["image_problems"]],
@@ -159,12 +171,23 @@ class Report:
         m = self.labeler_metrics(row["cell_id"], row["labeler"])
         tost_p, equivalent = row["tost_p"], row["equivalent"]
         stored_tol = number((m or {}).get("tolerance")) or number(self.run.suite.get("tolerance"))
-        if stored_tol is None or not math.isclose(stored_tol, self.tolerance, rel_tol=1e-9):
+        state, samples_needed = (m or {}).get("verdict"), number((m or {}).get("samples_needed"))
+        retest = stored_tol is None or not math.isclose(stored_tol, self.tolerance, rel_tol=1e-9)
+        if retest:
             tost_p, equivalent = None, None
             if m and m.get("counts") and m.get("target"):
                 tost_p, equivalent = tost(m["counts"], m["target"], self.tolerance)
+        if (retest or state is None) and m and m.get("counts") and m.get("target"):
+            decided = verdict_at(m["counts"], m["target"], self.tolerance)
+            if decided is not None:
+                state, n_needed = decided["verdict"], decided["n_needed"]
+                n, n_valid = number(m.get("n")), number(m.get("n_valid"))
+                if n_needed is not None and n_valid:
+                    samples_needed = math.ceil(n_needed * (n or n_valid) / n_valid)
         if row["status"] != "done":
-            equivalent = None
+            equivalent, state = None, None
+        elif state not in ("on_target", "off_target"):
+            state = "inconclusive"  # nothing measured, or too few samples to decide
         error_aware = []
         ea = (m or {}).get("error_aware") or {}
         classes = (m or {}).get("classes") or []
@@ -173,7 +196,7 @@ class Report:
             if p is not None:
                 error_aware.append({"cls": c, "p": p, "lo": _at(ea.get("lo"), i), "hi": _at(ea.get("hi"), i)})
         key = self.keys.get(row["cell_id"] or "")
-        return {**row, "tost_p": tost_p, "equivalent": equivalent,
+        return {**row, "tost_p": tost_p, "equivalent": equivalent, "verdict": state, "samples_needed": samples_needed,
                 "error_aware_fd": row["error_aware_fd"] if row["error_aware_fd"] is not None else number(ea.get("fd")),
                 "error_aware": error_aware, "href": f"cells/{key}.html" if key else None,
                 "reason": self.run.reasons.get(row["cell_id"] or "") or _nothing_measured(row, m),

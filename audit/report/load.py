@@ -22,10 +22,11 @@ class ReportError(ValueError):
     """A run directory that cannot be rendered; the message is one line meant for the user."""
 
 
-NUMERIC = ["n", "n_valid", "fd", "fd_lo", "fd_hi", "fd_soft", "kl", "chi2_p", "tost_p", "error_aware_fd", "fid",
+NUMERIC = ["n", "n_valid", "fd", "fd_lo", "fd_hi", "fd_floor", "fd_corrected", "fd_soft", "kl", "chi2_p", "tost_p",
+           "samples_needed", "error_aware_fd", "error_aware_fd_lo", "error_aware_fd_hi", "fid",
            "fid_target", "clip_score", "seconds", "images_per_s"]
 TEXT = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "fid_extractor", "cell_id",
-        "invalid_reasons"]
+        "invalid_reasons", "verdict", "chi2_method"]
 
 
 def number(value) -> float | None:

@@ -45,7 +45,7 @@ def test_report_structure(fixture_run, fixture_report, parse_html):
     assert ">Aim</th>" in tradeoff
     assert tradeoff.count("<td class=\"text\">0.280/0.240/0.200/0.280</td>") == 2
     # verdicts: badges for every measured row, not-applicable rows say why
-    assert html.count('class="badge pass"') + html.count('class="badge fail"') == 20
+    assert sum(html.count(f'class="badge {state}"') for state in ("pass", "fail", "inconclusive")) == 20
     assert html.count("prompt debiasing needs a text-conditioned model") == 2
     # methodology from the manifests: revision, sampler, seeds rule, which labeler trained the probes, versions
     text = page.visible
@@ -148,6 +148,9 @@ def test_tolerance_override(fixture_run, tmp_path, parse_html):
     shutil.copytree(fixture_run, out, ignore=shutil.ignore_patterns("report"))
     strict = write_report(out, tolerance=0.001).read_text()
     assert 'class="badge pass"' not in strict
+    # no class can be shown within 0.001 of its target, nor (at these n) shown beyond it everywhere:
+    # such verdicts are inconclusive and say how many samples would decide them
+    assert 'class="badge inconclusive"' in strict and "needs &asymp;" in strict
     loose = write_report(out, tolerance=0.6).read_text()
     assert loose.count('class="badge pass"') == 20 and 'class="badge fail"' not in loose
     assert "set for this report; the suite says 0.050" in parse_html(loose).visible
