@@ -1,8 +1,10 @@
 """Suite -> cells -> generate -> label -> measure -> index, locally or on Ray.
 
-A cell is done when its metrics.json exists (HELM-style); generation resumes batch by batch,
-labels are cached per (image, labeler), so re-running a suite after a crash or with an added
-labeler redoes only what is missing.
+A cell is done when its metrics.json was measured under the suite's measurement keys (model
+revision, seeds, labeler configurations, tolerance, FID and CLIP specs); generation resumes
+batch by batch, labels are cached per (image, label key), so re-running a suite after a crash,
+with an added labeler or a changed option redoes only what is missing or changed. A cell whose
+images came from other weights of its model is moved to OUT/superseded/ and generated again.
 """
 
 from __future__ import annotations
