@@ -1,9 +1,12 @@
 """Suite -> cells -> generate -> label -> measure -> index, locally or on Ray.
 
-A cell is done when its metrics.json exists and was measured on the images its seeds have now
-(HELM-style); generation resumes seed by seed, labels are cached per (image, labeler), so
-re-running a suite after a crash, with an added labeler or with more or fewer samples redoes
-only what is missing or no longer matches. One process at a time writes an output directory.
+A cell is done when its metrics.json was measured on the images its seeds have now and under the
+suite's measurement keys (model revision, seeds, labeler configurations, tolerance, FID and CLIP
+specs), HELM-style. Generation resumes seed by seed; labels are cached per (image, label key); so
+re-running a suite after a crash, with an added labeler, a changed option or more or fewer samples
+redoes only what is missing, changed or no longer matches. A cell whose images came from other
+weights of its model is moved to OUT/superseded/ and generated again. One process at a time writes
+an output directory.
 """
 
 from __future__ import annotations
