@@ -198,7 +198,8 @@ def calibration_config(ctx, cell, factory, probes, target, params: dict, n: int)
     params = effective_params(factory, params)
     if params.get("aim") is None:
         params.pop("aim", None)  # aimed at the target itself, as every record before aims existed
-    model = cell.model.model_dump(exclude={"name"} | (set() if cell.model.eta else {"eta"}))  # eta 0 = unset
+    # eta 0 = unset; allow_pickle only says which weight files may load (the revision names the weights)
+    model = cell.model.model_dump(exclude={"name", "allow_pickle"} | (set() if cell.model.eta else {"eta"}))
     return {"model": model, "revision": ctx.adapter(cell).revision,
             "method": cell.method.name, "params": params,
             "attributes": cell.setting.attributes, "target": [float(v) for v in target], "batch": cell.batch_size,
