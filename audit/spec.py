@@ -69,7 +69,8 @@ class ModelSpec(Strict):
     name: str = Field(min_length=1, max_length=100)
     source: str = Field(description="zoo:NAME, a local diffusers directory, hf:ORG/REPO or custom:NAME")
     revision: str | None = None
-    allow_pickle: bool = Field(False, description=(
+    # Dumped only when set: records keyed on a model's dump (calibration records) keep their names.
+    allow_pickle: bool = Field(False, exclude_if=lambda v: not v, description=(
         "load pickled weights (.bin/.pt) where a component has no .safetensors; unpickling can run code "
         "hidden in the file, so only for weights you trust (recorded in the manifest)"))
     steps: int = Field(50, ge=1, le=1000)

@@ -78,3 +78,5 @@ def test_allow_pickle_loads_them_records_it_and_keeps_the_cell_id(tmp_path, pick
     assert manifest["model"]["allow_pickle"] is True
     opted_in = plan(load_suite(suite))[0].cell_id
     assert opted_in == plan(load_suite(suite_file(tmp_path, pickled_dir)))[0].cell_id
+    # records keyed on a model's dump (calibration records, suite.json) are as before unless it opts in
+    assert "allow_pickle" not in ModelSpec(name="m", source="zoo:synthfaces-ddpm").model_dump()
