@@ -1,4 +1,4 @@
-"""Issue 4's zoo bar: on SynthFaces with exact ground truth, the error-aware estimate from a zoo
+"""The zoo's error-aware bar: on SynthFaces with exact ground truth, the error-aware estimate from a zoo
 labeler (with its shipped confusion matrices) brackets the true proportions for every attribute,
 alone and jointly, through the same code path a cell uses. The zoo labelers are >= 99.9%
 accurate on held-out faces, so here the correction is small and the interval mostly sampling
