@@ -44,6 +44,20 @@ zoo_app = typer.Typer(help="The bundled SynthFaces zoo.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from audit import __version__
+
+        typer.echo(f"diffaudit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the installed version and exit.")) -> None:
+    """Fairness audits and debiasing benchmarks for diffusion models."""
+
+
 def fail(message: str) -> None:
     """A user mistake: one line on stderr, exit code 2, no traceback. Control characters (a path
     given with a newline in it) are shown escaped, so the line stays one line."""

@@ -150,3 +150,15 @@ def test_a_write_refused_mid_run_names_the_file(tmp_path, tiny_model_dir, monkey
     fail_image_writes_after(monkeypatch, 0, PermissionError(errno.EACCES, "Permission denied", blocked))
     line = one_error_line(CliRunner().invoke(app, ["run", str(suite), "-o", str(out)]))
     assert line == f"error: cannot write {blocked}: Permission denied; give a location you can write"
+
+
+def test_version_is_the_installed_packages():
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from audit.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"diffaudit {version('diffaudit')}"
