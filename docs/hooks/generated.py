@@ -38,7 +38,8 @@ FIELD_NOTES = {
     "Suite.models": "The models to audit (at least one).",
     "Suite.methods": "The debiasing methods to compare (at least one; `none` is the baseline).",
     "Suite.settings": "Attribute settings, each with a target distribution (at least one).",
-    "Suite.samples": "Samples per cell (`diffaudit run --n` overrides it).",
+    "Suite.samples": "Samples per cell (`diffaudit run --n` overrides it). Not part of a cell's identity: changed, "
+                     "a finished run generates only the images it lacks ([Resume](../results-store.md#resume)).",
     "Suite.batch_size": "Images sampled together; part of a guided cell's identity (guidance couples a batch).",
     "Suite.seed": "Image *i* of every cell starts from seed `seed + i`.",
     "Suite.labelers": "Evaluation labelers: they judge the images.",
