@@ -56,6 +56,33 @@ def fairness_discrepancy(p_hat: np.ndarray, target: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(p_hat, dtype=float) - np.asarray(target, dtype=float)))
 
 
+# Definitions other work reports, so an audit's numbers can be set beside published ones. Each
+# measures distance from the UNIFORM distribution, as published, whatever the suite's target.
+
+def mean_absolute_imbalance(p_hat: np.ndarray) -> float:
+    """mean_c |p_c - 1/K|: HEIM's demographic imbalance (Lee et al., "Holistic Evaluation of
+    Text-to-Image Models", NeurIPS 2023). For two classes it is |female share - 0.5|; for the
+    Monk skin-tone scale the mean over its tones."""
+    p = np.asarray(p_hat, dtype=float)
+    return float(np.abs(p - 1 / p.size).mean())
+
+
+def deviation_ratio(p_hat: np.ndarray) -> float:
+    """max_c |p_c - 1/K| / (1 - 1/K), in [0, 1]: the deviation ratio of Chuang et al.
+    ("Debiasing Vision-Language Models via Biased Prompts", 2023) on Winobias occupations;
+    0 is balanced, 1 is every sample in one class."""
+    p = np.asarray(p_hat, dtype=float)
+    k = p.size
+    return float(np.abs(p - 1 / k).max() / (1 - 1 / k))
+
+
+def normalized_entropy(p_hat: np.ndarray) -> float:
+    """H(p) / log K, in [0, 1]: the normalised entropy OpenBias reports (D'Incà et al., "OpenBias:
+    Open-set Bias Detection in Text-to-Image Generative Models", CVPR 2024); 1 is balanced."""
+    p = np.asarray(p_hat, dtype=float)
+    return float(stats.entropy(p) / np.log(p.size))
+
+
 def _smooth(p: np.ndarray, eps: float) -> np.ndarray:
     p = np.asarray(p, dtype=float) + eps
     return p / p.sum()

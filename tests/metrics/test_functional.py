@@ -581,3 +581,19 @@ def test_sup_t_band_holds_all_at_once():
     x = rng.normal(0.3, 0.01, 4000)
     lo, hi = F.sup_t_band(np.stack([x, 1 - x], axis=1), np.array([0.3, 0.7]))
     assert hi[0] - lo[0] == pytest.approx(2 * 1.96 * x.std(), rel=0.03)
+
+
+def test_literature_metrics_by_their_published_definitions():
+    from scipy.stats import entropy
+
+    # two classes: HEIM's |female share - 0.5|, Chuang et al.'s deviation ratio, OpenBias' entropy
+    p = np.array([0.8, 0.2])
+    assert F.mean_absolute_imbalance(p) == pytest.approx(0.3)
+    assert F.deviation_ratio(p) == pytest.approx(0.3 / 0.5)
+    assert F.normalized_entropy(p) == pytest.approx(entropy(p, base=2))
+    # balanced and degenerate ends, four classes
+    assert F.mean_absolute_imbalance(np.full(4, 0.25)) == 0 and F.deviation_ratio(np.full(4, 0.25)) == 0
+    assert F.normalized_entropy(np.full(4, 0.25)) == pytest.approx(1.0)
+    one = np.array([1.0, 0, 0, 0])
+    assert F.deviation_ratio(one) == pytest.approx(1.0) and F.normalized_entropy(one) == pytest.approx(0.0)
+    assert F.mean_absolute_imbalance(one) == pytest.approx((0.75 + 3 * 0.25) / 4)
