@@ -465,6 +465,50 @@ def probe_train(
         console.print(f"saved {out / name}")
 
 
+labeler_app = typer.Typer(help="Attribute labelers.", no_args_is_help=True)
+app.add_typer(labeler_app, name="labeler")
+
+
+@labeler_app.command("validate")
+def labeler_validate(
+    labeler: str = typer.Argument(..., help="A registered labeler (e.g. skin_tone)."),
+    data: Path = typer.Option(..., "--data", help="An imagefolder: images plus metadata.jsonl with file_name "
+                              "and the true attribute values."),
+    option: list[str] = typer.Option([], "--option", help="KEY=VALUE for the labeler's constructor (the "
+                                     "suite's labeler_options; VALUE is read as YAML). Repeatable."),
+):
+    """Measure a labeler against ground truth: confusion, accuracy per group, invalid rates.
+    Stored under $DIFFAUDIT_CACHE/labelers/, where runs with the same labeler and options find it
+    for their error-aware estimates."""
+    import yaml
+
+    from audit.labelers.validation import ValidationInputError, format_table, read_metadata, store, validate
+    from audit.registry import make_labeler
+
+    options = {}
+    for item in option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--option must be KEY=VALUE, got {item!r}")
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            fail(f"--option {key}: cannot read {value!r}")
+    try:
+        read_metadata(data)  # bad data fails before a labeler's weights load
+        judge = make_labeler(labeler, **options)
+    except ValidationInputError as e:
+        fail(str(e))
+    except (_user_errors() + (KeyError, ValueError, TypeError, ImportError)) as e:
+        fail(f"labeler {labeler}: {str(e).strip(chr(39) + chr(34))}")
+    try:
+        result = validate(labeler, options, data, labeler=judge)
+    except ValidationInputError as e:
+        fail(str(e))
+    typer.echo(format_table(result))
+    typer.echo(f"saved {store(result)}")
+
+
 def main() -> None:
     from audit.malloc import keep_freed_memory
 

@@ -70,15 +70,18 @@ class RunContext:
         return self.adapters[cell.model.name]
 
     def labeler(self, name: str):
+        from audit.labelers.validation import attach_validation
         from audit.registry import make_labeler
 
         if name not in self.labelers:
             options = {"device": self.device} if name.startswith("synthfaces-") else {}
             options.update(self.suite.labeler_options.get(name, {}))
             try:
-                self.labelers[name] = make_labeler(name, **options)
+                labeler = make_labeler(name, **options)
             except TypeError as e:
                 raise SuiteError(f"labeler_options.{name}: {e}") from None
+            # a stored `diffaudit labeler validate` of this labeler and options gives it confusion()
+            self.labelers[name] = attach_validation(labeler, name, self.suite.labeler_options.get(name, {}))
         return self.labelers[name]
 
     def revision(self, cell: Cell) -> str | None:
@@ -99,8 +102,11 @@ class RunContext:
         the image checks label_cell applies. Cached labels are reused only under the same key."""
         if name not in self.label_keys:
             labeler = self.labeler(name)
+            # a labeler's validation says how good its labels are, not what they are: not in the key
+            described = {k: v for k, v in labeler.describe().items() if k != "validation"}
             self.label_keys[name] = digest({"labeler": name, "options": self.suite.labeler_options.get(name, {}),
-                                            "describe": labeler.describe(), "weights": labeler_weights(labeler),
+                                            "describe": described,
+                                            "weights": labeler_weights(labeler),
                                             "checks": IMAGE_CHECKS})
         return self.label_keys[name]
 

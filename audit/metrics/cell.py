@@ -88,8 +88,8 @@ def fairness_metrics(labels: pd.DataFrame, labeler, setting, tolerance: float) -
         table = F.intersectional_table(hard, ks)
         result["small_cells"] = [setting.joint_classes()[i] for i in table["small_cells"]]
     confusion = getattr(labeler, "confusion", None)
-    if confusion is not None:
-        matrices = confusion()
+    matrices = confusion() if confusion is not None else {}
+    if all(a in matrices for a in attributes):  # a validation may cover only some attributes
         counts_per = [np.asarray(matrices[a]) for a in attributes]
         C = F.joint_confusion([F.confusion_from_counts(c) for c in counts_per])
         # each attribute's matrix is resampled from its own labelled counts (never fake joint counts)
