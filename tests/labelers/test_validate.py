@@ -225,3 +225,31 @@ def test_skin_tone_on_astronaut(tmp_path):
     assert entry["confusion"] == [[0, 1, 0], [0, 0, 0], [0, 0, 0]]
     assert entry["by_group"]["gender"]["female"] == {"n": 1, "accuracy": 0.0}
     assert "monk" not in record["attributes"]  # the metadata has no monk column
+
+
+def test_error_aware_estimate_uses_the_validated_confusion(lfw_dir):
+    """A cell labelled by the validated labeler gets an error-aware estimate (it had none before),
+    built from the measured confusion."""
+    import pandas as pd
+
+    from audit.metrics.cell import fairness_metrics
+    from audit.runner import RunContext
+    from audit.spec import SettingSpec
+
+    root, patches, lines = lfw_dir
+    x = patches.reshape(200, -1).astype(np.float64) / 255
+    keep = x.var(1) > 1e-6
+    bright = (x.mean(1) > 0.5)[keep].astype(float)
+    labels = pd.DataFrame({"p:brightness:dark": 1 - bright, "p:brightness:bright": bright,
+                           "valid": np.ones(len(bright), bool), "reason": [""] * len(bright)})
+    setting = SettingSpec(attributes=["brightness"], classes={"brightness": ["dark", "bright"]})
+    suite = SimpleNamespace(labeler_options={})
+    before = fairness_metrics(labels, RunContext(suite=suite, store=None).labeler("brightness-test"), setting, 0.05)
+    assert "error_aware" not in before
+    assert run("brightness-test", "--data", str(root))[0] == 0
+    after = fairness_metrics(labels, RunContext(suite=suite, store=None).labeler("brightness-test"), setting, 0.05)
+    confusion, _, _ = expected(patches, lines)
+    rows = confusion / confusion.sum(1, keepdims=True)
+    assert np.allclose(after["error_aware"]["confusion"], rows)
+    # the labeler calls bright images dark half the time, so the corrected share of bright is higher
+    assert after["error_aware"]["p"][1] > after["p_hat"][1]
