@@ -44,11 +44,14 @@ def print_plan(suite: Suite, console, verbose: bool = False, out: Path | None = 
     run_s, run_unknown = _seconds([s for _, s in costs.values()])
     applicable = sum(not c.skip_reason for c in cells)
     estimate = "time unknown (no speed measurement for these models)" if run_unknown and not run_s else (
-        f"~{_minutes(run_s)} on 2 CPU cores" + (" + models of unknown speed" if run_unknown else ""))
+        f"~{_minutes(run_s)}" + (" + models of unknown speed" if run_unknown else ""))
     console.print(f"{applicable} cells to run, {len(cells) - applicable} not applicable; "
                   f"{total_nfe:,.0f} UNet image-evaluations; {estimate}")
     calib, calib_lines = calibration_cost(suite, cells, out)
     probe, probe_lines = probe_cost(suite, cells, out)
+    if calib_lines and probe_lines and not calib and not probe:
+        calib_lines, probe_lines = [calib_lines[0].replace("calibrations shipped or cached (no cost)",
+                                                           "records and every probe shipped or cached")], []
     for line in calib_lines + probe_lines:
         console.print(line)
     extra_s, extra_unknown = _seconds([s for _, s in calib + probe])
@@ -59,9 +62,11 @@ def print_plan(suite: Suite, console, verbose: bool = False, out: Path | None = 
         total += " + models of unknown speed" if unknown and seconds else ""
         console.print(f"estimated total {total} (cells, calibration and probe training), plus labeling")
     else:
-        console.print(f"estimated total {estimate} (no calibration or probe training to do), plus labeling")
+        console.print("estimated total unknown (no speed measurement for these models)" if run_unknown and not run_s
+                      else f"estimated total {estimate} on 2 CPU cores, plus labeling")
     for model in suite.models:
-        console.print(f"model {model.name}: {weights_status(model)}", overflow="fold")
+        # One line each, never wrapped by rich (a path or an error to copy; the terminal wraps it)
+        console.print(f"model {model.name}: {weights_status(model)}", soft_wrap=True)
 
 
 def _cell_costs(cells) -> dict[int, tuple[float, float | None]]:
@@ -117,7 +122,7 @@ def _print_groups(suite: Suite, cells, costs, console) -> None:
     for i, cell in enumerate(cells):
         groups.setdefault((cell.model.name, cell.method.display), []).append(i)
     table = Table(title=f"suite {suite.name}: {len(cells)} cells", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
+                  pad_edge=False, show_edge=False)
     table.add_column("model / method", overflow="fold")
     for column in ("cells", "samples", "UNet\nevals", "est.\ntime"):
         table.add_column(column, justify="right", no_wrap=True)
@@ -140,7 +145,7 @@ def _print_groups(suite: Suite, cells, costs, console) -> None:
                     reasons[cells[i].skip_reason].append(label)
         nfe = sum(costs[i][0] for i in run if i in costs)
         seconds, unknown = _seconds([costs[i][1] for i in run if i in costs])
-        table.add_row(f"  {method}", text, f"{sum(cells[i].samples for i in run if i in costs):,}",
+        table.add_row(f"  {method}", text, f"{sum(cells[i].samples for i in run if i in costs):,}" if run else "-",
                       f"{nfe:,.0f}" if run else "-",
                       "-" if not run else ("?" if unknown and not seconds else _minutes(seconds)))
     console.print(table)
@@ -294,8 +299,17 @@ def weights_status(model) -> str:
     try:
         check_weight_format(model, path)
     except PickledWeights as pickled:
-        return f"weights found at {path} but refused: {pickled}"
-    return f"weights found at {path}"
+        return f"weights found at {_short(path)} but refused: {pickled}"
+    return f"weights found at {_short(path)}"
+
+
+def _short(path) -> str:
+    """A path relative to the working directory when it lies inside it (shorter on a terminal)."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (OSError, ValueError):
+        return str(path)
 
 
 def _num(value, spec: str = ".3f") -> str:
@@ -304,32 +318,70 @@ def _num(value, spec: str = ".3f") -> str:
 
 
 def print_summary(frame: pd.DataFrame, console) -> None:
-    """The results table. Every value may be missing (a cell with no valid sample has no FD, a
-    cell without timings no speed): such a cell says why instead of printing a number."""
-    table = Table(title="results")
-    for column in ("model", "method", "attributes", "target", "labeler", "n", "FD [95% CI]", "verdict", "KL", "FID",
-                   "img/s"):
-        table.add_column(column)
+    """The results table, grouped by model. Every value may be missing (a cell with no valid
+    sample has no FD, a cell without timings no speed): such a cell says why instead of a number.
+    It fits an 80-column terminal: each cell takes two lines (method, then attributes; FD, then
+    its interval; verdict, then the samples that would decide it), a labeler or target shared by
+    every row goes in the title, and KL, labeler and speed columns appear from 120 columns on."""
+    wide = console.width >= 120
+    labelers = {v for v in frame.get("labeler", pd.Series(dtype=object)).dropna() if v}
+    targets = set(frame["target"].dropna()) if "target" in frame else set()
+    shared = ([f"labeler {next(iter(labelers))}"] if len(labelers) == 1 else []) + (
+        [f"target {next(iter(targets))}"] if len(targets) == 1 else [])
+    title = "results" + (f" ({', '.join(shared)})" if shared else "")
+    prompts = frame.groupby("model")["prompt"].nunique() if "prompt" in frame else pd.Series(dtype=int)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("method / attributes", overflow="fold")
+    if wide and len(labelers) > 1:
+        table.add_column("labeler", overflow="fold")
+    table.add_column("n", justify="right", no_wrap=True)
+    table.add_column("FD [95% CI]", overflow="fold")
+    table.add_column("verdict", overflow="fold")
+    if wide:
+        table.add_column("KL", justify="right", no_wrap=True)
+    table.add_column("FID", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("img/s", justify="right", no_wrap=True)
+    model = None
     for row in frame.itertuples():
+        if row.model != model:
+            model = row.model
+            table.add_row(Text(str(model), style="bold"), end_section=False)
+        what = f"{row.method}\n  {row.attributes}"
+        if len(targets) > 1:
+            what += f" -> {row.target}"
+        prompt = getattr(row, "prompt", None)
+        if isinstance(prompt, str) and prompt and prompts.get(row.model, 0) > 1:
+            what += f"\n  {prompt!r}"
+        if len(labelers) > 1 and not wide and isinstance(row.labeler, str) and row.labeler:
+            what += f"\n  by {row.labeler}"
+        cells = [Text(what)]
+        if wide and len(labelers) > 1:
+            cells.append(row.labeler if isinstance(row.labeler, str) else "")
         if row.status != "done":
-            table.add_row(row.model, row.method, row.attributes, row.target, "", "", row.status, "", "", "", "")
+            cells += ["", str(row.status).replace("_", " "), ""] + ([""] if wide else []) + [""] + (
+                [""] if wide else [])
+            table.add_row(*cells)
             continue
         if _num(row.fd):
-            fd = f"{row.fd:.3f} [{_num(row.fd_lo)}, {_num(row.fd_hi)}]"
+            fd = f"{row.fd:.3f}\n[{_num(row.fd_lo)}, {_num(row.fd_hi)}]"
         else:
             reasons = getattr(row, "invalid_reasons", None)
             fd = "not measured: no valid sample" + (f" ({reasons})" if isinstance(reasons, str) and reasons else "")
-        table.add_row(row.model, row.method, row.attributes, row.target, row.labeler or "",
-                      f"{_num(row.n_valid, '.0f') or '?'}/{_num(row.n, '.0f')}", fd, _verdict(row), _num(row.kl),
-                      _num(row.fid, ".2f"),
-                      _num(row.images_per_s, ".1f"))
+        cells += [f"{_num(row.n_valid, '.0f') or '?'}/{_num(row.n, '.0f')}", fd, _verdict(row, "\n")]
+        if wide:
+            cells.append(_num(row.kl))
+        cells.append(_num(row.fid, ".2f"))
+        if wide:
+            cells.append(_num(row.images_per_s, ".1f"))
+        table.add_row(*cells)
     console.print(table)
 
 
-def _verdict(row) -> str:
+def _verdict(row, sep: str = " ") -> str:
     """on target / off target / inconclusive (with the samples that would decide it)."""
     verdict = getattr(row, "verdict", None)
     if not isinstance(verdict, str):
         return ""
     needed = _num(getattr(row, "samples_needed", None), ".0f")
-    return verdict.replace("_", " ") + (f" (needs ~{needed})" if verdict == "inconclusive" and needed else "")
+    return verdict.replace("_", " ") + (f"{sep}(needs ~{needed})" if verdict == "inconclusive" and needed else "")
