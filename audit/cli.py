@@ -141,7 +141,9 @@ def run(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     executor: str = typer.Option("local", help="local or ray."),
     address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cell plan and estimated cost only."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cell plan summary (per model and method) and "
+                                 "the estimated cost, calibration and probe training included, only."),
+    verbose: bool = typer.Option(False, "--verbose", help="With --dry-run: print one row per cell."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     measure_only: bool = typer.Option(False, "--measure-only", help="Re-measure cells whose images exist "
                                       "(new metrics, unfinished runs); generate nothing."),
@@ -165,7 +167,7 @@ def run(
         if dry_run:
             from audit.plan_view import print_plan
 
-            print_plan(suite, console)
+            print_plan(suite, console, verbose=verbose, out=out)
             return
         import torch
 

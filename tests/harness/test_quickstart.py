@@ -13,9 +13,11 @@ def test_quickstart_suite_validates_and_plans():
     cells = plan(suite)
     assert len(cells) == 2 * 4 * 3
     assert sum(bool(c.skip_reason) for c in cells) == 3  # prompt debiasing on the unconditional model
-    result = CliRunner().invoke(app, ["run", "benchmarks/quickstart.yaml", "--dry-run"], terminal_width=200)
+    result = CliRunner().invoke(app, ["run", "benchmarks/quickstart.yaml", "--dry-run", "--verbose"],
+                                terminal_width=200)
     assert result.exit_code == 0 and "21 cells to run" in result.output
-    # Unguided images are shared by the three settings of each model: 2 x 2 cells cost nothing.
+    # Unguided images are shared by the three settings of each model: 2 x 2 cells cost nothing
+    # (counted in the per-cell table of --verbose; the summary says "3 (2 shared)" per model).
     assert result.output.count("shared") == 4
 
 
