@@ -79,6 +79,21 @@ def inline_assets() -> dict:
     return {"css": Markup(css), "js": Markup(js), "csp": csp}
 
 
+def package_version() -> str:
+    """The installed diffaudit's version (audit.__version__, from the package metadata)."""
+    import audit
+
+    return str(getattr(audit, "__version__", None) or "0+unknown")
+
+
+def known_version(value) -> str | None:
+    """A recorded diffaudit version, or None where it was never known: "0" (what runs recorded
+    before the version came from the package metadata), "0+unknown" (a source tree never
+    installed) or nothing."""
+    v = str(value).strip() if value is not None else ""
+    return None if v in ("", "0", "None") or v.startswith("0+unknown") else v
+
+
 @cache
 def environment() -> Environment:
     env = Environment(loader=PackageLoader("audit.report", "templates"), autoescape=True,
@@ -86,6 +101,7 @@ def environment() -> Environment:
     env.filters.update(num=fmt_num, pval=fmt_p, pct=fmt_pct, interval=fmt_interval, sortkey=sort_key,
                        count=fmt_count)
     env.globals["DASH"] = DASH
+    env.globals["VERSION"] = package_version()
     return env
 
 
