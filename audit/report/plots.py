@@ -21,9 +21,10 @@ PALETTE = sns.color_palette("colorblind")
 # and HTML swatch of every report; other method names take the remaining colours in name order.
 OKABE_ITO = {"blue": "#0072B2", "orange": "#E69F00", "bluish green": "#009E73", "reddish purple": "#CC79A7",
              "vermillion": "#D55E00", "sky blue": "#56B4E9", "yellow": "#F0E442", "black": "#000000"}
-METHOD_COLOURS = {"none": OKABE_ITO["blue"], "prompt": OKABE_ITO["orange"],
+# Chosen so that no two built-ins are a near pair of the set (orange/vermillion, blue/sky blue).
+METHOD_COLOURS = {"none": OKABE_ITO["black"], "prompt": OKABE_ITO["orange"],
                   "sample_guidance": OKABE_ITO["bluish green"], "universal_guidance": OKABE_ITO["reddish purple"],
-                  "distribution_guidance": OKABE_ITO["vermillion"]}
+                  "distribution_guidance": OKABE_ITO["blue"]}
 MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*"]
 
 
