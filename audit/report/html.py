@@ -23,7 +23,7 @@ from PIL import Image
 
 from audit.report import plots
 from audit.report.load import CellData, ReportError, RunData, cell_key, load_run, number, text
-from audit.report.render import build_then_swap, render, url
+from audit.report.render import build_then_swap, known_version, render, url
 from audit.stages import reached
 from audit.store import RunLockedError, RunStore, UnsafePathError, image_problem, inside
 
@@ -121,6 +121,40 @@ class Report:
         self.keys = {cid: cell_key(cid, taken) for cid in run.cells}
         self.primary = run.labelers[0] if run.labelers else None
         self.image_problems: dict[str, list[dict]] = {}  # cell id -> its missing or unreadable images
+        primaries = [r for r in (self.primary_row(cid) for cid in run.cells) if r is not None]
+        # Quality is judged against a reference drawn with the target's attribute distribution where
+        # every cell has one: against the model's own (biased) reference, FID grows with the very
+        # balance a method achieves, so the chart would reward failing to debias. The index and every
+        # cell page judge by this one rule.
+        self.to_target = any(r["fid_target"] is not None for r in primaries) and all(
+            r["fid_target"] is not None for r in primaries if r["fid"] is not None)
+        self.colours = plots.method_colours(self.base_method(r["method"], run.cells[r["cell_id"]].manifest)
+                                            for r in primaries)
+
+    def base_method(self, display: str | None, manifest: dict | None = None) -> str:
+        """The method's name (none, distribution_guidance, ...) behind its display label."""
+        method = (manifest or {}).get("method") if isinstance((manifest or {}).get("method"), dict) else {}
+        return str(self.run.method_spec(display).get("name") or method.get("name") or display or "—")
+
+    def quality(self, cell_id: str, metrics: dict) -> list[dict]:
+        """The cell's FIDs for its page, the one the index judges quality by first and labelled as
+        the index's trade-off table labels it; the numbers are the index's (results rows), the
+        details (extractor, reference, counts) from metrics.json."""
+        fid = metrics.get("fid") if isinstance(metrics.get("fid"), dict) else {}
+        row = self.primary_row(cell_id) or {}
+        value = row.get("fid") if row.get("fid") is not None else number(fid.get("value"))
+        to_target = row.get("fid_target") if row.get("fid_target") is not None else number(fid.get("target_value"))
+        details = {"extractor": text(fid.get("extractor")) or row.get("fid_extractor"),
+                   "reference": text(fid.get("reference")), "n_reference": fid.get("n_reference"), "n": fid.get("n")}
+        suite = {"value": value, "id": "fid-suite", **details}
+        target = {"value": to_target, "id": "fid-target", "label": "FID to target", **details,
+                  "reference": "images drawn with the target's attribute distribution"}
+        if self.to_target:
+            return [{**target, "judged": True}, {**suite, "label": "FID to the suite's reference", "judged": False}]
+        out = [{**suite, "label": "FID", "judged": True}]
+        if to_target is not None:
+            out.append({**target, "judged": False})
+        return out
 
     # entry point: builds the whole folder into `root` (a temporary folder swapped in afterwards)
     def build(self, root: Path) -> None:
@@ -224,6 +258,9 @@ class Report:
                 "image_problems": [], "gallery_note": "no cell directory", "invalid": [], "agreement": [],
                 "class_rows": [],
                 "fid": _fields(metrics.get("fid"), "value", "extractor", "reference", "n_reference", "n"),
+                "quality": self.quality(cell_id, metrics) if isinstance(metrics.get("fid"), dict) or any(
+                    r["fid"] is not None for r in rows) else [],
+                "colour": self.colours.get(self.base_method(first["method"], manifest)),
                 "fid_extra": [_fields(f, "value", "extractor", "reference", "n_reference", "n")
                               for f in (metrics.get("fid_extra") or {}).values() if isinstance(f, dict)]
                 if isinstance(metrics.get("fid_extra"), dict) else [],
@@ -374,8 +411,10 @@ class Report:
             if scale is None:
                 scale = number((manifest.get("method") or {}).get("scale"))
             aim = aim_label(manifest.get("method") or {})
-            base_name = spec.get("name") or (manifest.get("method") or {}).get("name") or row["method"]
-            point = {"cell_id": cid, "method": row["method"] or "—", "model": row["model"] or "—", "fd": row["fd"],
+            base_name = self.base_method(row["method"], manifest)
+            point = {"cell_id": cid, "method": row["method"] or "—", "base": base_name,
+                     "colour": self.colours.get(base_name), "href": f"cells/{self.keys[cid]}.html",
+                     "model": row["model"] or "—", "fd": row["fd"],
                      "fd_lo": row["fd_lo"], "fd_hi": row["fd_hi"], "fid": row["fid"],
                      "fid_target": row["fid_target"], "scale": scale,
                      "aim": aim,
@@ -389,11 +428,7 @@ class Report:
             panel["extractor"] = panel.get("extractor") or row["fid_extractor"]
             panel["points"].append(point)
             table.append(point)
-        # Quality is judged against a reference drawn with the target's attribute distribution where
-        # every cell has one: against the model's own (biased) reference, FID grows with the very
-        # balance a method achieves, so the chart would reward failing to debias.
-        to_target = any(p["fid_target"] is not None for p in table) and all(
-            p["fid_target"] is not None for p in table if p["fid"] is not None)
+        to_target = self.to_target
         for p in table:
             p["quality"] = p["fid_target"] if to_target else p["fid"]
         for panel in panels.values():
@@ -428,7 +463,9 @@ class Report:
             guidance = metrics.get("guidance") if isinstance(metrics.get("guidance"), dict) else {}
             spec = self.run.method_spec(row["method"])
             is_none = (spec.get("name") or row["method"]) == "none"
+            base = self.base_method(row["method"], self.run.cells[cid].manifest)
             rows.append({"cell_id": cid, "model": row["model"], "method": row["method"], "setting": row["setting"],
+                         "colour": self.colours.get(base),
                          "target": row["target"], "prompt": row["prompt"], "is_none": is_none,
                          "images": number(cost.get("images")) or row["n"],
                          "seconds": number(cost.get("seconds")) if cost else row["seconds"],
@@ -509,6 +546,8 @@ class Report:
                 "evaluation_labelers": self.run.labelers, "probes": unique_probes,
                 "probe_labeler": text(self.run.suite.get("probe_labeler")), "clash": clash,
                 "versions": {k: ", ".join(sorted(v)) for k, v in sorted(versions.items())},
+                "audited_with": sorted({known_version(v) or "an unrecorded version"
+                                        for v in versions.get("diffaudit", set())}),
                 "created": (min(created), max(created)) if created else None, "fid": fid,
                 "metrics": self.run.suite.get("metrics") or [], "n_manifests": len(manifests)}
 

@@ -17,6 +17,14 @@ from matplotlib.lines import Line2D
 
 DPI = 96
 PALETTE = sns.color_palette("colorblind")
+# Okabe & Ito's colour-blind-safe set. The built-in methods keep one colour each in every chart
+# and HTML swatch of every report; other method names take the remaining colours in name order.
+OKABE_ITO = {"blue": "#0072B2", "orange": "#E69F00", "bluish green": "#009E73", "reddish purple": "#CC79A7",
+             "vermillion": "#D55E00", "sky blue": "#56B4E9", "yellow": "#F0E442", "black": "#000000"}
+# Chosen so that no two built-ins are a near pair of the set (orange/vermillion, blue/sky blue).
+METHOD_COLOURS = {"none": OKABE_ITO["black"], "prompt": OKABE_ITO["orange"],
+                  "sample_guidance": OKABE_ITO["bluish green"], "universal_guidance": OKABE_ITO["reddish purple"],
+                  "distribution_guidance": OKABE_ITO["blue"]}
 MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*"]
 
 
@@ -27,6 +35,18 @@ def plain(label, limit: int = 40) -> str:
     if len(s) > limit:
         s = s[: limit - 1] + "…"
     return s.replace("$", r"\$")
+
+
+def method_colours(methods) -> dict[str, str]:
+    """Method name -> hex colour, in legend order: the built-in methods first with their fixed
+    Okabe-Ito colours, then any other name in sorted order with the unused Okabe-Ito colours
+    (cycling past three)."""
+    names = {str(m) for m in methods}
+    out = {name: c for name, c in METHOD_COLOURS.items() if name in names}
+    spare = [c for c in OKABE_ITO.values() if c not in METHOD_COLOURS.values()]
+    for i, name in enumerate(sorted(names - set(METHOD_COLOURS))):
+        out[name] = spare[i % len(spare)]
+    return out
 
 
 def _style():
@@ -123,13 +143,18 @@ def _product(lists: list[list[str]]) -> list[tuple[str, ...]]:
 
 
 def tradeoff_chart(path: Path, panels: list[dict]) -> Path:
-    """FD (with its interval) against FID, one panel per attribute setting, colour per method,
+    """FD (with its interval) against FID, one panel per attribute setting, colour per method
+    (`method_colours` of the point's `base`, the method's name, so a scale sweep keeps one colour),
     marker per model; scale sweeps of one method drawn as lines in scale order. A point is drawn
     at its `quality`: the FID the caller chose to judge by (against the target's reference or the suite's).
-    panels: [{title, xlabel, points: [{method, model, fd, fd_lo, fd_hi, fid, quality}], curves: [[point, ...]]}]"""
-    methods = sorted({p["method"] for panel in panels for p in panel["points"]}, key=str)
+    panels: [{title, xlabel, points: [{method, base, model, fd, fd_lo, fd_hi, fid, quality}],
+              curves: [[point, ...]]}]"""
+    def base(p):
+        return str(p.get("base") or p["method"])
+
+    colour = method_colours(base(p) for panel in panels for p in panel["points"])
+    methods = list(colour)
     models = sorted({p["model"] for panel in panels for p in panel["points"]}, key=str)
-    colour = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
     marker = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(models)}
     n = max(1, len(panels))
     ncols = min(3, n)
@@ -157,7 +182,7 @@ def tradeoff_chart(path: Path, panels: list[dict]) -> Path:
                 yerr = None
                 if not (math.isnan(lo) or math.isnan(hi)):
                     yerr = [[max(0.0, p["fd"] - lo)], [max(0.0, hi - p["fd"])]]
-                ax.errorbar([p["quality"]], [p["fd"]], yerr=yerr, fmt=marker[p["model"]], color=colour[p["method"]],
+                ax.errorbar([p["quality"]], [p["fd"]], yerr=yerr, fmt=marker[p["model"]], color=colour[base(p)],
                             markersize=6, capsize=2, elinewidth=0.8, zorder=3)
             if not has_fid:
                 ax.text(0.5, 0.5, "no FID measured", ha="center", va="center", transform=ax.transAxes,

@@ -51,6 +51,18 @@ def fmt_interval(lo, hi, digits: int = 3) -> str:
     return f"[{fmt_num(a, digits)}, {fmt_num(b, digits)}]"
 
 
+def breakable(value) -> Markup:
+    """Escaped text with a line-break opportunity (<wbr>) after each '_' and '&', so names like
+    distribution_guidance or light&yes can wrap in a narrow table column."""
+    from markupsafe import escape
+
+    s = DASH if value is None else str(value)
+    out = Markup("")
+    for i, part in enumerate(s.replace("&", "&\0").replace("_", "_\0").split("\0")):
+        out += (Markup("<wbr>") if i else Markup("")) + escape(part)
+    return out
+
+
 def sort_key(value) -> str:
     """data-sort attribute: the number, or '' (missing: sorted last in both directions)."""
     x = number(value)
@@ -79,13 +91,29 @@ def inline_assets() -> dict:
     return {"css": Markup(css), "js": Markup(js), "csp": csp}
 
 
+def package_version() -> str:
+    """The installed diffaudit's version (audit.__version__, from the package metadata)."""
+    import audit
+
+    return str(getattr(audit, "__version__", None) or "0+unknown")
+
+
+def known_version(value) -> str | None:
+    """A recorded diffaudit version, or None where it was never known: "0" (what runs recorded
+    before the version came from the package metadata), "0+unknown" (a source tree never
+    installed) or nothing."""
+    v = str(value).strip() if value is not None else ""
+    return None if v in ("", "0", "None") or v.startswith("0+unknown") else v
+
+
 @cache
 def environment() -> Environment:
     env = Environment(loader=PackageLoader("audit.report", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters.update(num=fmt_num, pval=fmt_p, pct=fmt_pct, interval=fmt_interval, sortkey=sort_key,
-                       count=fmt_count)
+                       count=fmt_count, breakable=breakable)
     env.globals["DASH"] = DASH
+    env.globals["VERSION"] = package_version()
     return env
 
 

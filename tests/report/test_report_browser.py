@@ -229,3 +229,29 @@ def test_content_security_policy_blocks_injected_script(browser, fixture_report,
     finally:
         visit.close()
         page_path.unlink()
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_main_tables_need_no_horizontal_scrollbar(browser, fixture_report, width, tmp_path):
+    """Every column of the verdict, trade-off and cost tables is visible at common desktop widths:
+    long names and prompts wrap, per-class error-aware detail lives on the cell page."""
+    visit = Visit(browser, width=width)
+    try:
+        visit.open(fixture_report)
+        visit.check()
+        sizes = visit.page.evaluate(
+            "() => ['verdict-table', 'tradeoff-table', 'cost-table'].map(id => {"
+            "  const t = document.getElementById(id);"
+            "  return [id, t.scrollWidth, t.parentElement.clientWidth, t.parentElement.scrollWidth]; })")
+        for table, width_of_table, container, container_scroll in sizes:
+            assert width_of_table <= container, (table, width_of_table, container)
+            assert container_scroll <= container, (table, container_scroll, container)
+        assert visit.page.evaluate("() => document.documentElement.scrollWidth") <= width
+        # nothing hidden: the last column of each table is inside the viewport
+        for table in ("#verdict-table", "#tradeoff-table", "#cost-table"):
+            right = visit.page.evaluate(
+                f"() => [...document.querySelectorAll('{table} thead th')].pop().getBoundingClientRect().right")
+            assert right <= width, (table, right)
+        visit.page.screenshot(path=str(tmp_path / f"report-{width}.png"))
+    finally:
+        visit.close()
