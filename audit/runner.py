@@ -687,7 +687,7 @@ def manifest(ctx: RunContext, cell: Cell, method) -> dict:
                     "target": cell.setting.target_vector()},
         "labelers": {name: ctx.labeler(name).describe() for name in ctx.suite.labelers},
         "probe_labeler": ctx.suite.probe_labeler,
-        "versions": {"diffaudit": getattr(audit, "__version__", "0"), "torch": torch.__version__,
+        "versions": {"diffaudit": audit.__version__, "torch": torch.__version__,
                      "diffusers": diffusers.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version(), "platform": platform.platform()},
     }
