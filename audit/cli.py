@@ -222,6 +222,51 @@ def report(
     typer.echo(f"report: {path}")
 
 
+@app.command("fid")
+def fid(
+    a: Path = typer.Argument(..., help="Reference image folder (png/jpg/jpeg/webp)."),
+    b: Path = typer.Argument(..., help="Image folder compared with A."),
+    extractor: str = typer.Option("synthfaces", "--extractor", help="synthfaces, mobilenet_v2 or inception."),
+    weights: Path | None = typer.Option(None, "--weights", help="Weights file (the inception extractor)."),
+    kid: bool = typer.Option(False, "--kid", help="Also print KID (mean and std over subsets)."),
+):
+    """FID[EXTRACTOR] (and with --kid, KID) between two image folders, images read at native size."""
+    from audit.metrics import fid as F
+
+    if extractor not in F.EXTRACTORS:
+        fail(f"unknown extractor {extractor!r}; available: {', '.join(F.EXTRACTORS)}")
+    if weights is not None and extractor not in F.WEIGHTED:
+        fail(f"--weights applies to the {', '.join(sorted(F.WEIGHTED))} extractor, not {extractor!r}")
+    if extractor in F.WEIGHTED and (weights is None or not weights.is_file()):
+        fail(f"--extractor {extractor} needs --weights FILE" + (f" ({weights}: no such file)" if weights else ""))
+    dim = F.feature_dim(extractor)
+    sets = []
+    for folder in (a, b):
+        if not folder.is_dir():
+            fail(f"{folder}: no such folder")
+        files = F.reference_files(str(folder), sys.maxsize)
+        if not files:
+            fail(f"{folder}: no {'/'.join(s[1:] for s in F.IMAGE_SUFFIXES)} images")
+        if len(files) <= dim:
+            fail(f"{folder} holds {len(files)} images, too few for FID[{extractor}]: it needs more than {dim}, "
+                 f"its feature dimension (else the covariance is singular)")
+        try:
+            sets.append(F.read_images(files))
+        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+            fail(f"{folder}: unreadable image: {' '.join(str(e).split())}")
+    try:
+        value = F.fid_between(*sets, extractor=extractor, weights=str(weights) if weights else None)
+        kid_value = F.kid_between(*sets, extractor=extractor, weights=str(weights) if weights else None) \
+            if kid else None
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        fail(" ".join(str(e).split()))
+    n_a, n_b = len(sets[0]), len(sets[1])
+    typer.echo(f"FID[{extractor}] {value:.4f}  n_A={n_a} n_B={n_b}")
+    if kid_value is not None:
+        typer.echo(f"KID[{extractor}] {kid_value[0]:.6f} ± {kid_value[1]:.6f}  n_A={n_a} n_B={n_b} "
+                   f"subset_size={F.kid_subset_size(n_a, n_b)}")
+
+
 @app.command("leaderboard")
 def leaderboard(
     outs: list[Path] = typer.Argument(..., help="Run directories (any number of runs and suites)."),

@@ -35,8 +35,8 @@ class SynthFacesFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype == torch.uint8:
             images = images.float() / 255
-        if images.shape[-1] != 32:
-            images = nn.functional.interpolate(images, size=(32, 32), mode="area")
+        if tuple(images.shape[-2:]) != (32, 32):  # its documented preprocessing: area resize to 32 px
+            images = nn.functional.interpolate(images.float(), size=(32, 32), mode="area")
         return self.model.features(images * 2 - 1).double()
 
 
@@ -57,10 +57,9 @@ EXTRACTORS = {"synthfaces": SynthFacesFeatures, "mobilenet_v2": _mobilenet_featu
 WEIGHTED = {"inception"}  # extractors whose weights the user supplies (fid.weights)
 
 
-def make_fid(extractor: str = "synthfaces", weights: str | None = None):
-    """A torchmetrics FrechetInceptionDistance over the named extractor (inputs in [0, 1])."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
+def make_feature(extractor: str = "synthfaces", weights: str | None = None) -> nn.Module:
+    """The named extractor as a torchmetrics feature module (inputs in [0, 1], any size: each
+    extractor resizes to its own input size in its forward)."""
     if extractor not in EXTRACTORS:
         raise ValueError(f"unknown FID extractor {extractor!r}; available: {', '.join(EXTRACTORS)}")
     if extractor in WEIGHTED:
@@ -69,7 +68,51 @@ def make_fid(extractor: str = "synthfaces", weights: str | None = None):
         raise ValueError(f"fid.weights applies to the {', '.join(sorted(WEIGHTED))} extractor, not {extractor!r}")
     else:
         feature = EXTRACTORS[extractor]()
-    return FrechetInceptionDistance(feature=feature, normalize=True)
+    return feature
+
+
+def make_fid(extractor: str = "synthfaces", weights: str | None = None):
+    """A torchmetrics FrechetInceptionDistance over the named extractor (inputs in [0, 1])."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    return FrechetInceptionDistance(feature=make_feature(extractor, weights), normalize=True)
+
+
+def kid_subset_size(n_a: int, n_b: int) -> int:
+    """KID's subset size: min(1000, smaller set // 2) (at least 2): torchmetrics' default of 1000,
+    capped at half the smaller set so the random subsets differ and the std over subsets means
+    something (a subset of the whole set makes every subset the same, std 0).
+
+    A set against itself gives a slightly negative KID, not exactly 0: its subsets share images,
+    and the unbiased estimator's cross term keeps the k(x, x) pairs its within-set terms drop
+    (about -2 (E k(x,x) - E k(x,x')) / n)."""
+    return max(2, min(1000, min(n_a, n_b) // 2))
+
+
+def make_kid(extractor: str, n_a: int, n_b: int, weights: str | None = None, subsets: int = 100):
+    """A torchmetrics KernelInceptionDistance over the named extractor; compute() gives the mean
+    and standard deviation of the unbiased MMD^2 (cubic polynomial kernel) over `subsets` random
+    subsets of kid_subset_size(n_a, n_b) images from each set."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    return KernelInceptionDistance(feature=make_feature(extractor, weights), subsets=subsets,
+                                   subset_size=kid_subset_size(n_a, n_b), normalize=True)
+
+
+def batches(images, batch: int = 500):
+    """Stacked batches of at most `batch` images, each of one size: a [N, 3, H, W] tensor is
+    sliced; a list of [3, H, W] tensors of mixed sizes is grouped by size (first-seen order), so
+    every image reaches the extractor at its native size."""
+    if isinstance(images, torch.Tensor):
+        for i in range(0, len(images), batch):
+            yield images[i:i + batch]
+        return
+    groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for image in images:
+        groups.setdefault(tuple(image.shape), []).append(image)
+    for group in groups.values():
+        for i in range(0, len(group), batch):
+            yield torch.stack(group[i:i + batch])
 
 
 def extractor_tag(extractor: str, weights: str | None = None) -> str:
@@ -132,9 +175,17 @@ def reference_problem(spec) -> str | None:
     return None
 
 
+# How directory images are preprocessed before the extractor: "native" = read at their own size,
+# only the extractor resizes. Part of the cache name, so statistics made from images resized to
+# 32 px up front (earlier versions) are never reused.
+DIRECTORY_PREPROCESSING = "native"
+
+
 def reference_identity(reference: str, n: int) -> str:
     """The reference set as FID reads it: a SynthFaces world by name; a directory by the names,
-    sizes and modification times of the files read, so replacing images invalidates cached stats."""
+    sizes and modification times of the files read and how they are preprocessed
+    (DIRECTORY_PREPROCESSING), so replacing images, or changing preprocessing, invalidates cached
+    stats."""
     if reference.startswith("synthfaces:"):
         return reference
     import hashlib
@@ -143,7 +194,7 @@ def reference_identity(reference: str, n: int) -> str:
     for f in reference_files(reference, n):
         st = f.stat()
         digest.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return f"{reference}@{digest.hexdigest()[:12]}"
+    return f"{reference}@{digest.hexdigest()[:12]}-{DIRECTORY_PREPROCESSING}"
 
 
 def fid_identity(spec) -> dict:
@@ -157,18 +208,47 @@ def fid_between(a: torch.Tensor, b: torch.Tensor, extractor: str = "synthfaces",
                 weights: str | None = None) -> float:
     """FID between two image sets ([N, 3, H, W] in [0, 1]); `a` is the reference."""
     metric = make_fid(extractor, weights)
-    for i in range(0, len(a), batch):
-        metric.update(a[i:i + batch], real=True)
-    for i in range(0, len(b), batch):
-        metric.update(b[i:i + batch], real=False)
+    for part in batches(a, batch):
+        metric.update(part, real=True)
+    for part in batches(b, batch):
+        metric.update(part, real=False)
     return float(metric.compute())
+
+
+def kid_between(a, b, extractor: str = "synthfaces", batch: int = 500, weights: str | None = None,
+                subsets: int = 100) -> tuple[float, float]:
+    """KID (mean, std over subsets; see make_kid) between two image sets; `a` is the reference."""
+    metric = make_kid(extractor, len(a), len(b), weights, subsets)
+    for part in batches(a, batch):
+        metric.update(part, real=True)
+    for part in batches(b, batch):
+        metric.update(part, real=False)
+    mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def read_images(files: list[Path]):
+    """Image files at their native size, in [0, 1]: one [N, 3, H, W] tensor when all share a
+    size, else a list of [3, H, W] tensors (see `batches`). Never resized here: only the
+    extractor resizes, to its own input size."""
+    import numpy as np
+    from PIL import Image
+
+    images = []
+    for f in files:
+        with Image.open(f) as image:
+            images.append(torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float() / 255)
+    if images and len({tuple(image.shape) for image in images}) == 1:
+        return torch.stack(images)
+    return images
 
 
 REFERENCE_SEED = 31_337  # ground-truth reference sets never share seeds with training data
 
 
-def reference_images(reference: str, n: int, base_dir: Path | None = None) -> torch.Tensor:
-    """[n, 3, H, W] in [0, 1] from 'synthfaces:WORLD' or a directory of image files."""
+def reference_images(reference: str, n: int, base_dir: Path | None = None):
+    """[n, 3, H, W] in [0, 1] from 'synthfaces:WORLD' or a directory of image files; directory
+    images keep their native size (a list of [3, H, W] when sizes differ; see read_images)."""
     if reference.startswith("synthfaces:"):
         from audit.zoo.synthfaces import WORLDS, generate
 
@@ -176,15 +256,11 @@ def reference_images(reference: str, n: int, base_dir: Path | None = None) -> to
         if world not in WORLDS:
             raise ValueError(f"unknown SynthFaces world {world!r}; allowed: {', '.join(WORLDS)}")
         return generate(n, WORLDS[world], seed=REFERENCE_SEED).tensor() / 2 + 0.5
-    import numpy as np
-    from PIL import Image
-
     folder = Path(reference) if base_dir is None else base_dir / reference
     files = reference_files(reference, n, base_dir)
     if len(files) < 2:
         raise FileNotFoundError(f"FID reference {folder} holds {len(files)} images; need at least 2")
-    arrays = [np.asarray(Image.open(f).convert("RGB").resize((32, 32), Image.BICUBIC)) for f in files]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+    return read_images(files)
 
 
 def target_world_images(reference: str, attributes: list[str], target: list[float], n: int) -> torch.Tensor:
@@ -228,8 +304,8 @@ def reference_state(out: Path, extractor: str, reference: str, n: int, weights: 
         return load_file(cache)
     metric = make_fid(extractor, weights)
     images = reference_images(reference, n) if target is None else target_world_images(reference, *target, n)
-    for i in range(0, len(images), 500):
-        metric.update(images[i:i + 500], real=True)
+    for part in batches(images, 500):
+        metric.update(part, real=True)
     state = {k: getattr(metric, k).detach().clone() for k in
              ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")}
     from audit.store import atomic_path
