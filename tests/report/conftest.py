@@ -300,6 +300,20 @@ def fixture_run(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("run") / "out")
 
 
+@pytest.fixture
+def run_without_fid_target(fixture_run, tmp_path) -> Path:
+    """A copy of fixture_run as a run made before results recorded FID to target."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(fixture_run, old, ignore=shutil.ignore_patterns("report"))
+    records = json.loads((old / "results.json").read_text())
+    for r in records:
+        r.pop("fid_target", None)
+    (old / "results.json").write_text(json.dumps(records))
+    return old
+
+
 @pytest.fixture(scope="session")
 def fixture_report(fixture_run) -> Path:
     from audit.report.html import write_report

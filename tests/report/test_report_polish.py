@@ -82,19 +82,11 @@ def test_cell_page_shows_the_index_quality_first(fixture_report):
         assert "the FID the index's fairness-vs-quality chart and table judge this cell by" in cell_html
 
 
-def test_cell_page_follows_the_index_without_fid_to_target(fixture_run, tmp_path, make_run_dir):
+def test_cell_page_follows_the_index_without_fid_to_target(run_without_fid_target):
     """A run where no cell has an FID to target: both judge by the suite's FID, labelled FID."""
-    import json
-    import shutil
-
     from audit.report.html import write_report
 
-    old = tmp_path / "old"
-    shutil.copytree(fixture_run, old, ignore=shutil.ignore_patterns("report"))
-    records = json.loads((old / "results.json").read_text())
-    for r in records:
-        r.pop("fid_target", None)
-    (old / "results.json").write_text(json.dumps(records))
+    old = run_without_fid_target
     index = write_report(old)
     names, rows = _tradeoff_rows(index.read_text())
     assert "FID" in names and "FID to target" not in names
