@@ -318,7 +318,7 @@ def generate_cell(ctx: RunContext, cell: Cell, method) -> None:
         ctx.progress(len(seeds) - sum(map(len, todo)))
     if todo:
         store.forget(cell.cell_id, [s for u in todo for s in u])
-    for twin in _twin_cells(ctx, cell) if (todo and cell.shares_images) else []:
+    for twin in [t.cell_id for t in _twin_cells(ctx, cell)] if (todo and cell.shares_images) else []:
         twin_claims = store.claims(twin)
         copied = [u for u in todo if _kept(ctx, cell, twin, twin_claims, u, wanted, log=False)]
         by_marker: dict[int, tuple[dict, list[int]]] = {}
@@ -418,9 +418,9 @@ def _smaller_batch(ctx: RunContext, cell: Cell, size: int) -> int:
     return size // 2
 
 
-def _twin_cells(ctx: RunContext, cell: Cell) -> list[str]:
+def _twin_cells(ctx: RunContext, cell: Cell) -> list[Cell]:
     """Cells of the suite that differ from `cell` only in their attribute setting."""
-    return [c.cell_id for c in plan(ctx.suite) if c.cell_id != cell.cell_id and c.image_key == cell.image_key]
+    return [c for c in plan(ctx.suite) if c.cell_id != cell.cell_id and c.image_key == cell.image_key]
 
 
 IMAGE_CHECKS = ("non-finite pixels", "blank image")  # images label_cell marks invalid whatever the labeler says
@@ -698,8 +698,7 @@ def run_cell(ctx: RunContext, cell: Cell) -> dict:
     if cell.skip_reason:
         return {"status": "not_applicable", "reason": cell.skip_reason}
     check_fid_references(ctx)
-    twins = [c for c in plan(ctx.suite) if c.cell_id != cell.cell_id and c.image_key == cell.image_key] \
-        if cell.shares_images else []
+    twins = _twin_cells(ctx, cell) if cell.shares_images else []
     retire_stale_cells(ctx, [cell, *twins])  # twins too: their images would be copied
     metrics_file = cell_dir / "metrics.json"
     if ctx.measure_only:
