@@ -75,11 +75,17 @@ def verdict_at(counts, target, tolerance: float) -> dict | None:
     it) at the report's tolerance, for cells measured at another one or before verdicts were stored."""
     from audit.metrics.functional import fairness_verdict
 
+    arrays = _counts_and_target(counts, target)
+    return None if arrays is None else fairness_verdict(*arrays, tolerance)
+
+
+def _counts_and_target(counts, target) -> tuple[np.ndarray, np.ndarray] | None:
+    """A cell's stored counts (as ints) and target as arrays; None when they cannot be tested."""
     counts = np.asarray([number(c) or 0 for c in counts], dtype=float)
     target = np.asarray([number(t) or 0 for t in target], dtype=float)
     if counts.sum() <= 0 or len(counts) != len(target):
         return None
-    return fairness_verdict(counts.round().astype(int), target, tolerance)
+    return counts.round().astype(int), target
 
 
 def tost(counts, target, tolerance: float) -> tuple[float | None, bool | None]:
@@ -88,11 +94,10 @@ def tost(counts, target, tolerance: float) -> tuple[float | None, bool | None]:
     tolerance differs from the one the metrics were computed with."""
     from audit.metrics.functional import tost_equivalence
 
-    counts = np.asarray([number(c) or 0 for c in counts], dtype=float)
-    target = np.asarray([number(t) or 0 for t in target], dtype=float)
-    if counts.sum() <= 0 or len(counts) != len(target):
+    arrays = _counts_and_target(counts, target)
+    if arrays is None:
         return None, None
-    result = tost_equivalence(counts.round().astype(int), target, tolerance)
+    result = tost_equivalence(*arrays, tolerance)
     return number(result["p_value"]), bool(result["equivalent"])
 
 
