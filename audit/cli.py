@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
+
+from audit.cli_common import fail
 
 # click's exceptions module, wherever this typer takes click from (recent typers vendor it)
 CLICK_ERRORS = sys.modules[typer.BadParameter.__module__]
@@ -40,8 +41,6 @@ class OneLineUsageErrors(TyperGroup):
 
 app = typer.Typer(help="Fairness audits and debiasing benchmarks for diffusion models.", cls=OneLineUsageErrors,
                   no_args_is_help=True, pretty_exceptions_enable=False)
-zoo_app = typer.Typer(help="The bundled SynthFaces zoo.", no_args_is_help=True)
-app.add_typer(zoo_app, name="zoo")
 
 
 def _print_version(value: bool) -> None:
@@ -56,23 +55,6 @@ def _print_version(value: bool) -> None:
 def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                           help="Print the installed version and exit.")) -> None:
     """Fairness audits and debiasing benchmarks for diffusion models."""
-
-
-def fail(message: str) -> None:
-    """A user mistake: one line on stderr, exit code 2, no traceback. Control characters (a path
-    given with a newline in it) are shown escaped, so the line stays one line."""
-    typer.echo("error: " + re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], message), err=True)
-    raise typer.Exit(2)
-
-
-def check_device(device: str) -> None:
-    """--device must name cpu or a cuda device torch can see."""
-    if device not in ("cpu", "cuda"):
-        fail(f"--device must be cpu or cuda, got {device!r}")
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda but no CUDA device is visible to torch; use --device cpu")
 
 
 def check_writable(path: Path, what: str, kind: str = "directory") -> None:
@@ -226,18 +208,21 @@ def report(
 def fid(
     a: Path = typer.Argument(..., help="Reference image folder (png/jpg/jpeg/webp)."),
     b: Path = typer.Argument(..., help="Image folder compared with A."),
-    extractor: str = typer.Option("synthfaces", "--extractor", help="synthfaces, mobilenet_v2 or inception."),
+    extractor: str = typer.Option(..., "--extractor", help="A registered FID extractor: inception (with --weights), "
+                                  "mobilenet_v2, or a plug-in's."),
     weights: Path | None = typer.Option(None, "--weights", help="Weights file (the inception extractor)."),
     kid: bool = typer.Option(False, "--kid", help="Also print KID (mean and std over subsets)."),
 ):
     """FID[EXTRACTOR] (and with --kid, KID) between two image folders, images read at native size."""
     from audit.metrics import fid as F
+    from audit.registry import FID_EXTRACTORS
 
-    if extractor not in F.EXTRACTORS:
-        fail(f"unknown extractor {extractor!r}; available: {', '.join(F.EXTRACTORS)}")
-    if weights is not None and extractor not in F.WEIGHTED:
-        fail(f"--weights applies to the {', '.join(sorted(F.WEIGHTED))} extractor, not {extractor!r}")
-    if extractor in F.WEIGHTED and (weights is None or not weights.is_file()):
+    if extractor not in FID_EXTRACTORS:
+        fail(f"unknown extractor {extractor!r}; available: {', '.join(sorted(FID_EXTRACTORS))}")
+    weighted = F.weighted_extractors()
+    if weights is not None and extractor not in weighted:
+        fail(f"--weights applies to the {', '.join(weighted)} extractor, not {extractor!r}")
+    if extractor in weighted and (weights is None or not weights.is_file()):
         fail(f"--extractor {extractor} needs --weights FILE" + (f" ({weights}: no such file)" if weights else ""))
     dim = F.feature_dim(extractor)
     sets = []
@@ -287,186 +272,23 @@ def leaderboard(
     typer.echo(f"leaderboard: {path}")
 
 
-@zoo_app.command("train")
-def zoo_train(
-    name: str,
-    max_steps: int | None = typer.Option(None, help="Stop after this many steps (resumable)."),
-    workdir: Path = typer.Option(Path(".zoo-work"), help="Where checkpoints go."),
-    threads: int = typer.Option(2, help="torch CPU threads."),
-    export_every: int = typer.Option(1000, help="Export the EMA weights into the zoo every this many steps."),
-    export_dir: Path | None = typer.Option(
-        None, help="Export here instead of into the zoo (which stays consistent with its probes and "
-                   "calibrations until you copy the export in); warm-starts from the zoo's weights."),
-    device: str = typer.Option("cpu", help="cpu or cuda (diffusion models; the same batches on either)."),
-):
-    """Train (or resume training) a zoo model with its recipe; exports into the zoo."""
-    import torch
-
-    from audit.zoo import zoo_path
-    from audit.zoo.recipes import RECIPES, ClipRecipe, DiffusionRecipe
-
-    torch.set_num_threads(threads)
-    if name not in RECIPES:
-        fail(f"unknown zoo model {name!r}; allowed: {', '.join(RECIPES)}")
-    check_device(device)
-    recipe = RECIPES[name]
-    if device != "cpu" and not isinstance(recipe, DiffusionRecipe):
-        fail(f"--device {device}: only the diffusion recipes train off the CPU; {name} trains on cpu")
-    if isinstance(recipe, DiffusionRecipe):
-        from audit.zoo.train_diffusion import TrainingStateError, train
-
-        try:
-            train(recipe, workdir / name, export_dir or zoo_path(name), max_steps=max_steps,
-                  export_every=export_every, log=lambda s: print(s, flush=True),
-                  warm_start_dir=zoo_path(name), device=device)
-        except TrainingStateError as error:  # a stale checkpoint or export, an untrained text encoder
-            fail(str(error))
-    elif isinstance(recipe, ClipRecipe):
-        from audit.zoo.train_clip import train
-
-        train(recipe, workdir / name, zoo_path(name), max_steps=max_steps, export_every=export_every,
-              log=lambda s: print(s, flush=True))
-    else:
-        from audit.zoo.train_classifier import train
-
-        train(recipe, workdir / name, zoo_path(name), max_steps=max_steps,
-              log=lambda s: print(s, flush=True))
-
-
-@zoo_app.command("list")
-def zoo_list():
-    """List the zoo's models, what they are and whether their weights are present."""
-    import json
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from audit.zoo import WIP_DIR, zoo_path
-    from audit.zoo.recipes import RECIPES
-
-    table = Table(title="SynthFaces zoo")
-    for column in ("name", "kind", "trained", "size", "description"):
-        table.add_column(column)
-    for name, recipe in RECIPES.items():
-        path = zoo_path(name)
-        files = [f for f in path.rglob("*") if f.is_file()] if path.exists() else []
-        size = sum(f.stat().st_size for f in files)
-        info_file = path / "training.json"
-        steps = json.loads(info_file.read_text()).get("steps") if info_file.exists() else None
-        trained = "yes" if files else "no"
-        if steps is not None:
-            trained += f" ({steps}/{recipe.steps} steps)"
-        wip_file = WIP_DIR / name / "training.json"
-        if wip_file.exists():
-            trained += f"; in training: {json.loads(wip_file.read_text())['steps']} steps in audit/zoo/wip/{name}"
-        kind = "diffusion" if hasattr(recipe, "unet") else recipe.kind
-        table.add_row(name, kind, trained, f"{size / 1e6:.1f} MB", recipe.description)
-    Console().print(table)
-
-
-@zoo_app.command("ship-calibrations")
-def zoo_ship_calibrations(run_dir: Path = typer.Argument(..., help="A run directory with calibration/ records.")):
-    """Ship a run's `scale: auto` calibrations of zoo models with the zoo, so suites on the
-    zoo (the quickstart) start calibrated. Only records of the zoo's current weights are kept."""
-    from audit.methods.calibration import ship_calibrations
-    from audit.models.loading import zoo_revision
-    from audit.zoo import is_trained, zoo_path
-    from audit.zoo.recipes import RECIPES
-
-    if not (run_dir / "calibration").is_dir():
-        fail(f"{run_dir} has no calibration/ directory: run a suite with `scale: auto` first")
-    revisions = {name: zoo_revision(zoo_path(name)) for name, recipe in RECIPES.items()
-                 if hasattr(recipe, "unet") and is_trained(name)}
-    written = ship_calibrations(run_dir, revisions)
-    for path in written:
-        typer.echo(f"shipped {path}")
-    typer.echo(f"{len(written)} calibration record(s) shipped")
-
-
-@zoo_app.command("check")
-def zoo_check(
-    json_file: Path | None = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
-    n: int = typer.Option(1000, help="Samples per model."),
-    steps: int = typer.Option(50, help="DDIM steps."),
-    heldout: int = typer.Option(10_000, help="Held-out ground-truth images for the labelers."),
-    n_prompt: int = typer.Option(200, help="Samples per attribute prompt (synthfaces-t2i) and for the CLIP "
-                                           "score margin (clip)."),
-    only: list[str] = typer.Option([], help="Check only these (labelers, synthfaces-ddpm, synthfaces-t2i, clip)."),
-    threads: int = typer.Option(2, help="torch CPU threads."),
-    t2i_guidance_scale: float = typer.Option(
-        1.0, min=1.0, help="Classifier-free guidance scale of the synthfaces-t2i samples; 1 samples the "
-                           "conditional distribution training fitted, which is what its bars ask about."),
-    candidate: Path | None = typer.Option(
-        None, help="Check this export (e.g. from `zoo train --export-dir`) in place of the committed weights "
-                   "of the one diffusion model named by --only."),
-    first_seed: int = typer.Option(
-        0, min=0, help="First sample seed of the diffusion models. The bars are measured from 0; another "
-                       "start shows how much a figure owes to its particular seeds."),
-    ddpm_eta: float | None = typer.Option(
-        None, min=0.0, max=1.0, help="DDIM eta of the synthfaces-ddpm samples (unset: the zoo's, 1, the sampler "
-                                     "suites use unless their model sets eta; 0: deterministic DDIM)."),
-):
-    """Measure every zoo model against its bars and print the table."""
-    import torch
-    from rich.console import Console
-    from rich.table import Table
-
-    from audit.store import atomic_write_json
-    from audit.zoo.check import rows_to_json, run_check
-
-    torch.set_num_threads(threads)
-    checks = ("labelers", "synthfaces-ddpm", "synthfaces-t2i", "clip")
-    unknown = sorted(set(only) - set(checks))
-    if unknown:
-        fail(f"--only {unknown[0]!r} is not a check; allowed: {', '.join(checks)}")
-    models = tuple(only) or checks
-    candidates = {}
-    if candidate is not None:
-        diffusion = [m for m in models if m in ("synthfaces-ddpm", "synthfaces-t2i")]
-        if len(diffusion) != 1:
-            fail("--candidate needs --only naming exactly one diffusion model (synthfaces-ddpm or synthfaces-t2i)")
-        if not (candidate / "training.json").exists():
-            fail(f"--candidate {candidate}: no training.json there; point it at a `zoo train --export-dir` folder")
-        candidates[diffusion[0]] = candidate
-    console = Console(width=200)
-    measured = []
-
-    def show(row) -> None:  # each figure as it comes; the JSON holds every figure measured so far
-        measured.append(row)
-        mark = {True: "pass", False: "FAIL", None: "-"}[row.passed]
-        console.print(f"{row.model}: {row.check} = {row.value_text()} ({row.bar}: {mark})", markup=False,
-                      highlight=False)
-        if json_file is not None:
-            atomic_write_json(json_file, rows_to_json(measured))
-
-    rows = run_check(n=n, steps=steps, n_heldout=heldout, n_prompt=n_prompt, models=models, candidates=candidates,
-                     on_row=show, t2i_guidance_scale=t2i_guidance_scale, first_seed=first_seed, ddpm_eta=ddpm_eta)
-    table = Table(title="diffaudit zoo check")
-    for column in ("model", "check", "value", "bar", "pass", "detail"):
-        table.add_column(column)
-    for r in rows:
-        mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "-"}[r.passed]
-        table.add_row(r.model, r.check, r.value_text(), r.bar, mark, r.detail)
-    console.print(table)
-    if any(r.passed is False for r in rows):
-        raise typer.Exit(1)
-
-
 probe_app = typer.Typer(help="h-space attribute probes.", no_args_is_help=True)
 app.add_typer(probe_app, name="probe")
 
 
 @probe_app.command("train")
 def probe_train(
-    model: str = typer.Option(..., help="zoo:NAME, a diffusers directory, or hf:ORG/REPO."),
-    labeler: str = typer.Option("synthfaces-pseudo", help="Labeler giving the pseudo-labels."),
+    model: str = typer.Option(..., help="A diffusers directory, hf:ORG/REPO, or PREFIX:NAME of a plug-in's source."),
+    labeler: str | None = typer.Option(None, help="Labeler giving the pseudo-labels (default: the probe labeler "
+                                       "the model's source suggests)."),
     attribute: list[str] = typer.Option(..., help="Attribute(s) to probe (repeat the option)."),
     n: int = typer.Option(1000, help="Samples to draw and label."),
     steps: int = typer.Option(50, help="Sampling steps (one head per step)."),
     batch_size: int = typer.Option(64),
     prompt: str = typer.Option("a photo of a person", help="Prompt (text models)."),
     guidance_scale: float = typer.Option(1.0, help="Classifier-free guidance (text models)."),
-    out: Path | None = typer.Option(None, "-o", "--out", help="Directory (default: the zoo's probes for zoo models)."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Directory (default: the probes the model's source "
+                                    "ships, for sources that ship probes)."),
     head: str = typer.Option("class-mean", help="Head type: class-mean (guides along class-mean "
                              "directions of h) or logistic (most accurate, can be fooled)."),
     device: str = typer.Option("cpu"),
@@ -477,10 +299,15 @@ def probe_train(
 
     from audit.models.loading import load_model
     from audit.probes.train import train_probes
-    from audit.registry import make_labeler
+    from audit.registry import make_labeler, model_source
     from audit.spec import ModelSpec
 
     console = Console()
+    owner = model_source(model)
+    if labeler is None:
+        labeler = (owner[0].suite_defaults(owner[1]) if owner else {}).get("probe_labeler")
+        if labeler is None:
+            fail("--labeler is required: the model's source suggests no probe labeler")
     try:
         adapter = load_model(ModelSpec(name="probe-model", source=model, steps=steps), device=device)
         judge = make_labeler(labeler)
@@ -488,13 +315,11 @@ def probe_train(
         fail(str(e).strip("'\""))
     if head not in ("class-mean", "logistic"):
         fail(f"--head must be class-mean or logistic, got {head!r}")
-    in_zoo = out is None
+    shipped = out is None
     if out is None:
-        if not model.startswith("zoo:"):
-            fail("--out is required for models outside the zoo")
-        from audit.zoo import WEIGHTS_DIR
-
-        out = WEIGHTS_DIR / "probes" / model[4:] / labeler
+        out = owner[0].shipped_probes(owner[1], labeler) if owner else None
+        if out is None:
+            fail("--out is required: the model's source ships no probes")
     prompts = [prompt] * n if adapter.conditional else None
     with Progress(console=console) as progress:
         task = progress.add_task("sampling", total=n)
@@ -505,7 +330,7 @@ def probe_train(
         except ValueError as e:
             fail(str(e))
     for name, probe in probes.items():
-        probe.save(out / name, half=in_zoo)  # zoo probes ship in float16 to keep the zoo small
+        probe.save(out / name, half=shipped)  # shipped probes are float16, to keep installs small
         accuracy = probe.meta["val_accuracy"]
         shown = " ".join(f"{a:.2f}" for a in accuracy)
         console.print(f"{name}: validation accuracy per step (t={probe.timesteps[0]}..{probe.timesteps[-1]}): {shown}")
@@ -556,6 +381,17 @@ def labeler_validate(
     typer.echo(f"saved {store(result)}")
 
 
+def _mount_plugin_commands() -> None:
+    """The command groups plug-ins register (`diffaudit zoo ...` from the bundled zoo)."""
+    from audit.registry import COMMANDS, resolve
+
+    for name in sorted(COMMANDS):
+        app.add_typer(resolve(COMMANDS, name, "command"), name=name)
+
+
+_mount_plugin_commands()
+
+
 def main() -> None:
     from audit.malloc import keep_freed_memory
 
@@ -565,3 +401,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

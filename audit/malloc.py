@@ -2,9 +2,8 @@
 
 PyTorch on CPU allocates every activation with malloc. glibc serves blocks above its mmap
 threshold with fresh mmaps and trims the heap top after each free, so every UNet step re-faults
-the same memory page by page. Measured on the zoo's synthfaces-t2i (64 images, 25 steps, CFG,
-2 cores): 13.3M page faults and 22 s of system time per two batches, 25.4 s a batch; with the
-thresholds below 2.8M faults, 4.8 s and 21.0 s a batch (`diffaudit run` is 19% faster).
+the same memory page by page; raising the thresholds keeps the pages (the measured effect is in
+docs/development.md, "Memory").
 """
 
 from __future__ import annotations

@@ -12,22 +12,14 @@ from rich.text import Text
 
 from audit.spec import Suite, plan
 
-# UNet evaluations per image and step, relative to one plain forward pass.
-METHOD_COST = {"none": 1.0, "prompt": 1.0, "distribution_guidance": 1.05, "sample_guidance": 1.05,
-               "universal_guidance": 3.5}
-X_PATH_COST = 2.2
-# Measured on 2 CPU cores: seconds per image per step for the zoo models (batch 50).
-ZOO_SECONDS_PER_IMAGE_STEP = {"zoo:synthfaces-ddpm": 0.0035, "zoo:synthfaces-t2i": 0.006}
-
 
 def cell_cost(cell) -> tuple[float, float | None]:
-    """(UNet image-evaluations, estimated seconds or None when the model's speed is unknown)."""
-    factor = METHOD_COST.get(cell.method.name, 1.0)
-    if cell.method.params.get("path") == "x":
-        factor = X_PATH_COST
+    """(UNet image-evaluations, estimated seconds or None when the model's speed is unknown): the
+    method's relative cost (Method.cost) times samples, steps and classifier-free guidance's 2."""
+    factor = cell.method_class.cost(cell.method.checked_params())
     cfg = 2.0 if cell.model.guidance_scale != 1.0 else 1.0
     nfe = cell.samples * cell.model.steps * factor * cfg
-    per = ZOO_SECONDS_PER_IMAGE_STEP.get(cell.model.source)
+    per = cell.model.seconds_per_image_step()
     return nfe, (nfe * per if per else None)
 
 
@@ -161,7 +153,7 @@ def _calibration_config(cell, n: int) -> dict | None:
     from audit.registry import METHODS, effective_params, resolve
 
     factory = resolve(METHODS, cell.method.name, "method")
-    if not getattr(factory, "needs_probe", False):
+    if not factory.calibrates_scale:
         return None
     params = effective_params(factory, dict(cell.method.params))
     if params.get("scale", "auto") != "auto":
@@ -241,16 +233,13 @@ def calibration_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list
 def probe_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list, list[str]]:
     """([(UNet evaluations, seconds or None)] of the probe trainings a run would make, lines to
     print): probe.n samples per model (and prompt) whose probe-guided cells find no probes the
-    zoo ships or OUT/probes caches (see runner.probe_dir)."""
+    model's source ships or OUT/probes caches (see runner.probe_dir)."""
     from audit.probes.probe import Probe
-    from audit.registry import METHODS, resolve
-    from audit.spec import DEFAULT_PROMPT
-    from audit.zoo import WEIGHTS_DIR
 
     labeler = suite.probe_labeler
     wanted: dict[tuple[str, str | None], tuple] = {}
     for cell in cells:
-        if cell.skip_reason or not getattr(resolve(METHODS, cell.method.name, "method"), "needs_probe", False):
+        if cell.skip_reason or not cell.method_class.needs_probe:
             continue
         key = (cell.model.name, cell.prompt)
         attributes = wanted.get(key, (cell, set()))[1] | set(cell.setting.attributes)
@@ -260,8 +249,9 @@ def probe_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list, list
     for (name, prompt), (cell, attributes) in wanted.items():
         model = cell.model
         folders = []
-        if model.source.startswith("zoo:") and prompt in (None, DEFAULT_PROMPT):
-            folders.append(WEIGHTS_DIR / "probes" / model.source[4:] / labeler)
+        ships = model.shipped_probes(labeler, prompt)
+        if ships is not None:
+            folders.append(ships)
         if out is not None:
             base = Path(out) / "probes" / name / labeler
             for d in base.glob(f"steps{model.steps}-cfg{model.guidance_scale:g}*"):
@@ -271,7 +261,7 @@ def probe_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list, list
             continue
         cfg = 2.0 if model.guidance_scale != 1.0 else 1.0
         nfe = suite.probe.n * model.steps * cfg
-        per = ZOO_SECONDS_PER_IMAGE_STEP.get(model.source)
+        per = model.seconds_per_image_step()
         costs.append((nfe, nfe * per if per else None))
         per_model.setdefault(name, []).append(costs[-1])
     for name, trainings in per_model.items():

@@ -1,7 +1,9 @@
-"""Name -> factory registries for models, methods, labelers and FID extractors.
+"""Name -> factory registries for methods, labelers, model sources, FID extractors and references.
 
 Entries are "module:attribute" strings imported on first use, so optional backends (onnx,
-deepface, CLIP) cost nothing until a suite names them. `register_*` adds user components.
+deepface, CLIP) cost nothing until a suite names them. `register_*` adds components; installed
+plug-ins (the `diffaudit.plugins` entry points, audit/plugins.py) call them when this module is
+first imported, the bundled SynthFaces zoo among them.
 """
 
 from __future__ import annotations
@@ -9,12 +11,10 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 LABELERS: dict[str, str | Callable] = {
-    "synthfaces-eval": "audit.labelers.synthfaces:SynthFacesLabeler",
-    "synthfaces-pseudo": "audit.labelers.synthfaces:SynthFacesLabeler",
-    "synthfaces-clip": "audit.labelers.synthfaces_clip:SynthFacesClipLabeler",
     "age_gender": "audit.labelers.age_gender:AgeGenderLabeler",
     "nudenet": "audit.labelers.nudenet:NudeNetLabeler",
     "skin_tone": "audit.labelers.skin_tone:SkinToneLabeler",
@@ -31,8 +31,46 @@ METHODS: dict[str, str | Callable] = {
 }
 
 
+# Constructor arguments a labeler's registration fixes (one class registered under several names).
+LABELER_OPTIONS: dict[str, dict] = {}
+
 # Models a suite names as `source: custom:NAME`; factory(device: str, dtype: torch.dtype) -> ModelAdapter.
 MODELS: dict[str, Callable] = {}
+
+# Model sources by prefix (`source: PREFIX:NAME`): audit.plugins.ModelSource instances.
+SOURCES: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class FidExtractor:
+    """A feature network FID and KID can use: `factory(weights)` (weighted) or `factory()` builds a
+    torch module taking [N, 3, H, W] images in [0, 1]; `feature_dim` (an int, or a callable giving
+    it without building the network) sizes the covariance."""
+
+    factory: str | Callable
+    feature_dim: int | Callable[[], int]
+    weighted: bool = False  # its weights are a file the user supplies (fid.weights)
+
+    def dim(self) -> int:
+        return int(self.feature_dim() if callable(self.feature_dim) else self.feature_dim)
+
+
+FID_EXTRACTORS: dict[str, FidExtractor] = {
+    "mobilenet_v2": FidExtractor("audit.metrics.mobilenet:MobileNetFeatures", 1280),
+    "inception": FidExtractor("audit.metrics.inception:InceptionFeatures", 2048, weighted=True),
+}
+
+# FID reference sets drawn on demand, by prefix (`fid.reference: PREFIX:NAME`):
+# audit.plugins.ReferenceImages instances. Any other reference is a directory of images.
+REFERENCES: dict[str, Any] = {}
+
+# Attributes whose classes (in a labeler's order) and phrases suites may use without declaring
+# them: {attribute: [classes]}, {attribute: {class: [phrases, first preferred]}}.
+ATTRIBUTES: dict[str, list[str]] = {}
+ATTRIBUTE_PHRASES: dict[str, dict[str, list[str]]] = {}
+
+# Command groups plug-ins add to the CLI (`diffaudit NAME ...`): typer apps or "module:attribute".
+COMMANDS: dict[str, str | Callable] = {}
 
 
 def resolve(registry: dict[str, str | Callable], name: str, kind: str) -> Callable:
@@ -162,11 +200,9 @@ def check_method_params(name: str, params: dict) -> dict:
 
 
 def make_labeler(name: str, **options):
-    """Instantiate a registered labeler; zoo labelers get their zoo name."""
+    """Instantiate a registered labeler with the options its registration fixes and `options`."""
     factory = resolve(LABELERS, name, "labeler")
-    if name.startswith("synthfaces-"):
-        return factory(name=name, **options)
-    return factory(**options)
+    return factory(**LABELER_OPTIONS.get(name, {}), **options)
 
 
 def labeler_vocabulary(name: str, options: dict) -> dict[str, list[str]] | None:
@@ -175,15 +211,16 @@ def labeler_vocabulary(name: str, options: dict) -> dict[str, list[str]] | None:
     checking the options against its constructor (see check_params). None for a labeler that
     cannot say before it is built (a plug-in without `vocabulary`). ValueError on bad options."""
     factory = resolve(LABELERS, name, "labeler")
-    values = check_params(factory, options, "option")
-    if name.startswith("synthfaces-"):  # as make_labeler
-        values["name"] = name
+    values = {**check_params(factory, options, "option"), **LABELER_OPTIONS.get(name, {})}  # as make_labeler
     vocabulary = getattr(factory, "vocabulary", None)
     return None if vocabulary is None else vocabulary(values)
 
 
-def register_labeler(name: str, factory: Callable) -> None:
+def register_labeler(name: str, factory: str | Callable, /, **fixed) -> None:
+    """Make NAME usable as a labeler; `fixed` are constructor arguments of this registration (a
+    class the factory declares in `supplied`, e.g. which of its trained networks to load)."""
     LABELERS[name] = factory
+    LABELER_OPTIONS[name] = dict(fixed)
 
 
 def register_method(name: str, factory: Callable) -> None:
@@ -193,3 +230,64 @@ def register_method(name: str, factory: Callable) -> None:
 def register_model(name: str, factory: Callable) -> None:
     """Make `source: custom:NAME` load `factory(device=..., dtype=...)`, which returns a ModelAdapter."""
     MODELS[name] = factory
+
+
+BUILT_IN_SOURCES = ("hf", "custom")  # a source without a registered prefix is a local directory
+
+
+def register_source(prefix: str, source) -> None:
+    """Make `source: PREFIX:NAME` resolve through `source` (an audit.plugins.ModelSource)."""
+    if prefix in BUILT_IN_SOURCES or not prefix.isidentifier():
+        raise ValueError(f"source prefix {prefix!r} is built in or not a plain name")
+    SOURCES[prefix] = source
+
+
+def model_source(source: str) -> tuple[Any, str] | None:
+    """(the registered ModelSource, the name after its prefix) for a suite's `source`, or None
+    when no plug-in owns its prefix (hf:, custom: and local directories are the core's)."""
+    prefix, sep, name = source.partition(":")
+    if sep and prefix in SOURCES:
+        return SOURCES[prefix], name
+    return None
+
+
+def register_fid_extractor(name: str, factory: str | Callable, feature_dim: int | Callable[[], int],
+                           weighted: bool = False) -> None:
+    FID_EXTRACTORS[name] = FidExtractor(factory, feature_dim, weighted)
+
+
+def register_reference(prefix: str, references) -> None:
+    """Make `fid.reference: PREFIX:NAME` draw its images from `references` (audit.plugins.ReferenceImages)."""
+    REFERENCES[prefix] = references
+
+
+def reference_source(reference: str) -> tuple[Any, str] | None:
+    """(the registered ReferenceImages, the name after its prefix), or None for a directory."""
+    prefix, sep, name = reference.partition(":")
+    if sep and prefix in REFERENCES:
+        return REFERENCES[prefix], name
+    return None
+
+
+def register_attributes(classes: dict[str, list[str]], phrases: dict[str, dict[str, list[str]]] | None = None) -> None:
+    """Attributes (with their classes and the phrases prompt debiasing writes) suites may name
+    without declaring their classes."""
+    ATTRIBUTES.update({a: list(c) for a, c in classes.items()})
+    for attribute, by_class in (phrases or {}).items():
+        ATTRIBUTE_PHRASES.setdefault(attribute, {}).update({c: list(p) for c, p in by_class.items()})
+
+
+def register_command(name: str, app: str | Callable) -> None:
+    """Add a command group to the CLI (`diffaudit NAME ...`): a typer.Typer or "module:attribute"."""
+    COMMANDS[name] = app
+
+
+def _load_plugins() -> list[str]:
+    import sys
+
+    from audit.plugins import load_plugins
+
+    return load_plugins(sys.modules[__name__])
+
+
+PLUGINS = _load_plugins()  # the names of the plug-ins installed and loaded

@@ -71,10 +71,11 @@ class RunContext:
 
     def labeler(self, name: str):
         from audit.labelers.validation import attach_validation
-        from audit.registry import make_labeler
+        from audit.registry import LABELERS, make_labeler, resolve, suite_params
 
         if name not in self.labelers:
-            options = {"device": self.device} if name.startswith("synthfaces-") else {}
+            takes = suite_params(resolve(LABELERS, name, "labeler"))
+            options = {"device": self.device} if takes is not None and "device" in takes else {}  # run's device
             options.update(self.suite.labeler_options.get(name, {}))
             try:
                 labeler = make_labeler(name, **options)
@@ -130,23 +131,22 @@ def labeler_weights(labeler) -> str | None:
 # -- probes and methods ------------------------------------------------------------------------
 
 def probe_dir(ctx: RunContext, cell: Cell, attribute: str) -> Path:
-    """Zoo models ship probes; others are trained on demand and cached in OUT/probes."""
+    """A probe the model's source ships (the zoo's), if it was trained on these weights and this
+    guidance scale; else one trained on demand and cached in OUT/probes."""
     from audit.probes.probe import Probe
 
     model, labeler = cell.model, ctx.suite.probe_labeler
     revision = ctx.adapter(cell).revision
-    if model.source.startswith("zoo:") and cell.prompt in (None, DEFAULT_PROMPT):
-        from audit.zoo import WEIGHTS_DIR
-
-        shipped = WEIGHTS_DIR / "probes" / model.source[4:] / labeler / attribute
-        if Probe.saved(shipped):
-            meta = Probe.load(shipped).meta  # a damaged zoo probe is a one-line ProbeError
-            trained_on = (meta.get("revision"), float(meta.get("guidance_scale", 1.0)))
-            if trained_on == (revision, float(model.guidance_scale)):
-                return shipped
-            ctx.log(f"the zoo's {attribute} probe was trained on {model.source} revision {trained_on[0]} with "
-                    f"guidance scale {trained_on[1]:g}, not {revision} with {model.guidance_scale:g}: "
-                    "training one for this setting")
+    folder = model.shipped_probes(labeler, cell.prompt)
+    shipped = None if folder is None else folder / attribute
+    if shipped is not None and Probe.saved(shipped):
+        meta = Probe.load(shipped).meta  # a damaged shipped probe is a one-line ProbeError
+        trained_on = (meta.get("revision"), float(meta.get("guidance_scale", 1.0)))
+        if trained_on == (revision, float(model.guidance_scale)):
+            return shipped
+        ctx.log(f"the shipped {attribute} probe was trained on {model.source} revision {trained_on[0]} with "
+                f"guidance scale {trained_on[1]:g}, not {revision} with {model.guidance_scale:g}: "
+                "training one for this setting")
     key = f"{model.name}/{labeler}/steps{model.steps}-cfg{model.guidance_scale:g}"
     if revision:
         key += f"-rev-{re.sub(r'[^A-Za-z0-9._-]+', '-', revision)[:40]}"
@@ -197,7 +197,7 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
 
 def _probes_to_train(ctx: RunContext, dirs: dict[str, Path]) -> list[str]:
     """The attributes whose probe must be trained: never saved, or saved in OUT/probes but
-    damaged (a cache: trained again, and logged). A damaged probe outside OUT (the zoo's) is an
+    damaged (a cache: trained again, and logged). A damaged probe outside OUT (a shipped one) is an
     error: it belongs to the install, and another probe would guide differently."""
     from audit.probes.probe import Probe, ProbeError
 
@@ -237,9 +237,7 @@ def unlabeled(labeler, attributes: list[str]) -> list[str]:
 
 def _probe_labeler_gap(ctx: RunContext, cell: Cell) -> str | None:
     """Why a probe-guided cell cannot run: its probe labeler does not label its attributes."""
-    from audit.registry import METHODS, resolve
-
-    if not getattr(resolve(METHODS, cell.method.name, "method"), "needs_probe", False):
+    if not cell.method_class.needs_probe:
         return None
     labeler = ctx.labeler(ctx.suite.probe_labeler)
     missing = unlabeled(labeler, cell.setting.attributes)
@@ -249,37 +247,55 @@ def _probe_labeler_gap(ctx: RunContext, cell: Cell) -> str | None:
     return None
 
 
+# What the runner can supply to a method's constructor: a method lists the names it takes in its
+# `supplied` (audit.methods.base.Method); everything else it takes is a suite param.
+SUPPLIED_ARGUMENTS = ("target", "attributes", "phrases", "attribute_names", "probes", "labeler")
+
+
+def supplied_arguments(ctx: RunContext, cell: Cell, factory, params: dict) -> dict:
+    """The constructor arguments the method declares in `supplied`, made from the cell: the target
+    vector, the attributes, one prompt phrase per joint class (and the attributes named in words),
+    h-space probes of the cell's attributes, or a labeler (the method's `labeler` param, default
+    the suite's probe_labeler; the param is consumed)."""
+    setting, wanted = cell.setting, tuple(getattr(factory, "supplied", ()))
+    unknown = [name for name in wanted if name not in SUPPLIED_ARGUMENTS]
+    if unknown:
+        raise SuiteError(f"methods '{cell.method.display}': its class asks the runner to supply {unknown[0]!r}; "
+                         f"the runner supplies {', '.join(SUPPLIED_ARGUMENTS)}")
+    args: dict = {}
+    if "target" in wanted:
+        args["target"] = setting.target_vector()
+    if "attributes" in wanted:
+        args["attributes"] = list(setting.attributes)
+    if "phrases" in wanted:
+        args["phrases"] = [" and ".join(ctx.suite.phrase(a, c) for a, c in zip(setting.attributes, combo.split("&"),
+                                                                                strict=True))
+                           for combo in setting.joint_classes()]
+    if "attribute_names" in wanted:
+        args["attribute_names"] = " and ".join(a.replace("_", " ") for a in setting.attributes)
+    if "probes" in wanted:
+        args["probes"] = get_probes(ctx, cell)
+    if "labeler" in wanted:
+        args["labeler"] = ctx.labeler(params.pop("labeler", None) or ctx.suite.probe_labeler)
+    return args
+
+
 def build_method(ctx: RunContext, cell: Cell):
-    from audit.registry import METHODS, resolve
+    """The cell's method, built from its suite params and what the runner supplies; a `scale: auto`
+    of a method that calibrates its scale is replaced by the calibrated one (or, for a cell killed
+    mid-way, by the scale its finished batches were made with)."""
+    spec, params, factory = cell.method, dict(cell.method.params), cell.method_class
+    supplied = supplied_arguments(ctx, cell, factory, params)
+    if factory.calibrates_scale and params.get("scale", "auto") == "auto":
+        from audit.methods.calibration import calibrate
 
-    spec, setting, params = cell.method, cell.setting, dict(cell.method.params)
-    target = setting.target_vector()
-    factory = resolve(METHODS, spec.name, "method")
-    if spec.name == "none":
-        kwargs = params
-    elif spec.name == "prompt":
-        phrases = [" and ".join(ctx.suite.phrase(a, c) for a, c in zip(setting.attributes, combo.split("&"),
-                                                                          strict=True))
-                   for combo in setting.joint_classes()]
-        kwargs = dict(phrases=phrases, target=target,
-                      attribute_names=" and ".join(a.replace("_", " ") for a in setting.attributes), **params)
-    elif spec.name == "universal_guidance":
-        labeler = ctx.labeler(params.pop("labeler", ctx.suite.probe_labeler))
-        kwargs = dict(labeler=labeler, attributes=setting.attributes, target=target, **params)
-    else:
-        probes = get_probes(ctx, cell)
-        if params.get("scale", "auto") == "auto":
-            from audit.methods.calibration import calibrate
-
-            _construct(factory, spec, dict(probes=probes, target=target, **{**params, "scale": 1.0}))  # fail fast
-
-            calibrated = _calibration_of_started_cell(ctx, cell) or calibrate(ctx, cell, factory, probes, target,
-                                                                             params)
-            params["scale"] = calibrated["scale"]
-            if params.get("aim") is None and calibrated["aim"] is not None:
-                params["aim"] = calibrated["aim"]
-        kwargs = dict(probes=probes, target=target, **params)
-    return _construct(factory, spec, kwargs)
+        _construct(factory, spec, {**supplied, **params, "scale": 1.0})  # fail fast
+        calibrated = _calibration_of_started_cell(ctx, cell) or calibrate(ctx, cell, factory, supplied["probes"],
+                                                                         supplied["target"], params)
+        params["scale"] = calibrated["scale"]
+        if params.get("aim") is None and calibrated["aim"] is not None:
+            params["aim"] = calibrated["aim"]
+    return _construct(factory, spec, {**supplied, **params})
 
 
 def _construct(factory, spec, kwargs: dict):

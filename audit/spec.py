@@ -25,15 +25,23 @@ from pydantic import (
     model_validator,
 )
 
-from audit.registry import LABELERS, METHODS, check_method_params, labeler_vocabulary, method_params, resolve
-from audit.zoo.synthfaces import ATTRIBUTE_PHRASES, ATTRIBUTES
+from audit.registry import (
+    ATTRIBUTE_PHRASES,
+    ATTRIBUTES,
+    BUILT_IN_SOURCES,
+    FID_EXTRACTORS,
+    LABELERS,
+    METHODS,
+    SOURCES,
+    check_method_params,
+    labeler_vocabulary,
+    method_params,
+    model_source,
+    resolve,
+)
 
 DEFAULT_PROMPT = "a photo of a person"  # text models' prompt when a suite gives none
 
-
-# Methods whose image i is the same whatever batch it is sampled in (per-seed noise, allocations
-# made over the whole cell); the others couple a batch's samples, so batch size is part of a cell.
-BATCH_INDEPENDENT_METHODS = ("none", "prompt")
 
 
 class SuiteError(ValueError):
@@ -67,7 +75,8 @@ class Strict(BaseModel):
 
 class ModelSpec(Strict):
     name: str = Field(min_length=1, max_length=100)
-    source: str = Field(description="zoo:NAME, a local diffusers directory, hf:ORG/REPO or custom:NAME")
+    source: str = Field(description="a local diffusers directory, hf:ORG/REPO, custom:NAME (a registered model) "
+                                    "or PREFIX:NAME of a plug-in's model source (the bundled zoo's, see the zoo docs)")
     revision: str | None = None
     # Dumped only when set: records keyed on a model's dump (calibration records) keep their names.
     allow_pickle: bool = Field(False, exclude_if=lambda v: not v, description=(
@@ -85,8 +94,8 @@ class ModelSpec(Strict):
         default_factory=list, description="memory savers for small GPUs (do not change the cell id)")
     eta: float | None = Field(None, ge=0, le=1, description=(
         "DDIM's stochasticity: 0 the deterministic sampler, 1 ancestral sampling (each image's step noise "
-        "from its own seed); needs a scheduler whose step takes eta. Unset: the zoo model's own "
-        "(synthfaces-ddpm: 1), else 0"))
+        "from its own seed); needs a scheduler whose step takes eta. Unset: the one the model's source "
+        "names (the zoo's unconditional model: 1), else 0"))
 
     @field_validator("name")
     @classmethod
@@ -120,14 +129,14 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _resolve_eta(self):
-        """eta needs a scheduler whose step takes it; unset, a zoo model samples with its own."""
+        """eta needs a scheduler whose step takes it; unset, a model samples with the eta its
+        source names (the sampler it was made for), if any."""
         if self.eta is not None and not self._scheduler_takes_eta():
             raise ValueError(f"eta={self.eta:g}: {self.scheduler} has no eta; use scheduler: DDIMScheduler "
                              "(or DDPMScheduler for ancestral sampling without eta) or drop eta")
-        if self.eta is None and self.source.startswith("zoo:") and self._scheduler_takes_eta():
-            from audit.zoo.recipes import RECIPES
-
-            self.eta = RECIPES[self.source[4:]].sampling_eta  # the zoo model's sampler
+        owner = model_source(self.source)
+        if self.eta is None and owner is not None and self._scheduler_takes_eta():
+            self.eta = owner[0].model_defaults(owner[1]).get("eta")
         return self
 
     def _scheduler_takes_eta(self) -> bool:
@@ -139,16 +148,32 @@ class ModelSpec(Strict):
 
         return "eta" in inspect.signature(getattr(diffusers, self.scheduler).step).parameters
 
+    def shipped_probes(self, labeler: str, prompt: str | None) -> Path | None:
+        """The folder of probes (one per attribute) the model's source ships for `labeler`, for
+        the default prompt only; None: probes are trained on demand."""
+        owner = model_source(self.source)
+        if owner is None or prompt not in (None, DEFAULT_PROMPT):
+            return None
+        folder = owner[0].shipped_probes(owner[1], labeler)
+        return None if folder is None else Path(folder)
+
+    def seconds_per_image_step(self) -> float | None:
+        """The sampling cost its source measured (for the dry run's estimate), or None."""
+        owner = model_source(self.source)
+        return owner[0].seconds_per_image_step(owner[1]) if owner else None
+
     @field_validator("source")
     @classmethod
     def _known_source(cls, v: str) -> str:
-        if v.startswith("zoo:"):
-            from audit.zoo.recipes import RECIPES
-
-            name = v[4:]
-            if name not in RECIPES or not RECIPES[name].__class__.__name__.startswith("Diffusion"):
-                allowed = [n for n, r in RECIPES.items() if r.__class__.__name__.startswith("Diffusion")]
-                raise ValueError(f"unknown zoo model {name!r}; allowed: {', '.join(allowed)}")
+        owner = model_source(v)
+        if owner is not None:
+            owner[0].check(owner[1])
+        prefix, sep, _ = v.partition(":")
+        if owner is None and sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9_]+", prefix) \
+                and prefix not in BUILT_IN_SOURCES and not Path(v).expanduser().exists():
+            prefixes = ", ".join(f"{p}:" for p in (*BUILT_IN_SOURCES, *sorted(SOURCES)))
+            raise ValueError(f"unknown model source prefix {prefix + ':'!r}; allowed: {prefixes} or a local "
+                             "diffusers directory (is the plug-in that provides it installed?)")
         if v.startswith("custom:"):
             from audit.registry import MODELS
 
@@ -253,13 +278,11 @@ class ProbeSpec(Strict):
     batch_size: int = Field(64, ge=1)
 
 
-FID_EXTRACTORS = ("synthfaces", "mobilenet_v2", "inception")  # audit.metrics.fid.EXTRACTORS (kept torch-free)
-WEIGHTED_EXTRACTORS = ("inception",)  # extractors whose weights the user supplies
-
-
 class FidSpec(Strict):
-    extractor: str = "synthfaces"
-    reference: str = Field("synthfaces:biased", description="synthfaces:WORLD or a directory of images")
+    extractor: str = Field(description="a registered FID extractor: inception (with weights), mobilenet_v2, or a "
+                                       "plug-in's; default: the one the models' source names")
+    reference: str = Field(description="a directory of real images, or PREFIX:NAME of a plug-in's generated set; "
+                                       "default: the one the models' source names")
     n: int = Field(1000, ge=2)
     weights: str | None = Field(None, description="extractor weights file (inception: pt_inception-2015-12-05-*.pth)")
 
@@ -267,13 +290,14 @@ class FidSpec(Strict):
     @classmethod
     def _known_extractor(cls, v: str) -> str:
         if v not in FID_EXTRACTORS:
-            raise ValueError(f"unknown FID extractor {v!r}; allowed: {', '.join(FID_EXTRACTORS)}")
+            raise ValueError(f"unknown FID extractor {v!r}; allowed: {', '.join(sorted(FID_EXTRACTORS))}")
         return v
 
     @model_validator(mode="after")
     def _weights_only_where_supplied(self) -> FidSpec:
-        if self.weights and self.extractor not in WEIGHTED_EXTRACTORS:
-            raise ValueError(f"weights applies to the {', '.join(WEIGHTED_EXTRACTORS)} extractor, "
+        weighted = [name for name, entry in FID_EXTRACTORS.items() if entry.weighted]
+        if self.weights and self.extractor not in weighted:
+            raise ValueError(f"weights applies to the {', '.join(weighted)} extractor, "
                              f"not {self.extractor!r} (its weights are built in)")
         return self
 
@@ -287,15 +311,19 @@ class Suite(Strict):
     samples: int = Field(100, ge=1, le=10_000_000)
     batch_size: int = Field(50, ge=1, le=4096)
     seed: int = Field(0, ge=0)
-    labelers: list[str] = Field(default_factory=lambda: ["synthfaces-eval"], min_length=1)
-    probe_labeler: str = "synthfaces-pseudo"
+    labelers: list[str] = Field(min_length=1, description=(
+        "the evaluation labelers; default: the ones the models' source names, when it names some"))
+    probe_labeler: str | None = Field(None, description=(
+        "the labeler whose pseudo-labels train the guiding probes (methods that need probes, universal guidance "
+        "without its own labeler); default: the one the models' source names, when it names one"))
     labeler_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="keyword options per labeler, e.g. clip_zeroshot's model_path and classes")
     probe: ProbeSpec = Field(default_factory=ProbeSpec)
     metrics: list[Literal["fairness", "fid", "clip"]] = Field(default_factory=lambda: ["fairness", "fid"])
-    fid: list[FidSpec] = Field(default_factory=lambda: [FidSpec()], min_length=1, description=(
+    fid: list[FidSpec] = Field(default_factory=list, description=(
         "one FID spec or a list of them: the first is the primary FID (columns fid, fid_target), each further "
-        "extractor adds columns fid[EXTRACTOR] and fid_target[EXTRACTOR]"))
+        "extractor adds columns fid[EXTRACTOR] and fid_target[EXTRACTOR]; keys left out come from the models' "
+        "source, when it names an FID for its world"))
     tolerance: float = Field(0.05, gt=0, lt=1, description="TOST equivalence margin per class")
     phrases: dict[str, dict[str, str]] = Field(default_factory=dict)
     clip_model: str | None = None
@@ -305,10 +333,33 @@ class Suite(Strict):
     def _safe_name(cls, v: str) -> str:
         return directory_name(v)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _source_defaults(cls, data):
+        """Keys a suite leaves out that its models' source names (labelers, probe_labeler, fid), when
+        every model's source names the same: an FID or labeler made for one world is never applied
+        silently to a model from another. Without an FID reference, the default metrics leave FID out."""
+        if not isinstance(data, dict):
+            return data
+        defaults = agreed_source_defaults(data.get("models"))
+        data = dict(data)
+        for key in ("labelers", "probe_labeler"):
+            if key not in data and key in defaults:
+                data[key] = defaults[key]
+        fid = defaults.get("fid")
+        if "fid" not in data and fid is not None:
+            data["fid"] = [dict(fid)]
+        elif isinstance(data.get("fid"), list | dict) and fid is not None:
+            entries = data["fid"] if isinstance(data["fid"], list) else [data["fid"]]
+            data["fid"] = [{**fid, **e} if isinstance(e, dict) else e for e in entries]
+        if "metrics" not in data and not data.get("fid"):
+            data["metrics"] = ["fairness"]
+        return data
+
     @field_validator("labelers", "probe_labeler")
     @classmethod
-    def _known_labelers(cls, v: list[str] | str) -> list[str] | str:
-        for name in [v] if isinstance(v, str) else v:
+    def _known_labelers(cls, v: list[str] | str | None) -> list[str] | str | None:
+        for name in [] if v is None else [v] if isinstance(v, str) else v:
             if name not in LABELERS:
                 raise ValueError(f"unknown labeler {name!r}; allowed: {', '.join(sorted(LABELERS))}")
         return v
@@ -331,13 +382,32 @@ class Suite(Strict):
 
     @model_validator(mode="after")
     def _independent_labelers(self) -> Suite:
-        if self.probe_labeler in self.labelers and any(m.name.endswith("guidance") for m in self.methods):
-            raise ValueError(f"probe_labeler {self.probe_labeler!r} is also an evaluation labeler: the "
-                             "labeler that trains the guiding probes must not judge the result")
-        unused = sorted(set(self.labeler_options) - {*self.labelers, self.probe_labeler})
+        if "fid" in self.metrics and not self.fid:
+            if "fid" in self.model_fields_set:
+                raise LocatedError(("fid",), "give at least one FID spec (or leave fid out of metrics)")
+            raise LocatedError(("fid",), "metrics names fid but the suite gives no fid reference and its models' "
+                               "source names none: add fid: {extractor: inception, weights: FILE, reference: "
+                               "DIR_OF_REAL_IMAGES} or drop fid from metrics")
+        for i, method in enumerate(self.methods):
+            factory = resolve(METHODS, method.name, "method")
+            values = method.checked_params()
+            if factory.guided_by_probe_labeler(values):
+                if self.probe_labeler is None:
+                    raise LocatedError(("probe_labeler",), f"required by methods[{i}] ({method.display}), which "
+                                       "guides with it; no model's source names one: name a labeler of the "
+                                       "guided attributes")
+                if self.probe_labeler in self.labelers:
+                    raise ValueError(f"probe_labeler {self.probe_labeler!r} is also an evaluation labeler: the "
+                                     "labeler that trains the guiding probes must not judge the result")
+            judged = sorted(set(factory.labelers(values)) & set(self.labelers))
+            if judged:
+                raise LocatedError(("methods", i), f"{method.display} guides with labeler {judged[0]!r}, which is "
+                                   "also an evaluation labeler: the labeler that guides must not judge the result")
+        used = [*self.labelers, *([self.probe_labeler] if self.probe_labeler else [])]
+        unused = sorted(set(self.labeler_options) - set(used))
         if unused:
             raise ValueError(f"labeler_options names {', '.join(unused)}, which the suite does not use; "
-                             f"used labelers: {', '.join([*self.labelers, self.probe_labeler])}")
+                             f"used labelers: {', '.join(used)}")
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("model names must be unique")
@@ -356,7 +426,7 @@ class Suite(Strict):
         method_labelers: dict[str, str] = {}  # labeler -> the method that runs it
         for i, method in enumerate(self.methods):
             factory = resolve(METHODS, method.name, "method")
-            if getattr(factory, "needs_probe", False):
+            if factory.guided_by_probe_labeler(method.checked_params()):
                 roles.setdefault(self.probe_labeler, "probe labeler")
             for name in getattr(factory, "labelers", lambda values: [])(method.checked_params()):
                 method_labelers.setdefault(name, f"methods[{i}] ({method.display})")
@@ -431,10 +501,14 @@ class Cell(BaseModel):
         return f"{self.model.name}__{self.method.display}__{self.setting.key}{prompt}__{digest}"
 
     @property
+    def method_class(self):
+        return resolve(METHODS, self.method.name, "method")
+
+    @property
     def shares_images(self) -> bool:
         """Whether the method ignores the attribute setting (unguided sampling), so cells that
         differ only in their setting share one set of generated images."""
-        return not getattr(resolve(METHODS, self.method.name, "method"), "uses_setting", True)
+        return not self.method_class.uses_setting
 
     @property
     def image_key(self) -> str:
@@ -453,7 +527,7 @@ class Cell(BaseModel):
     def batch_coupled(self) -> bool:
         """Whether an image depends on the other samples of its batch (guidance), so the batch
         size is part of the cell and a batch is generated, kept or regenerated as a whole."""
-        return self.method.name not in BATCH_INDEPENDENT_METHODS
+        return self.method_class.couples_batch
 
     @property
     def batches(self) -> list[list[int]]:
@@ -529,7 +603,8 @@ def load_suite(path: str | Path, samples: int | None = None) -> Suite:
     try:
         suite = Suite.model_validate(data)
     except ValidationError as e:
-        err = _union_error(e.errors())
+        # an unknown key first: a misspelt key explains the required one it left missing
+        err = _union_error(sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden"))
         message = err["msg"].removeprefix("Value error, ")
         located = (err.get("ctx") or {}).get("error")
         if isinstance(located, LocatedError):
@@ -539,6 +614,8 @@ def load_suite(path: str | Path, samples: int | None = None) -> Suite:
             model = _model_at(parent)
             allowed = ", ".join(model.model_fields) if model else ""
             message = f"unknown key {err['loc'][-1]!r}" + (f"; allowed: {allowed}" if allowed else "")
+        elif err["type"] == "missing":
+            message = _missing_message(err["loc"])
         elif err["type"] == "literal_error":
             message = f"{message} (got {err.get('input')!r})"
         loc = err["loc"]
@@ -570,6 +647,17 @@ def load_suite(path: str | Path, samples: int | None = None) -> Suite:
             raise SuiteError(f"--n must be a positive number of samples per cell, got {samples}")
         suite.samples = samples
     return suite
+
+
+def _missing_message(loc: tuple) -> str:
+    """What to write for a required key the suite left out."""
+    if loc == ("labelers",):
+        return (f"required: name the evaluation labelers (no model's source names default ones); registered: "
+                f"{', '.join(sorted(LABELERS))}")
+    if loc[:1] == ("fid",) and loc[-1] in ("extractor", "reference"):
+        return (f"required (no model's source names an FID for its world): give {loc[-1]} "
+                f"({FidSpec.model_fields[loc[-1]].description.split(';')[0]})")
+    return "required"
 
 
 def _union_error(errors: list[dict]) -> dict:
@@ -612,9 +700,7 @@ def plan(suite: Suite) -> list[Cell]:
         for method in suite.methods:
             for setting in suite.settings:
                 for prompt in prompts:
-                    reason = None
-                    if method.name == "prompt" and not is_text:
-                        reason = "prompt debiasing needs a text-conditioned model"
+                    reason = resolve(METHODS, method.name, "method").not_applicable_to(is_text)
                     cells.append(Cell(model=model, method=method, setting=setting, prompt=prompt,
                                       samples=suite.samples, batch_size=suite.batch_size, seed=suite.seed,
                                       skip_reason=reason))
@@ -622,10 +708,10 @@ def plan(suite: Suite) -> list[Cell]:
 
 
 def _is_text_model(model: ModelSpec) -> bool:
-    if model.source.startswith("zoo:"):
-        from audit.zoo.recipes import RECIPES
-
-        return bool(getattr(RECIPES[model.source[4:]], "conditional", False))
+    owner = model_source(model.source)
+    said = owner[0].is_text_model(owner[1]) if owner else None
+    if said is not None:
+        return said
     if model.source.startswith("custom:"):  # known only once loaded: prompts say it is a text model
         return bool(model.prompts or model.prompts_file)
     from audit.models.loading import ModelNotAvailable, resolve_source
@@ -635,3 +721,22 @@ def _is_text_model(model: ModelSpec) -> bool:
     except ModelNotAvailable:  # weights not here (a dry run): a model with prompts is a text model
         return bool(model.prompts or model.prompts_file)
     return "text_encoder" in json.loads(index.read_text())
+
+
+def agreed_source_defaults(models) -> dict:
+    """The suite defaults (ModelSource.suite_defaults) every model of a suite's raw `models` list
+    agrees on; {} when a model's source names none or the list cannot be read yet (the field
+    validators then say what is wrong with it)."""
+    if not isinstance(models, list) or not models:
+        return {}
+    each = []
+    for model in models:
+        source = model.get("source") if isinstance(model, dict) else getattr(model, "source", None)
+        owner = model_source(source) if isinstance(source, str) else None
+        if owner is None:
+            return {}
+        try:
+            each.append(owner[0].suite_defaults(owner[1]))
+        except (KeyError, ValueError):  # an unknown name: the source validator reports it
+            return {}
+    return {key: value for key, value in each[0].items() if all(d.get(key) == value for d in each[1:])}

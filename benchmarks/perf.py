@@ -89,7 +89,7 @@ def zoo_probes(adapter, labeler, cfg: dict, device: str) -> tuple[list, str]:
 
 
 def guidance_and_loop(cfg: dict, device: str) -> dict:
-    from audit.labelers.synthfaces import SynthFacesLabeler
+    from audit.zoo.labelers import SynthFacesLabeler
     from audit.methods.distribution_guidance import DistributionGuidance
     from audit.methods.sample_guidance import SampleGuidance
     from audit.methods.universal_guidance import UniversalGuidance

@@ -64,7 +64,7 @@ def tiny_suite_file(tmp_path, model_dir, **changes) -> Path:
                          {"attributes": ["hair_color"], "target": "uniform"}],
             "samples": 4, "batch_size": 4, "seed": 0, "labelers": ["synthfaces-eval"],
             "probe_labeler": "synthfaces-pseudo", "probe": {"n": 16, "batch_size": 8},
-            "metrics": ["fairness", "fid"], "fid": [{"extractor": "synthfaces", "n": 40}]}
+            "metrics": ["fairness", "fid"], "fid": [{"extractor": "synthfaces", "reference": "synthfaces:biased", "n": 40}]}
     data.update(changes)
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -70,7 +70,7 @@ def test_recipe_trains_resumes_and_exports_a_loadable_clip(tmp_path):
     from transformers import CLIPModel
 
     from audit.labelers.clip_zeroshot import load_clip
-    from audit.labelers.synthfaces_clip import SynthFacesClipLabeler
+    from audit.zoo.labelers import SynthFacesClipLabeler
 
     work, out = tmp_path / "work", tmp_path / "out"
     assert train(tiny_recipe(steps=3), work, out, max_steps=2, log=lambda s: None, heldout=200) == 2
@@ -95,7 +95,7 @@ def test_recipe_trains_resumes_and_exports_a_loadable_clip(tmp_path):
 
 
 def test_missing_zoo_clip_is_one_clear_error(tmp_path):
-    from audit.labelers.synthfaces_clip import SynthFacesClipLabeler
+    from audit.zoo.labelers import SynthFacesClipLabeler
 
     with pytest.raises(FileNotFoundError, match="diffaudit zoo train synthfaces-clip"):
         SynthFacesClipLabeler(model_path=tmp_path)
@@ -107,7 +107,7 @@ committed = pytest.mark.skipif(not (zoo_path("synthfaces-clip") / "config.json")
 
 @committed
 def test_committed_clip_labels_fresh_ground_truth_zero_shot():
-    from audit.labelers.synthfaces_clip import SynthFacesClipLabeler
+    from audit.zoo.labelers import SynthFacesClipLabeler
 
     directory = zoo_path("synthfaces-clip")
     assert sum(f.stat().st_size for f in directory.iterdir()) <= 8e6

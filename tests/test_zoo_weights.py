@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from audit.labelers.synthfaces import SynthFacesLabeler
+from audit.zoo.labelers import SynthFacesLabeler
 from audit.zoo import WEIGHTS_DIR, zoo_path
 from audit.zoo.synthfaces import ATTRIBUTES, BIASED_WORLD, UNIFORM_WORLD, generate
 
@@ -47,10 +47,10 @@ def test_fid_extractor_separates_worlds():
         return generate(500, world, seed=seed).tensor() / 2 + 0.5
 
     reference = images(BIASED_WORLD, 1)
-    same = fid_between(reference, images(BIASED_WORLD, 2))
-    shifted = fid_between(reference, images(UNIFORM_WORLD, 3))
+    same = fid_between(reference, images(BIASED_WORLD, 2), "synthfaces")
+    shifted = fid_between(reference, images(UNIFORM_WORLD, 3), "synthfaces")
     blurred = torch.nn.functional.avg_pool2d(images(BIASED_WORLD, 4), 3, 1, 1)
-    assert shifted > 3 * same and fid_between(reference, blurred) > 3 * same, (same, shifted)
+    assert shifted > 3 * same and fid_between(reference, blurred, "synthfaces") > 3 * same, (same, shifted)
 
 
 def test_ddpm_weights_produce_faces_the_labeler_recognises():

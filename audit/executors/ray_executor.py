@@ -73,7 +73,7 @@ def run_cells_on_ray(suite, out: Path, cells: list, device: str = "cpu", address
         run = ray.remote(num_cpus=1, num_gpus=gpus)(_run_cell)
         by_model: dict[str, dict[str, dict]] = {}
         for cell in cells:
-            if not cell.skip_reason and cell.method.name in ("distribution_guidance", "sample_guidance"):
+            if not cell.skip_reason and cell.method_class.needs_probe:
                 key = f"{cell.setting.key}|{cell.prompt}"
                 by_model.setdefault(cell.model.name, {}).setdefault(key, cell.model_dump())
         ray.get([train.remote(suite_data, out_str, device, threads, list(group.values()))

@@ -35,12 +35,28 @@ class BatchContext:
 
 
 class Method:
+    """A debiasing method. Besides its hooks, a method declares on the class what it needs and
+    what it supports; the runner, the suite checks, the plan view and the executors read these
+    capabilities and never a method's name, so a new method is one file that registers itself."""
+
     name: ClassVar[str] = "none"
+    title: ClassVar[str] = ""  # how sentences name it ("prompt debiasing"); default: its name
     edits_h: ClassVar[bool] = False
+    # Guides with h-space probes trained on the suite's probe_labeler (built before the method).
     needs_probe: ClassVar[bool] = False
     # Whether the images depend on the cell's attribute setting; unguided sampling does not, so
     # its images are generated once per (model, prompt, seeds) and shared by every setting.
     uses_setting: ClassVar[bool] = True
+    # Whether image i depends on the other samples of its batch (guidance on a batch statistic);
+    # then batch size is part of the cell. False: per-seed noise, choices made over the whole cell.
+    couples_batch: ClassVar[bool] = True
+    # Applies to text-conditioned models only (it rewrites or steers with prompts).
+    text_only: ClassVar[bool] = False
+    # UNet evaluations per image and step, relative to one plain forward pass (the plan's time
+    # estimate); see `cost`.
+    relative_cost: ClassVar[float] = 1.0
+    # Whether a `scale: auto` param is calibrated by trial batches before the cell generates.
+    calibrates_scale: ClassVar[bool] = False
     # Constructor arguments the runner fills in from the cell (probes, target, ...). Every other
     # argument is a suite param: its annotation (types, Literal choices, Annotated ranges) is what
     # a suite's `params` are checked against when the suite loads (audit.registry.check_params).
@@ -57,6 +73,24 @@ class Method:
         """Labelers (registry names) the method itself runs, given its checked params: the suite
         checks that they label its settings' attributes with the same classes."""
         return []
+
+    @classmethod
+    def guided_by_probe_labeler(cls, values: dict) -> bool:
+        """Whether the method, with these checked params, guides with the suite's probe_labeler
+        (which must then not also judge the result)."""
+        return cls.needs_probe
+
+    @classmethod
+    def cost(cls, values: dict) -> float:
+        """UNet evaluations per image and step relative to plain sampling, with these params."""
+        return cls.relative_cost
+
+    @classmethod
+    def not_applicable_to(cls, is_text_model: bool) -> str | None:
+        """Why the method cannot run on a model of this kind, known before it loads (None: it can)."""
+        if cls.text_only and not is_text_model:
+            return f"{cls.title or cls.name} needs a text-conditioned model"
+        return None
 
     def not_applicable(self, adapter) -> str | None:
         """Why this method cannot run on the model (None when it can)."""
@@ -101,7 +135,9 @@ class Method:
 class NoGuidance(Method):
     """Plain sampling (the `none` method): the baseline every other method is compared with."""
 
+    title = "no guidance"
     uses_setting = False
+    couples_batch = False
 
 
 class AllocatingMethod(Method):

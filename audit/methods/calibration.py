@@ -232,15 +232,14 @@ def record_name(config: dict) -> str:
     return f"{config['method']}-{key}.json"
 
 
-def shipped_dir() -> Path:
-    from audit.zoo import WEIGHTS_DIR
-
-    return WEIGHTS_DIR / "calibration"
-
-
 def shipped_calibration(source: str, record: str) -> Path | None:
-    """Where the zoo ships a calibration record for one of its models (see `ship_calibrations`)."""
-    return shipped_dir() / source[4:] / record if source.startswith("zoo:") else None
+    """Where the model's source ships a calibration record (see `ship_calibrations`), or None
+    when it ships none."""
+    from audit.registry import model_source
+
+    owner = model_source(source)
+    folder = owner[0].shipped_calibrations(owner[1]) if owner else None
+    return None if folder is None else Path(folder) / record
 
 
 def usable(config: dict, revision: str) -> bool:
@@ -249,23 +248,24 @@ def usable(config: dict, revision: str) -> bool:
 
 
 def ship_calibrations(run_dir: Path, revisions: dict[str, str]) -> list[Path]:
-    """Copy a run's calibration records of zoo models into the zoo, so suites on the zoo (the
-    quickstart) start calibrated; records of other revisions of those models, or of an earlier
-    calibration rule, are removed (they can never be used again).
-    `revisions` maps zoo model names to their current revision; returns the files written."""
+    """Copy a run's calibration records of models whose source ships calibrations (the zoo's) to
+    where it ships them, so suites on those models (the quickstart) start calibrated; records of
+    other revisions of those models, or of an earlier calibration rule, are removed (they can never
+    be used again). `revisions` maps model sources (`zoo:NAME`) to their current revision;
+    returns the files written."""
     written = []
     for path in sorted((Path(run_dir) / "calibration").glob("*.json")):
         data = json.loads(path.read_text())
         config = data["config"]
         source = config["model"].get("source", "")
-        name = source[4:] if source.startswith("zoo:") else None
-        if name not in revisions or not usable(config, revisions[name]):
-            continue  # not a zoo model, calibrated on other weights, or by an earlier rule
         dest = shipped_calibration(source, record_name(config))
+        if source not in revisions or dest is None or not usable(config, revisions[source]):
+            continue  # not a model that ships calibrations, calibrated on other weights, or by an earlier rule
         atomic_write_json(dest, data)
         written.append(dest)
-    for name, revision in revisions.items():
-        for old in (shipped_dir() / name).glob("*.json"):
+    for source, revision in revisions.items():
+        folder = shipped_calibration(source, "")
+        for old in folder.glob("*.json") if folder is not None else []:
             if not usable(json.loads(old.read_text())["config"], revision):
                 old.unlink()
     return written

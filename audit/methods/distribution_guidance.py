@@ -57,7 +57,7 @@ PUSHES = get_args(Push)
 
 class DistributionGuidance(ProbeGuidance, Method):
     name = "distribution_guidance"
-    needs_probe = True
+    title = "distribution guidance"
     ADDED_OPTIONS = ("push", "auto_tolerance")  # see audit.registry.effective_params
 
     def __init__(self, probes: list[Probe], target: np.ndarray | list[float], scale: AutoScale = 1.0,

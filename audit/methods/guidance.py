@@ -192,6 +192,9 @@ def joint_target(targets: list[np.ndarray]) -> np.ndarray:
     return joint
 
 
+X_PATH_COST = 2.2  # x path: a backward through the UNet's encoder half per guided step
+
+
 class ProbeGuidance:
     """The two gradient paths of the probe-guided methods, written once. Subclasses define
     `probe_loss(h, batch)` (a scalar to decrease) and set probes, scale, path, start, stop,
@@ -199,6 +202,13 @@ class ProbeGuidance:
     taken through the UNet's encoder half."""
 
     supplied = ("probes", "target")
+    needs_probe = True
+    calibrates_scale = True  # `scale: auto` (audit.methods.calibration)
+    relative_cost = 1.05  # h path: the probe's linear head is all that back-propagates
+
+    @classmethod
+    def cost(cls, values: dict) -> float:
+        return X_PATH_COST if values.get("path") == "x" else cls.relative_cost
 
     @classmethod
     def check_params(cls, values: dict) -> None:

@@ -14,6 +14,9 @@ from audit.methods.base import AllocatingMethod
 
 class PromptDebiasing(AllocatingMethod):
     name = "prompt"
+    title = "prompt debiasing"
+    couples_batch = False
+    text_only = True
     supplied = ("phrases", "target", "attribute_names")
 
     def __init__(self, phrases: list[str], target, variant: Literal["allocate", "ethical"] = "allocate",

@@ -25,7 +25,7 @@ from audit.probes.probe import Probe
 
 class SampleGuidance(ProbeGuidance, AllocatingMethod):
     name = "sample_guidance"
-    needs_probe = True
+    title = "sample guidance"
     ADDED_OPTIONS = ("auto_tolerance",)  # see audit.registry.effective_params
 
     def __init__(self, probes: list[Probe], target, scale: AutoScale = 1.0, path: GradientPath = "h",

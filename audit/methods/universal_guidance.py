@@ -14,6 +14,8 @@ from audit.methods.guidance import DEFAULT_STOP, Fraction, Scale, check_window, 
 
 class UniversalGuidance(AllocatingMethod):
     name = "universal_guidance"
+    title = "universal guidance"
+    relative_cost = 3.5  # a UNet forward and a full backward per guided step
     supplied = ("labeler", "attributes", "target")
     # A suite names the labeler (registry name; default: the suite's probe_labeler) and the
     # runner builds it with its labeler_options.
@@ -46,6 +48,10 @@ class UniversalGuidance(AllocatingMethod):
     @classmethod
     def labelers(cls, values: dict) -> list[str]:
         return [values["labeler"]] if values.get("labeler") else []
+
+    @classmethod
+    def guided_by_probe_labeler(cls, values: dict) -> bool:
+        return values.get("labeler") is None  # its labeler defaults to the suite's probe_labeler
 
     def joint_logp(self, images01: torch.Tensor) -> torch.Tensor:
         logits = self.labeler.logits(images01)

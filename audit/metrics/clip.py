@@ -1,17 +1,14 @@
 """CLIP score of a text-model cell: prompt-image alignment from a local CLIP.
 
 torchmetrics' CLIPScore rejects local paths, so the score is 100 * max(cos, 0) computed with
-the same local CLIP the clip_zeroshot labeler uses (the torchmetrics definition). Zoo models
-default to the zoo's own CLIP (synthfaces-clip, trained on the same world) when the suite
-names no clip_model: a CLIP that never saw SynthFaces could not judge its prompts."""
+the same local CLIP the clip_zeroshot labeler uses (the torchmetrics definition). When the suite
+names no clip_model, a model's source may name the CLIP that suits its world (the zoo's own)."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
 import numpy as np
-
-ZOO_CLIP = "synthfaces-clip"
 
 
 @lru_cache(maxsize=2)
@@ -30,13 +27,10 @@ def cell_clip_model(suite, cell) -> tuple[str, str] | None:
     """(path to load, name to report) of the CLIP that scores the cell, or None."""
     if suite.clip_model:
         return suite.clip_model, suite.clip_model
-    if cell.model.source.startswith("zoo:"):
-        from audit.zoo import zoo_path
+    from audit.registry import model_source
 
-        path = zoo_path(ZOO_CLIP)
-        if (path / "config.json").exists():
-            return str(path), f"zoo:{ZOO_CLIP}"
-    return None
+    owner = model_source(cell.model.source)
+    return owner[0].clip_model(owner[1]) if owner else None
 
 
 def cell_clip_score(ctx, cell) -> dict:

@@ -1,7 +1,9 @@
 """FID with torchmetrics' FrechetInceptionDistance and a named, pluggable feature extractor.
 
-The extractor is part of the metric's name (FID[synthfaces], ...): FIDs computed with
-different extractors are different metrics and are never compared.
+The extractor is part of the metric's name (FID[inception], FID[mobilenet_v2], a plug-in's):
+FIDs computed with different extractors are different metrics and are never compared.
+Extractors and generated reference sets come from the registry (audit.registry.FID_EXTRACTORS,
+REFERENCES); any other reference is a directory of images.
 """
 
 from __future__ import annotations
@@ -11,67 +13,31 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from audit.registry import FID_EXTRACTORS, reference_source, resolve
 from audit.stages import reached
-from audit.zoo.synthfaces import ATTRIBUTES
 
 
-class SynthFacesFeatures(nn.Module):
-    """FID[synthfaces]: the 64-d embedding of the zoo's `synthfaces-features` CNN, a network
-    trained on SynthFaces to classify every attribute and regress every nuisance render
-    parameter, so its features respond to everything the world varies. Input: images in
-    [0, 1] (torchmetrics' normalize=True convention)."""
-
-    def __init__(self, model: nn.Module | None = None):
-        super().__init__()
-        if model is None:
-            from audit.zoo import zoo_path
-            from audit.zoo.networks import SynthFacesCNN
-
-            model = SynthFacesCNN.load(zoo_path("synthfaces-features"))
-        self.model = model.eval()
-        self.num_features = model.config["feature_dim"]
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype == torch.uint8:
-            images = images.float() / 255
-        if tuple(images.shape[-2:]) != (32, 32):  # its documented preprocessing: area resize to 32 px
-            images = nn.functional.interpolate(images.float(), size=(32, 32), mode="area")
-        return self.model.features(images * 2 - 1).double()
+def weighted_extractors() -> list[str]:
+    """Extractors whose weights file the user supplies (fid.weights)."""
+    return sorted(name for name, entry in FID_EXTRACTORS.items() if entry.weighted)
 
 
-def _mobilenet_features():
-    from audit.metrics.mobilenet import MobileNetFeatures
-
-    return MobileNetFeatures()
-
-
-def _inception_features(weights: str | None = None):
-    from audit.metrics.inception import InceptionFeatures
-
-    return InceptionFeatures(weights)
-
-
-EXTRACTORS = {"synthfaces": SynthFacesFeatures, "mobilenet_v2": _mobilenet_features,
-              "inception": _inception_features}
-WEIGHTED = {"inception"}  # extractors whose weights the user supplies (fid.weights)
-
-
-def make_feature(extractor: str = "synthfaces", weights: str | None = None) -> nn.Module:
+def make_feature(extractor: str, weights: str | None = None) -> nn.Module:
     """The named extractor as a torchmetrics feature module (inputs in [0, 1], any size: each
     extractor resizes to its own input size in its forward)."""
-    if extractor not in EXTRACTORS:
-        raise ValueError(f"unknown FID extractor {extractor!r}; available: {', '.join(EXTRACTORS)}")
-    if extractor in WEIGHTED:
-        feature = EXTRACTORS[extractor](weights)
-    elif weights:
-        raise ValueError(f"fid.weights applies to the {', '.join(sorted(WEIGHTED))} extractor, not {extractor!r}")
-    else:
-        feature = EXTRACTORS[extractor]()
-    return feature
+    if extractor not in FID_EXTRACTORS:
+        raise ValueError(f"unknown FID extractor {extractor!r}; available: {', '.join(sorted(FID_EXTRACTORS))}")
+    entry = FID_EXTRACTORS[extractor]
+    factory = resolve({extractor: entry.factory}, extractor, "FID extractor")
+    if entry.weighted:
+        return factory(weights)
+    if weights:
+        raise ValueError(f"fid.weights applies to the {', '.join(weighted_extractors())} extractor, "
+                         f"not {extractor!r}")
+    return factory()
 
 
-def make_fid(extractor: str = "synthfaces", weights: str | None = None):
+def make_fid(extractor: str, weights: str | None = None):
     """A torchmetrics FrechetInceptionDistance over the named extractor (inputs in [0, 1])."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -118,7 +84,7 @@ def batches(images, batch: int = 500):
 def extractor_tag(extractor: str, weights: str | None = None) -> str:
     """The extractor's name in cache files: user-supplied weights, by content, are part of how
     stats were made."""
-    if extractor in WEIGHTED and weights:
+    if extractor in FID_EXTRACTORS and FID_EXTRACTORS[extractor].weighted and weights:
         from audit.models.loading import file_digest
 
         path = Path(weights)
@@ -128,13 +94,7 @@ def extractor_tag(extractor: str, weights: str | None = None) -> str:
 
 def feature_dim(extractor: str) -> int:
     """The number of features the extractor gives per image (the size of FID's covariance)."""
-    if extractor == "synthfaces":
-        import json
-
-        from audit.zoo import zoo_path
-
-        return int(json.loads((zoo_path("synthfaces-features") / "config.json").read_text())["feature_dim"])
-    return {"mobilenet_v2": 1280, "inception": 2048}[extractor]
+    return FID_EXTRACTORS[extractor].dim()
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -154,14 +114,21 @@ def reference_problem(spec) -> str | None:
     It must hold at least the fid.n images the suite asks for (the count metrics.json and the
     report state), and more than the extractor has features: with no more images than features
     the reference covariance is singular and FID measures mostly the small sample (two samples of
-    the biased SynthFaces world, 1,000 generated against N reference images, FID[synthfaces] with
-    its 64 features: 48.5 at N=14, 13.0 at 65, 5.7 at 130, 1.2 at 1,000). torchmetrics itself only
-    refuses fewer than 2. SynthFaces worlds are drawn at exactly fid.n and are not checked."""
-    if spec.reference.startswith("synthfaces:"):
+    the same world, see docs/metrics.md). torchmetrics itself only refuses fewer than 2. Generated
+    reference sets (a plug-in's PREFIX:NAME) are drawn at exactly fid.n; only their name is checked."""
+    generated = reference_source(spec.reference)
+    if generated is not None:
+        references, name = generated
+        if name not in references.names():
+            return (f"fid.reference {spec.reference}: unknown reference set {name!r}; allowed: "
+                    f"{', '.join(references.names())}")
         return None
     folder = Path(spec.reference)
     if not folder.is_dir():
-        return (f"fid.reference {spec.reference}: no such directory; give synthfaces:WORLD or a directory of "
+        from audit.registry import REFERENCES
+
+        named = "".join(f"{prefix}:NAME, " for prefix in sorted(REFERENCES))
+        return (f"fid.reference {spec.reference}: no such directory; give {named}a directory of "
                 f"{'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images")
     count, dim = len(reference_files(spec.reference, spec.n)), feature_dim(spec.extractor)
     if count < spec.n:
@@ -182,11 +149,11 @@ DIRECTORY_PREPROCESSING = "native"
 
 
 def reference_identity(reference: str, n: int) -> str:
-    """The reference set as FID reads it: a SynthFaces world by name; a directory by the names,
+    """The reference set as FID reads it: a generated set by name; a directory by the names,
     sizes and modification times of the files read and how they are preprocessed
     (DIRECTORY_PREPROCESSING), so replacing images, or changing preprocessing, invalidates cached
     stats."""
-    if reference.startswith("synthfaces:"):
+    if reference_source(reference) is not None:
         return reference
     import hashlib
 
@@ -204,7 +171,7 @@ def fid_identity(spec) -> dict:
             "n": spec.n}
 
 
-def fid_between(a: torch.Tensor, b: torch.Tensor, extractor: str = "synthfaces", batch: int = 500,
+def fid_between(a: torch.Tensor, b: torch.Tensor, extractor: str, batch: int = 500,
                 weights: str | None = None) -> float:
     """FID between two image sets ([N, 3, H, W] in [0, 1]); `a` is the reference."""
     metric = make_fid(extractor, weights)
@@ -215,7 +182,7 @@ def fid_between(a: torch.Tensor, b: torch.Tensor, extractor: str = "synthfaces",
     return float(metric.compute())
 
 
-def kid_between(a, b, extractor: str = "synthfaces", batch: int = 500, weights: str | None = None,
+def kid_between(a, b, extractor: str, batch: int = 500, weights: str | None = None,
                 subsets: int = 100) -> tuple[float, float]:
     """KID (mean, std over subsets; see make_kid) between two image sets; `a` is the reference."""
     metric = make_kid(extractor, len(a), len(b), weights, subsets)
@@ -243,19 +210,14 @@ def read_images(files: list[Path]):
     return images
 
 
-REFERENCE_SEED = 31_337  # ground-truth reference sets never share seeds with training data
-
-
 def reference_images(reference: str, n: int, base_dir: Path | None = None):
-    """[n, 3, H, W] in [0, 1] from 'synthfaces:WORLD' or a directory of image files; directory
-    images keep their native size (a list of [3, H, W] when sizes differ; see read_images)."""
-    if reference.startswith("synthfaces:"):
-        from audit.zoo.synthfaces import WORLDS, generate
-
-        world = reference.split(":", 1)[1]
-        if world not in WORLDS:
-            raise ValueError(f"unknown SynthFaces world {world!r}; allowed: {', '.join(WORLDS)}")
-        return generate(n, WORLDS[world], seed=REFERENCE_SEED).tensor() / 2 + 0.5
+    """[n, 3, H, W] in [0, 1] from a generated set (a plug-in's PREFIX:NAME) or a directory of image
+    files; directory images keep their native size (a list of [3, H, W] when sizes differ; see
+    read_images)."""
+    generated = reference_source(reference)
+    if generated is not None:
+        references, name = generated
+        return references.images(name, n)
     folder = Path(reference) if base_dir is None else base_dir / reference
     files = reference_files(reference, n, base_dir)
     if len(files) < 2:
@@ -263,34 +225,25 @@ def reference_images(reference: str, n: int, base_dir: Path | None = None):
     return read_images(files)
 
 
-def target_world_images(reference: str, attributes: list[str], target: list[float], n: int) -> torch.Tensor:
-    """Ground truth of the reference world with the guided attributes' joint distribution
-    replaced by the target (counts rounded to n; correlations involving them dropped): the
-    distribution a perfect debiasing method would produce, so FID against it measures what
-    guidance costs in quality without charging it for the shift it was asked to make."""
-    import numpy as np
+def target_reference_images(reference: str, attributes: list[str], target: list[float], n: int) -> torch.Tensor:
+    """The generated reference set with the guided attributes' joint distribution replaced by the
+    target: the distribution a perfect debiasing method would produce, so FID against it measures
+    what guidance costs in quality without charging it for the shift it was asked to make."""
+    references, name = reference_source(reference)
+    return references.target_images(name, attributes, target, n)
 
-    from audit.zoo.synthfaces import WORLDS, World, generate
 
-    base = WORLDS[reference.split(":", 1)[1]]
-    marginals = {**base.marginals, **{a: tuple([1 / len(ATTRIBUTES[a])] * len(ATTRIBUTES[a])) for a in attributes}}
-    correlations = tuple(c for c in base.correlations if c.attribute not in attributes and c.given not in attributes)
-    k = len(target)
-    pool = generate(2 * n * k, World(marginals, correlations), seed=REFERENCE_SEED + 1)
-    joint = np.zeros(len(pool), dtype=int)
-    for a in attributes:
-        joint = joint * len(ATTRIBUTES[a]) + np.asarray(pool.attributes[a])
-    counts = np.floor(np.asarray(target) * n).astype(int)
-    for c in np.argsort(-(np.asarray(target) * n - counts))[: n - counts.sum()]:  # largest remainders
-        counts[c] += 1
-    chosen = np.concatenate([np.flatnonzero(joint == c)[:counts[c]] for c in range(k)])
-    return pool.tensor()[np.sort(chosen)] / 2 + 0.5
+def matches_target(reference: str, attributes: list[str]) -> bool:
+    """Whether FID to the target-matched reference (`target_value`) can be taken: the reference is
+    a generated set that can redraw these attributes at a target distribution."""
+    generated = reference_source(reference)
+    return generated is not None and generated[0].can_match(attributes)
 
 
 def reference_state(out: Path, extractor: str, reference: str, n: int, weights: str | None = None,
                     target: tuple[list[str], list[float]] | None = None) -> dict[str, torch.Tensor]:
     """The reference set's feature statistics, cached under a name that says how they were made;
-    with `target` (attributes, joint target), the target-matched ground truth of a SynthFaces world."""
+    with `target` (attributes, joint target), the target-matched set (target_reference_images)."""
     from safetensors.torch import load_file, save_file
 
     from audit.store import inside
@@ -303,7 +256,7 @@ def reference_state(out: Path, extractor: str, reference: str, n: int, weights: 
     if cache.exists():
         return load_file(cache)
     metric = make_fid(extractor, weights)
-    images = reference_images(reference, n) if target is None else target_world_images(reference, *target, n)
+    images = reference_images(reference, n) if target is None else target_reference_images(reference, *target, n)
     for part in batches(images, 500):
         metric.update(part, real=True)
     state = {k: getattr(metric, k).detach().clone() for k in
@@ -317,13 +270,14 @@ def reference_state(out: Path, extractor: str, reference: str, n: int, weights: 
 
 def cell_fids(ctx, cell, specs=None) -> list[dict]:
     """FID[extractor] of a cell's images for each FID spec (default: the suite's list, primary
-    first) against the spec's reference set and, for SynthFaces references, also against the
-    target-matched ground truth (`target_value`). The images are read once for every spec."""
+    first) against the spec's reference set and, for generated references, also against the
+    target-matched ground truth (`target_value`, where the reference can draw it). The images are
+    read once for every spec."""
     specs = list(ctx.suite.fid if specs is None else specs)
     metrics: dict[tuple[int, str], object] = {}
     for i, spec in enumerate(specs):
         references = {"value": None}
-        if spec.reference.startswith("synthfaces:") and all(a in ATTRIBUTES for a in cell.setting.attributes):
+        if matches_target(spec.reference, cell.setting.attributes):
             references["target_value"] = (cell.setting.attributes, cell.setting.target_vector())
         for key, target in references.items():
             metric = metrics[i, key] = make_fid(spec.extractor, spec.weights)

@@ -1,5 +1,6 @@
-"""Resolve a suite's model source (zoo:NAME, a local directory, hf:ORG/REPO) to an adapter,
-offline: a model that is not on disk gives one line saying how to provide it."""
+"""Resolve a suite's model source (a local directory, hf:ORG/REPO, custom:NAME, or a plug-in's
+PREFIX:NAME) to an adapter, offline: a model that is not on disk gives one line saying how to
+provide it."""
 
 from __future__ import annotations
 
@@ -8,12 +9,10 @@ from pathlib import Path
 import torch
 
 from audit.models.adapter import ModelAdapter
+from audit.plugins import ModelNotAvailable
+from audit.registry import model_source
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class ModelNotAvailable(FileNotFoundError):
-    pass
 
 
 class PickledWeights(ModelNotAvailable):
@@ -59,14 +58,9 @@ def preflight(spec) -> None:
 
 def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str]:
     """(local directory, model id) for a source string."""
-    if source.startswith("zoo:"):
-        from audit.zoo import is_trained, zoo_path
-
-        name = source[4:]
-        if not is_trained(name):
-            raise ModelNotAvailable(f"zoo model {name} has no weights in this install: "
-                                    f"run `diffaudit zoo train {name}`")
-        return zoo_path(name), source
+    owner = model_source(source)
+    if owner is not None:
+        return owner[0].resolve(owner[1], revision)
     if source.startswith("hf:"):
         repo = source[3:]
         from huggingface_hub import constants, snapshot_download
@@ -84,7 +78,7 @@ def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str]
     path = Path(source).expanduser()
     if not (path / "model_index.json").is_file():
         raise ModelNotAvailable(f"{path} is not a diffusers model directory (no model_index.json); "
-                                "save one with pipeline.save_pretrained(DIR) or use zoo:NAME / hf:ORG/REPO")
+                                "save one with pipeline.save_pretrained(DIR) or use hf:ORG/REPO")
     return path, str(path)
 
 
@@ -114,7 +108,8 @@ def load_model(spec, device: str = "cpu") -> ModelAdapter:
 
 def model_revision(spec, path: Path | None = None) -> str | None:
     """What identifies a model's weights, without loading them: the HF snapshot folder (the commit),
-    the zoo's step and UNet hash, a local directory's content hash. Probes, calibrations and a
+    what a plug-in's source says (e.g. a training step and a weights hash), else a local
+    directory's content hash. Probes, calibrations and a
     cell's images are keyed on it, so weights retrained in place are never mistaken for the old.
     Custom models (None here) report their own on the adapter."""
     if spec.source.startswith("custom:"):
@@ -123,22 +118,9 @@ def model_revision(spec, path: Path | None = None) -> str | None:
         path = resolve_source(spec.source, spec.revision)[0]
     if spec.source.startswith("hf:"):
         return path.name
-    if spec.source.startswith("zoo:"):
-        return zoo_revision(path)
-    return local_revision(path)
-
-
-def zoo_revision(path: Path) -> str:
-    """A zoo model's revision: its training step and a hash of its UNet weights, so probes and
-    caches made for other weights of the same name are recognised as stale."""
-    import hashlib
-    import json
-
-    steps = json.loads((path / "training.json").read_text()).get("steps", "?")
-    digest = hashlib.sha256()
-    for weights in sorted((path / "unet").glob("*.safetensors")):
-        digest.update(weights.read_bytes())
-    return f"step{steps}-{digest.hexdigest()[:10]}"
+    owner = model_source(spec.source)
+    said = owner[0].revision(owner[1], path) if owner else None
+    return said or local_revision(path)
 
 
 def local_revision(path: Path) -> str:

@@ -147,8 +147,8 @@ def check_ddpm(rows: list[CheckRow], n: int, steps: int, batch_size: int, candid
     if is_trained_classifier("synthfaces-features"):
         reference = generate(n, BIASED_WORLD, seed=GT_FID_SEEDS[0]).tensor() / 2 + 0.5
         other = generate(n, BIASED_WORLD, seed=GT_FID_SEEDS[1]).tensor() / 2 + 0.5
-        baseline = fid_between(reference, other)
-        fid = fid_between(reference, images)
+        baseline = fid_between(reference, other, "synthfaces")
+        fid = fid_between(reference, images, "synthfaces")
         rows.append(CheckRow(name, "FID[synthfaces] ratio", fid / baseline, "<= 2.0", fid / baseline <= 2.0,
                              f"FID {fid:.3f} vs ground-truth/ground-truth FID {baseline:.3f} (n={n} each)"))
     rows.append(CheckRow(name, "samples", float(n), f"{steps} DDIM steps, eta {eta or 0:g}", True,
@@ -236,7 +236,8 @@ def clip_t2i_measurements(n: int = 200, steps: int = 50, batch_size: int = 100, 
     differences, mean with a normal 95% interval. Also: how often synthfaces-eval sees the
     prompted class, and how often the zoo CLIP's zero-shot labels agree with synthfaces-eval."""
     from audit.labelers.synthfaces_clip import SynthFacesClipLabeler
-    from audit.metrics.clip import ZOO_CLIP, clip_scores
+    from audit.metrics.clip import clip_scores
+    from audit.zoo.source import CLIP
     from audit.models.adapter import ModelAdapter
     from audit.zoo.synthfaces import UNIFORM_WORLD, caption_for
 
@@ -256,7 +257,7 @@ def clip_t2i_measurements(n: int = 200, steps: int = 50, batch_size: int = 100, 
     adapter = ModelAdapter.from_zoo("synthfaces-t2i")
     images = generate_in_batches(adapter, list(range(n)), batch_size, prompts, steps=steps,
                                  guidance_scale=T2I_GUIDANCE)
-    path = str(zoo_path(ZOO_CLIP))
+    path = str(zoo_path(CLIP))
     matching = clip_scores(images, prompts, path)
     order = rng.permutation(n)
     other = np.empty(n, dtype=int)

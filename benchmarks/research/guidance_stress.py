@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from audit.labelers.synthfaces import SynthFacesLabeler
+from audit.zoo.labelers import SynthFacesLabeler
 from audit.methods.distribution_guidance import DistributionGuidance
 from audit.models.adapter import ModelAdapter
 from audit.probes.probe import Probe

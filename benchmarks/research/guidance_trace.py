@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audit.labelers.synthfaces import SynthFacesLabeler
+from audit.zoo.labelers import SynthFacesLabeler
 from audit.methods.distribution_guidance import DistributionGuidance
 from audit.models.adapter import ModelAdapter
 from audit.probes.probe import Probe

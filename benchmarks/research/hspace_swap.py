@@ -20,10 +20,10 @@ import torch
 import typer
 
 from audit.methods.base import Method
-from audit.models.loading import zoo_revision
 from audit.store import atomic_write_json
 from audit.zoo import zoo_path
 from audit.zoo.check import diffusion_model, label_probabilities
+from audit.zoo.source import zoo_revision
 from audit.zoo.synthfaces import ATTRIBUTES
 
 

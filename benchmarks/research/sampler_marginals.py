@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 import typer
 
-from audit.models.loading import zoo_revision
 from audit.store import atomic_write_json
 from audit.zoo import zoo_path
 from audit.zoo.check import diffusion_model, generate_in_batches, label_probabilities, observed_marginals
+from audit.zoo.source import zoo_revision
 from audit.zoo.synthfaces import ATTRIBUTES, BIASED_WORLD
 
 

@@ -23,7 +23,7 @@ REPO = Path(__file__).parents[2]
 def suite_file(tmp_path, model_dir, **changes):
     data = {"name": "tiny", "models": [{"name": "tiny", "source": str(model_dir), "steps": 2}],
             "methods": [{"name": "none"}], "settings": [{"attributes": ["skin_tone"]}],
-            "samples": 4, "batch_size": 2, "metrics": ["fairness"], **changes}
+            "samples": 4, "batch_size": 2, "labelers": ["synthfaces-eval"], "metrics": ["fairness"], **changes}
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

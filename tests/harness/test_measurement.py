@@ -156,7 +156,7 @@ def test_isolated_nonfinite_and_blank_images_are_invalid_with_their_reason(tmp_p
 @pytest.fixture
 def counted_labels(monkeypatch):
     """How many images each zoo CNN labeler labels (by name)."""
-    from audit.labelers.synthfaces import SynthFacesLabeler
+    from audit.zoo.labelers import SynthFacesLabeler
 
     counts = {}
     real = SynthFacesLabeler.label
@@ -316,7 +316,7 @@ def test_a_cell_whose_every_image_is_invalid_finishes_and_says_why(tmp_path, tin
     """A labeler that finds no face in any image: the run used to crash formatting FD None in the
     summary (exit 1, no report)."""
     from audit.labelers.base import LabelResult
-    from audit.labelers.synthfaces import SynthFacesLabeler
+    from audit.zoo.labelers import SynthFacesLabeler
     from audit.registry import LABELERS, register_labeler
 
     class FindsNoFace(SynthFacesLabeler):
@@ -330,7 +330,7 @@ def test_a_cell_whose_every_image_is_invalid_finishes_and_says_why(tmp_path, tin
 
     register_labeler("no-face", FindsNoFace)
     try:
-        path = write_suite(tmp_path, tiny_model_dir, labelers=["no-face"], metrics=["fairness", "fid"], fid={"n": 40})
+        path = write_suite(tmp_path, tiny_model_dir, labelers=["no-face"], metrics=["fairness", "fid"], fid={"extractor": "synthfaces", "reference": "synthfaces:biased", "n": 40})
         result = CliRunner().invoke(app, ["run", str(path), "-o", str(tmp_path / "out")], env={"COLUMNS": "400"})
     finally:
         LABELERS.pop("no-face")

@@ -27,7 +27,7 @@ def tiny_suite(tmp_path, model_dir, **changes):
         "samples": 10, "batch_size": 4, "seed": 5,
         "labelers": ["synthfaces-eval"], "probe_labeler": "synthfaces-pseudo",
         "probe": {"n": 16, "batch_size": 8},
-        "metrics": ["fairness", "fid"], "fid": {"n": 40},
+        "metrics": ["fairness", "fid"], "fid": {"extractor": "synthfaces", "reference": "synthfaces:biased", "n": 40},
     }
     data.update(changes)
     path = tmp_path / "suite.yaml"
@@ -222,7 +222,7 @@ def test_each_labeler_judges_only_the_settings_it_labels(tmp_path, tiny_model_di
     """A suite mixing labelers (e.g. a gender classifier beside a skin-tone one) measures each
     setting with the labelers that label it; a guided cell whose attributes the probe labeler
     cannot label is marked not applicable instead of failing."""
-    from audit.labelers.synthfaces import SynthFacesLabeler
+    from audit.zoo.labelers import SynthFacesLabeler
     from audit.registry import LABELERS, register_labeler
 
     def skin_only(base):

@@ -19,7 +19,9 @@ from audit.store import RunStore
 @pytest.fixture
 def zoo_weights(tmp_path, monkeypatch):
     """The zoo's calibration directory, in a temporary place."""
-    monkeypatch.setattr(calibration, "shipped_dir", lambda: tmp_path / "shipped")
+    from audit.zoo.source import ZooSource
+
+    monkeypatch.setattr(ZooSource, "shipped_calibrations", lambda self, name: tmp_path / "shipped" / name)
     return tmp_path / "shipped"
 
 
@@ -46,7 +48,7 @@ def test_shipped_record_is_used_and_copied_into_the_run(tmp_path, zoo_weights):
     (run / "calibration" / "synthfaces-ddpm-a.json").write_text(json.dumps({**current, "config": config}))
     stale = {**config, "revision": "step1-0000000000"}
     (run / "calibration" / "synthfaces-ddpm-b.json").write_text(json.dumps({**current, "scale": 9.0, "config": stale}))
-    written = calibration.ship_calibrations(run, {"synthfaces-ddpm": revision})
+    written = calibration.ship_calibrations(run, {"zoo:synthfaces-ddpm": revision})
     assert [p.parent.name for p in written] == ["synthfaces-ddpm"]
     assert written[0] == zoo_weights / "synthfaces-ddpm" / calibration.record_name(config)
 
@@ -61,7 +63,7 @@ def test_records_of_other_weights_are_removed_when_shipping(tmp_path, zoo_weight
     old.parent.mkdir(parents=True)
     old.write_text(json.dumps({"scale": 1.0, "config": {"revision": "step1-0000000000"}}))
     (tmp_path / "run" / "calibration").mkdir(parents=True)
-    assert calibration.ship_calibrations(tmp_path / "run", {"synthfaces-ddpm": "step2-1111111111"}) == []
+    assert calibration.ship_calibrations(tmp_path / "run", {"zoo:synthfaces-ddpm": "step2-1111111111"}) == []
     assert not old.exists()
 
 
@@ -154,7 +156,7 @@ def test_a_new_calibration_rule_reuses_an_earlier_records_trials(tmp_path, zoo_w
         calibration.calibrate(ctx, cell, never_called, probes, target, params)
     # Records of the earlier rule are never shipped and are removed from the zoo.
     assert calibration.ship_calibrations(tmp_path / "first-run", {}) == []
-    calibration.ship_calibrations(tmp_path / "first-run", {"synthfaces-ddpm": config["revision"]})
+    calibration.ship_calibrations(tmp_path / "first-run", {"zoo:synthfaces-ddpm": config["revision"]})
     assert not (zoo_weights / "synthfaces-ddpm" / "old.json").exists()
 
 

@@ -24,7 +24,7 @@ def faces():
 
 @pytest.mark.parametrize("name", ["synthfaces-eval", "synthfaces-pseudo"])
 def test_error_aware_estimate_brackets_the_truth(faces, name):
-    from audit.labelers.synthfaces import SynthFacesLabeler
+    from audit.zoo.labelers import SynthFacesLabeler
 
     labeler = SynthFacesLabeler(name)
     result = labeler.label(faces.tensor() / 2 + 0.5)

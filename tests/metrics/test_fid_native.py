@@ -81,8 +81,8 @@ def test_kid_is_near_zero_against_itself_and_larger_when_blurred(folders):
     real = F.reference_images(str(folders["real"]), 10_000)
     blurred = F.reference_images(str(folders["blurred"]), 10_000)
     assert F.kid_subset_size(len(real), 5000) == len(real) // 2 and F.kid_subset_size(5000, 4000) == 1000
-    self_mean, self_std = F.kid_between(real, real, subsets=20)
-    blur_mean, blur_std = F.kid_between(real, blurred, subsets=20)
+    self_mean, self_std = F.kid_between(real, real, "synthfaces", subsets=20)
+    blur_mean, blur_std = F.kid_between(real, blurred, "synthfaces", subsets=20)
     print(f"KID[synthfaces] n={len(real)}: self {self_mean:.5f}±{self_std:.5f}, blurred {blur_mean:.5f}±{blur_std:.5f}")
     # self: shared images bias the unbiased estimator slightly below 0 (see kid_subset_size)
     assert abs(self_mean) < 0.1 * blur_mean and blur_std < blur_mean / 3
@@ -93,7 +93,8 @@ def _cli(*args):
 
     from audit.cli import app
 
-    return CliRunner().invoke(app, ["fid", *map(str, args)])
+    extractor = [] if "--extractor" in args else ["--extractor", "synthfaces"]
+    return CliRunner().invoke(app, ["fid", *map(str, args), *extractor])
 
 
 def test_cli_compares_two_folders(folders):
@@ -124,3 +125,13 @@ def test_cli_bad_input_is_one_line_exit_2(folders, tmp_path):
             result.output
     result = _cli(folders["real"], folders["real"], "--extractor", "mobilenet_v2")
     assert result.exit_code == 2 and "needs more than 1280" in result.output
+
+
+def test_cli_names_no_default_extractor(folders):
+    """FID values of different extractors are different metrics: the command never picks one."""
+    from typer.testing import CliRunner
+
+    from audit.cli import app
+
+    result = CliRunner().invoke(app, ["fid", str(folders["real"]), str(folders["real"])])
+    assert result.exit_code == 2 and "--extractor" in result.output and len(result.output.strip().splitlines()) == 1

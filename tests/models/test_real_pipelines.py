@@ -135,7 +135,7 @@ def test_missing_weights_give_one_line(sd_dir, tmp_path):
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"name": "broken", "models": [{"name": "sd", "source": str(broken)}],
                                      "methods": [{"name": "none"}], "settings": [{"attributes": ["smile"]}],
-                                     "samples": 2, "metrics": ["fairness"]}))
+                                     "samples": 2, "labelers": ["synthfaces-eval"], "metrics": ["fairness"]}))
     result = CliRunner().invoke(app, ["run", str(suite), "-o", str(tmp_path / "out")])
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()

@@ -29,7 +29,7 @@ def pickled_dir(tiny_unet, tiny_ddim, tmp_path_factory):
 def suite_file(tmp_path, source, **model):
     data = {"name": "pickles", "models": [{"name": "old", "source": str(source), "steps": 2, **model}],
             "methods": [{"name": "none"}], "settings": [{"attributes": ["skin_tone"]}],
-            "samples": 2, "batch_size": 2, "metrics": ["fairness"]}
+            "samples": 2, "batch_size": 2, "labelers": ["synthfaces-eval"], "metrics": ["fairness"]}
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
