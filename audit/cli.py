@@ -162,7 +162,7 @@ def run(
 
             for model in suite.models:  # every model's weights, before the first one loads
                 preflight(model)
-        from audit.runner import run_suite
+        from audit.run.suite import run_suite
 
         with environment_errors(out):
             frame = run_suite(suite, out, device=device, executor=executor, address=address, console=console,

@@ -278,7 +278,8 @@ def probe_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list, list
 
 def weights_status(model) -> str:
     """Where a model's weights are, or why they are missing (a dry run never loads them)."""
-    from audit.models.loading import ModelNotAvailable, PickledWeights, check_weight_format, resolve_source
+    from audit.models.loading import PickledWeights, check_weight_format
+    from audit.sources import ModelNotAvailable, resolve_source
 
     if model.source.startswith("custom:"):
         return "a custom model registered in this process (loaded by its factory)"

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from audit.errors import SuiteError
 from audit.registry import (
     ATTRIBUTE_PHRASES,
     ATTRIBUTES,
@@ -42,10 +43,6 @@ from audit.registry import (
 
 DEFAULT_PROMPT = "a photo of a person"  # text models' prompt when a suite gives none
 
-
-
-class SuiteError(ValueError):
-    """A mistake in a suite file; the message is one line meant for the user."""
 
 
 class LocatedError(ValueError):
@@ -708,19 +705,16 @@ def plan(suite: Suite) -> list[Cell]:
 
 
 def _is_text_model(model: ModelSpec) -> bool:
-    owner = model_source(model.source)
-    said = owner[0].is_text_model(owner[1]) if owner else None
-    if said is not None:
-        return said
-    if model.source.startswith("custom:"):  # known only once loaded: prompts say it is a text model
-        return bool(model.prompts or model.prompts_file)
-    from audit.models.loading import ModelNotAvailable, resolve_source
+    """Whether the model is text-conditioned, known without loading it: a model that is not on
+    this machine (a dry run) or a custom one is a text model when the suite gives it prompts."""
+    from audit.sources import ModelNotAvailable, is_text_model
 
-    try:
-        index = resolve_source(model.source, model.revision)[0] / "model_index.json"
-    except ModelNotAvailable:  # weights not here (a dry run): a model with prompts is a text model
+    if model.source.startswith("custom:"):
         return bool(model.prompts or model.prompts_file)
-    return "text_encoder" in json.loads(index.read_text())
+    try:
+        return is_text_model(model.source, model.revision)
+    except ModelNotAvailable:
+        return bool(model.prompts or model.prompts_file)
 
 
 def agreed_source_defaults(models) -> dict:

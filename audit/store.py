@@ -33,15 +33,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from audit.spec import SuiteError
+from audit.errors import SuiteError
+from audit.files import atomic_path, atomic_write_bytes, atomic_write_json, inside
 
 LOCK_FILE = ".diffaudit.lock"  # flock'ed while a process writes the run directory
 LOCK_OWNER = ".diffaudit.lock.json"  # who holds it, for the message of the process turned away
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the last 12 bytes of every complete PNG
-
-
-class UnsafePathError(ValueError):
-    pass
 
 
 class RunLockedError(SuiteError):
@@ -52,53 +49,9 @@ class UnreadableImageError(SuiteError):
     """A stored image is missing or cannot be decoded; the message names the file and the fix."""
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary file beside `path` to write into; renamed onto `path` when the block ends, removed
-    if it fails. Created as a plain open() would create it (0666 less the umask), not with
-    mkstemp's 0600, which locked other users out of shared run directories and served reports."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, default=_json_default).encode())
-
-
 def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray | torch.Tensor):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def inside(root: Path, relative: str | Path) -> Path:
-    """root/relative, refusing anything that resolves outside root (.., absolute, symlinks)."""
-    root = root.resolve()
-    candidate = (root / relative).resolve()
-    if candidate != root and root not in candidate.parents:
-        raise UnsafePathError(f"path {str(relative)!r} escapes the output directory {root}")
-    return candidate
 
 
 def image_problem(path: Path, thorough: bool = True) -> str | None:

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
 
     from audit.report.load import fid_values, number
-    from audit.runner import run_suite
+    from audit.run.suite import run_suite
     from audit.spec import SuiteError, load_suite
     from audit.store import atomic_write_json
 

@@ -89,13 +89,13 @@ def zoo_probes(adapter, labeler, cfg: dict, device: str) -> tuple[list, str]:
 
 
 def guidance_and_loop(cfg: dict, device: str) -> dict:
-    from audit.zoo.labelers import SynthFacesLabeler
     from audit.methods.distribution_guidance import DistributionGuidance
     from audit.methods.sample_guidance import SampleGuidance
     from audit.methods.universal_guidance import UniversalGuidance
-    from audit.models.adapter import ModelAdapter
+    from audit.zoo import load_adapter
+    from audit.zoo.labelers import SynthFacesLabeler
 
-    adapter = ModelAdapter.from_zoo(ZOO_MODEL, device=device)
+    adapter = load_adapter(ZOO_MODEL, device=device)
     labeler = SynthFacesLabeler(PROBE_LABELER, device=device)
     probes, probe_source = zoo_probes(adapter, labeler, cfg, device)
     target = [1 / len(probes[0].classes)] * len(probes[0].classes)
@@ -159,7 +159,7 @@ def _rss_mb() -> float:
 
 def scaling_cell(samples: int, model_dir: str, out: str, batch: int, steps: int) -> dict:
     """One cell of `samples` images through run_suite, in this (fresh) process."""
-    from audit.runner import run_suite
+    from audit.run.suite import run_suite
     from audit.spec import Suite
 
     suite = Suite.model_validate({

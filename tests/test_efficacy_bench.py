@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from audit.runner import run_suite
+from audit.run.suite import run_suite
 from audit.spec import load_suite, plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,8 @@ def tiny_suite_file(tmp_path, model_dir, **changes) -> Path:
                          {"attributes": ["hair_color"], "target": "uniform"}],
             "samples": 4, "batch_size": 4, "seed": 0, "labelers": ["synthfaces-eval"],
             "probe_labeler": "synthfaces-pseudo", "probe": {"n": 16, "batch_size": 8},
-            "metrics": ["fairness", "fid"], "fid": [{"extractor": "synthfaces", "reference": "synthfaces:biased", "n": 40}]}
+            "metrics": ["fairness", "fid"],
+            "fid": [{"extractor": "synthfaces", "reference": "synthfaces:biased", "n": 40}]}
     data.update(changes)
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(data))

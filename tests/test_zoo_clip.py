@@ -137,7 +137,7 @@ def test_zoo_cells_default_to_the_zoo_clip():
 
 @committed
 def test_registered_labeler_and_clip_score_through_the_runner(tmp_path):
-    from audit.runner import run_suite
+    from audit.run.suite import run_suite
     from audit.spec import load_suite
 
     suite = {

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from audit.zoo.labelers import SynthFacesLabeler
 from audit.zoo import WEIGHTS_DIR, zoo_path
+from audit.zoo.labelers import SynthFacesLabeler
 from audit.zoo.synthfaces import ATTRIBUTES, BIASED_WORLD, UNIFORM_WORLD, generate
 
 
@@ -54,9 +54,9 @@ def test_fid_extractor_separates_worlds():
 
 
 def test_ddpm_weights_produce_faces_the_labeler_recognises():
-    from audit.models.adapter import ModelAdapter
+    from audit.zoo import load_adapter
 
-    adapter = ModelAdapter.from_zoo("synthfaces-ddpm")
+    adapter = load_adapter("synthfaces-ddpm")
     images = adapter.generate(list(range(16)), steps=10).images
     result = SynthFacesLabeler("synthfaces-eval").label(images)
     confident = np.mean([(result.probs[a].max(1) >= 0.9).mean() for a in ATTRIBUTES])

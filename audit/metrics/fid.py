@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from audit.registry import FID_EXTRACTORS, reference_source, resolve
-from audit.stages import reached
 
 
 def weighted_extractors() -> list[str]:
@@ -85,7 +84,7 @@ def extractor_tag(extractor: str, weights: str | None = None) -> str:
     """The extractor's name in cache files: user-supplied weights, by content, are part of how
     stats were made."""
     if extractor in FID_EXTRACTORS and FID_EXTRACTORS[extractor].weighted and weights:
-        from audit.models.loading import file_digest
+        from audit.sources import file_digest
 
         path = Path(weights)
         return f"{extractor}-{path.stem}-{file_digest(path)[:12] if path.is_file() else 'missing'}"
@@ -238,60 +237,3 @@ def matches_target(reference: str, attributes: list[str]) -> bool:
     a generated set that can redraw these attributes at a target distribution."""
     generated = reference_source(reference)
     return generated is not None and generated[0].can_match(attributes)
-
-
-def reference_state(out: Path, extractor: str, reference: str, n: int, weights: str | None = None,
-                    target: tuple[list[str], list[float]] | None = None) -> dict[str, torch.Tensor]:
-    """The reference set's feature statistics, cached under a name that says how they were made;
-    with `target` (attributes, joint target), the target-matched set (target_reference_images)."""
-    from safetensors.torch import load_file, save_file
-
-    from audit.store import inside
-
-    safe = lambda text: "".join(c if c.isalnum() or c in "-_." else "_" for c in text)  # noqa: E731
-    name = reference_identity(reference, n)
-    if target is not None:
-        name = f"{name}-{'x'.join(target[0])}-{'_'.join(f'{v:g}' for v in target[1])}"
-    cache = inside(out, Path("fid") / f"{safe(extractor_tag(extractor, weights))}__{safe(name)}__n{n}.safetensors")
-    if cache.exists():
-        return load_file(cache)
-    metric = make_fid(extractor, weights)
-    images = reference_images(reference, n) if target is None else target_reference_images(reference, *target, n)
-    for part in batches(images, 500):
-        metric.update(part, real=True)
-    state = {k: getattr(metric, k).detach().clone() for k in
-             ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")}
-    from audit.store import atomic_path
-
-    with atomic_path(cache) as tmp:  # a unique temporary name: parallel Ray tasks may write the same cache
-        save_file(state, tmp)
-    return state
-
-
-def cell_fids(ctx, cell, specs=None) -> list[dict]:
-    """FID[extractor] of a cell's images for each FID spec (default: the suite's list, primary
-    first) against the spec's reference set and, for generated references, also against the
-    target-matched ground truth (`target_value`, where the reference can draw it). The images are
-    read once for every spec."""
-    specs = list(ctx.suite.fid if specs is None else specs)
-    metrics: dict[tuple[int, str], object] = {}
-    for i, spec in enumerate(specs):
-        references = {"value": None}
-        if matches_target(spec.reference, cell.setting.attributes):
-            references["target_value"] = (cell.setting.attributes, cell.setting.target_vector())
-        for key, target in references.items():
-            metric = metrics[i, key] = make_fid(spec.extractor, spec.weights)
-            state = reference_state(ctx.store.out, spec.extractor, spec.reference, spec.n, spec.weights, target)
-            for name, value in state.items():
-                setattr(metric, name, value)
-    reached("fid")
-    for start in range(0, len(cell.seeds), 500):
-        images = ctx.store.load_images(cell.cell_id, cell.seeds[start:start + 500])
-        for metric in metrics.values():
-            metric.update(images, real=False)
-    # n_reference: the images the reference statistics were made from, not the count asked for
-    return [{"extractor": spec.extractor, "reference": spec.reference, "n_requested": spec.n,
-             "n_reference": int(metrics[i, "value"].real_features_num_samples), "n": len(cell.seeds),
-             "feature_dim": feature_dim(spec.extractor),
-             **{key: float(metric.compute()) for (j, key), metric in metrics.items() if j == i}}
-            for i, spec in enumerate(specs)]

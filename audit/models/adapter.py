@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from audit.errors import SuiteError
 from audit.models.batch_invariant import make_batch_invariant
 from audit.models.hspace import HSpaceHook
-from audit.spec import SuiteError
 
 
 @dataclass
@@ -102,14 +102,6 @@ class ModelAdapter:
         adapter.info.update({"pipeline": index.get("_class_name"), "unet": type(unet).__name__,
                              "variant": variant, "memory": adapter.enable_memory_options(memory)})
         return adapter
-
-    @classmethod
-    def from_zoo(cls, name: str, device: str = "cpu") -> ModelAdapter:
-        from audit.zoo import is_trained, zoo_path
-
-        if not is_trained(name):
-            raise FileNotFoundError(f"zoo model {name!r} has no weights: run `diffaudit zoo train {name}`")
-        return cls.from_directory(zoo_path(name), model_id=f"zoo:{name}", device=device)
 
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """Noise for each image from its own seed (CPU generator, so it is device-independent)."""

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from audit.spec import SuiteError
+from audit.errors import SuiteError
 from audit.store import atomic_path, atomic_write_json
 
 WEIGHTS, META = "probe.safetensors", "probe.json"

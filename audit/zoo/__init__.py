@@ -21,3 +21,13 @@ def zoo_path(name: str) -> Path:
 
 def is_trained(name: str) -> bool:
     return (zoo_path(name) / "training.json").exists()
+
+
+def load_adapter(name: str, device: str = "cpu"):
+    """A zoo diffusion model as a ModelAdapter, for scripts and notebooks (suites name it as
+    `source: zoo:NAME`, which also resolves its sampler defaults)."""
+    from audit.models.adapter import ModelAdapter
+
+    if not is_trained(name):
+        raise FileNotFoundError(f"zoo model {name!r} has no weights: run `diffaudit zoo train {name}`")
+    return ModelAdapter.from_directory(zoo_path(name), model_id=f"zoo:{name}", device=device)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audit.zoo import is_trained, zoo_path
+from audit.zoo import is_trained, load_adapter, zoo_path
 from audit.zoo.recipes import RECIPES
 from audit.zoo.synthfaces import ATTRIBUTES, BIASED_WORLD, generate
 
@@ -107,7 +107,7 @@ def diffusion_model(name: str, candidate: Path | None):
     from audit.models.adapter import ModelAdapter
 
     if candidate is None:
-        return ModelAdapter.from_zoo(name)
+        return load_adapter(name)
     return ModelAdapter.from_directory(candidate, model_id=f"{name} candidate {candidate}")
 
 
@@ -235,10 +235,9 @@ def clip_t2i_measurements(n: int = 200, steps: int = 50, batch_size: int = 100, 
     prompt (a derangement) and (b) its prompt with one attribute's class changed: paired
     differences, mean with a normal 95% interval. Also: how often synthfaces-eval sees the
     prompted class, and how often the zoo CLIP's zero-shot labels agree with synthfaces-eval."""
-    from audit.labelers.synthfaces_clip import SynthFacesClipLabeler
     from audit.metrics.clip import clip_scores
+    from audit.zoo.labelers import SynthFacesClipLabeler
     from audit.zoo.source import CLIP
-    from audit.models.adapter import ModelAdapter
     from audit.zoo.synthfaces import UNIFORM_WORLD, caption_for
 
     rng = np.random.default_rng(seed)
@@ -254,7 +253,7 @@ def clip_t2i_measurements(n: int = 200, steps: int = 50, batch_size: int = 100, 
         return caption_for(attrs, np.random.default_rng(seed * 1_000 + i), 1.0)
 
     prompts = [prompt(i) for i in range(n)]
-    adapter = ModelAdapter.from_zoo("synthfaces-t2i")
+    adapter = load_adapter("synthfaces-t2i")
     images = generate_in_batches(adapter, list(range(n)), batch_size, prompts, steps=steps,
                                  guidance_scale=T2I_GUIDANCE)
     path = str(zoo_path(CLIP))

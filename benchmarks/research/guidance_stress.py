@@ -17,11 +17,10 @@ from pathlib import Path
 
 import torch
 
-from audit.zoo.labelers import SynthFacesLabeler
 from audit.methods.distribution_guidance import DistributionGuidance
-from audit.models.adapter import ModelAdapter
 from audit.probes.probe import Probe
-from audit.zoo import WEIGHTS_DIR
+from audit.zoo import WEIGHTS_DIR, load_adapter
+from audit.zoo.labelers import SynthFacesLabeler
 
 
 def main() -> None:
@@ -41,7 +40,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    adapter = ModelAdapter.from_zoo(args.model)
+    adapter = load_adapter(args.model)
     probe = Probe.load(WEIGHTS_DIR / "probes" / args.model / "synthfaces-pseudo" / args.attribute)
     target = [1 / len(probe.classes)] * len(probe.classes)
     scale = args.scale * args.factor

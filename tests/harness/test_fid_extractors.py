@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.runner import run_suite
+from audit.run.suite import run_suite
 from audit.spec import SuiteError, load_suite
 
 SYNTHFACES = {"extractor": "synthfaces", "reference": "synthfaces:biased", "n": 40}

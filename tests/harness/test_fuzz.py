@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from audit.cli import app
 from audit.registry import LABELERS, METHODS, resolve, suite_params
-from audit.runner import RESULT_COLUMNS
+from audit.run.suite import RESULT_COLUMNS
 from audit.spec import Suite, SuiteError, load_suite, plan
 from audit.zoo.recipes import RECIPES
 from audit.zoo.synthfaces import ATTRIBUTES

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from audit.runner import run_suite
+from audit.run.suite import run_suite
 from audit.spec import load_suite
 
 VOLATILE = ["seconds", "images_per_s"]
@@ -26,7 +26,8 @@ def suite_file(tmp_path, model_dir):
         "settings": [{"attributes": ["skin_tone"], "target": "uniform"}],
         "samples": 40, "batch_size": 4, "seed": 0,
         "labelers": ["synthfaces-eval"], "probe_labeler": "synthfaces-pseudo",
-        "probe": {"n": 16, "batch_size": 8}, "metrics": ["fairness", "fid"], "fid": {"extractor": "synthfaces", "reference": "synthfaces:biased", "n": 40},
+        "probe": {"n": 16, "batch_size": 8}, "metrics": ["fairness", "fid"],
+        "fid": {"extractor": "synthfaces", "reference": "synthfaces:biased", "n": 40},
     }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -25,7 +25,8 @@ def suite_file(tmp_path, model_dir, **changes):
         "settings": [{"attributes": ["skin_tone", "eyeglasses"], "target": "uniform"}],  # two probes
         "samples": 8, "batch_size": 4, "seed": 0,
         "labelers": ["synthfaces-eval"], "probe_labeler": "synthfaces-pseudo",
-        "probe": {"n": 16, "batch_size": 8}, "metrics": ["fairness", "fid"], "fid": {"extractor": "synthfaces", "reference": "synthfaces:biased", "n": 40},
+        "probe": {"n": 16, "batch_size": 8}, "metrics": ["fairness", "fid"],
+        "fid": {"extractor": "synthfaces", "reference": "synthfaces:biased", "n": 40},
     }
     data.update(changes)
     path = tmp_path / "suite.yaml"
@@ -71,7 +72,8 @@ CALIBRATE = textwrap.dedent("""
     import torch
     from audit.methods.calibration import calibrate
     from audit.registry import METHODS, resolve
-    from audit.runner import RunContext, get_probes
+    from audit.run.context import RunContext
+    from audit.run.probes import get_probes
     from audit.spec import load_suite, plan
     from audit.store import RunStore
 

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.runner import run_suite
+from audit.run.suite import run_suite
 from audit.spec import SuiteError, load_suite
 
 
@@ -57,7 +57,7 @@ def test_five_steps_at_eta_1_on_the_zoo_ddpm_give_finite_images_and_other_step_c
     from diffusers import DDIMScheduler
 
     import audit.models.adapter as adapter_module
-    from audit.models.adapter import ModelAdapter
+    from audit.zoo import load_adapter
     from audit.zoo.recipes import SCHEDULER
 
     scheduler = DDIMScheduler(**SCHEDULER)
@@ -65,7 +65,7 @@ def test_five_steps_at_eta_1_on_the_zoo_ddpm_give_finite_images_and_other_step_c
     variance = scheduler._get_variance(999, 799)
     assert 1 - scheduler.alphas_cumprod[799] - (variance ** 0.5) ** 2 < 0  # the rounding, in diffusers itself
 
-    adapter = ModelAdapter.from_zoo("synthfaces-ddpm")
+    adapter = load_adapter("synthfaces-ddpm")
     out = adapter.generate([0, 1, 2, 3], steps=5, eta=1.0)
     spread = out.images.flatten(1)
     assert torch.isfinite(out.images).all() and (spread.amax(1) - spread.amin(1) > 0.5).all()  # faces
@@ -260,7 +260,7 @@ def perturb_unet(model_dir):
 
 
 def test_a_local_model_retrained_in_place_gets_new_probes_and_images(tmp_path, tiny_model_dir):
-    from audit.models.loading import local_revision
+    from audit.sources import local_revision
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
@@ -295,19 +295,19 @@ def test_a_local_model_retrained_in_place_gets_new_probes_and_images(tmp_path, t
 def test_weight_hashes_are_read_in_chunks_and_cached_by_file_identity(tmp_path, monkeypatch):
     import hashlib
 
-    import audit.models.loading as loading
+    import audit.sources as sources
 
     monkeypatch.setenv("DIFFAUDIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(loading, "CACHED_FROM_BYTES", 1024)
+    monkeypatch.setattr(sources, "CACHED_FROM_BYTES", 1024)
     big = tmp_path / "weights.bin"
     big.write_bytes(os.urandom(4096))
-    assert loading.file_digest(big) == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert sources.file_digest(big) == hashlib.sha256(big.read_bytes()).hexdigest()
     (entry,) = (tmp_path / "cache" / "hashes").iterdir()
-    loading._DIGESTS.clear()
+    sources._DIGESTS.clear()
     entry.write_text("f" * 64)  # a later run trusts the cached hash while the file is unchanged
-    assert loading.file_digest(big) == "f" * 64
+    assert sources.file_digest(big) == "f" * 64
     big.write_bytes(os.urandom(4096))  # rewritten in place, same size: hashed again
-    assert loading.file_digest(big) == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert sources.file_digest(big) == hashlib.sha256(big.read_bytes()).hexdigest()
 
 
 # -- a cell with no valid sample -------------------------------------------------------------------
@@ -316,8 +316,8 @@ def test_a_cell_whose_every_image_is_invalid_finishes_and_says_why(tmp_path, tin
     """A labeler that finds no face in any image: the run used to crash formatting FD None in the
     summary (exit 1, no report)."""
     from audit.labelers.base import LabelResult
-    from audit.zoo.labelers import SynthFacesLabeler
     from audit.registry import LABELERS, register_labeler
+    from audit.zoo.labelers import SynthFacesLabeler
 
     class FindsNoFace(SynthFacesLabeler):
         def __init__(self, **options):
@@ -330,7 +330,8 @@ def test_a_cell_whose_every_image_is_invalid_finishes_and_says_why(tmp_path, tin
 
     register_labeler("no-face", FindsNoFace)
     try:
-        path = write_suite(tmp_path, tiny_model_dir, labelers=["no-face"], metrics=["fairness", "fid"], fid={"extractor": "synthfaces", "reference": "synthfaces:biased", "n": 40})
+        path = write_suite(tmp_path, tiny_model_dir, labelers=["no-face"], metrics=["fairness", "fid"],
+                          fid={"extractor": "synthfaces", "reference": "synthfaces:biased", "n": 40})
         result = CliRunner().invoke(app, ["run", str(path), "-o", str(tmp_path / "out")], env={"COLUMNS": "400"})
     finally:
         LABELERS.pop("no-face")

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from audit.cli import app
 from audit.probes.probe import Probe, ProbeError
-from audit.runner import run_suite
+from audit.run.suite import run_suite
 from audit.spec import SuiteError, load_suite
 
 VOLATILE = ["seconds", "images_per_s"]
@@ -226,16 +226,17 @@ def test_a_second_process_on_the_same_output_directory_is_turned_away(tmp_path, 
     # The first run holds the directory, paused inside generation until the test opens the gate.
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import pathlib, time
-import audit.runner as runner
+import audit.run.cell as cell_module
+from audit.run.suite import run_suite
 from audit.spec import load_suite
-real = runner.generate_cell
+real = cell_module.generate_cell
 def paused(ctx, cell, method):
     pathlib.Path({str(gate)!r}, "started").touch()
     while not pathlib.Path({str(gate)!r}, "go").exists():
         time.sleep(0.05)
     return real(ctx, cell, method)
-runner.generate_cell = paused
-runner.run_suite(load_suite({str(path)!r}), {str(out)!r})
+cell_module.generate_cell = paused
+run_suite(load_suite({str(path)!r}), {str(out)!r})
 """], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300

@@ -12,7 +12,7 @@ import yaml
 
 from audit.metrics.functional import cohens_kappa
 from audit.probes.probe import Probe
-from audit.runner import run_suite
+from audit.run.suite import run_suite
 from audit.spec import load_suite
 from audit.store import RunStore, UnsafePathError, atomic_write_json, atomic_write_parquet, inside
 
@@ -166,10 +166,10 @@ def test_interrupted_cell_resumes_from_finished_batches(tmp_path, tiny_model_dir
 
 
 def test_an_interrupted_run_keeps_a_results_table_of_the_cells_it_finished(tmp_path, tiny_model_dir, monkeypatch):
-    import audit.runner
+    import audit.run.suite
 
     suite = tiny_suite(tmp_path, tiny_model_dir, methods=[{"name": "none"}], metrics=["fairness"])
-    real_run_cell, calls = audit.runner.run_cell, []
+    real_run_cell, calls = audit.run.suite.run_cell, []
 
     def run_cell_then_crash(ctx, cell):
         calls.append(cell.cell_id)
@@ -177,7 +177,7 @@ def test_an_interrupted_run_keeps_a_results_table_of_the_cells_it_finished(tmp_p
             raise KeyboardInterrupt  # the user stops the run during the second cell
         return real_run_cell(ctx, cell)
 
-    monkeypatch.setattr(audit.runner, "run_cell", run_cell_then_crash)
+    monkeypatch.setattr(audit.run.suite, "run_cell", run_cell_then_crash)
     with pytest.raises(KeyboardInterrupt):
         run_suite(suite, tmp_path / "out")
     table = pd.read_csv(tmp_path / "out" / "results.csv")
@@ -222,8 +222,8 @@ def test_each_labeler_judges_only_the_settings_it_labels(tmp_path, tiny_model_di
     """A suite mixing labelers (e.g. a gender classifier beside a skin-tone one) measures each
     setting with the labelers that label it; a guided cell whose attributes the probe labeler
     cannot label is marked not applicable instead of failing."""
-    from audit.zoo.labelers import SynthFacesLabeler
     from audit.registry import LABELERS, register_labeler
+    from audit.zoo.labelers import SynthFacesLabeler
 
     def skin_only(base):
         def factory(**options):
@@ -258,7 +258,7 @@ def test_labeler_options_reach_the_labeler_and_bad_ones_fail_in_one_line(tmp_pat
     from typer.testing import CliRunner
 
     from audit.cli import app
-    from audit.runner import RunContext
+    from audit.run.context import RunContext
     from audit.spec import SuiteError
     from audit.store import RunStore
 
@@ -302,7 +302,8 @@ def test_params_that_depend_on_the_setting_fail_in_one_line_before_any_calibrati
 
 
 def test_zoo_probes_are_used_only_for_the_weights_they_were_trained_on(tmp_path):
-    from audit.runner import RunContext, probe_dir
+    from audit.run.context import RunContext
+    from audit.run.probes import probe_dir
     from audit.spec import plan
     from audit.store import RunStore
     from audit.zoo import WEIGHTS_DIR

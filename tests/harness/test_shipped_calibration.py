@@ -11,8 +11,9 @@ import pytest
 from audit.methods import calibration
 from audit.methods.guidance import DEFAULT_STOP
 from audit.registry import METHODS, effective_params, resolve
-from audit.runner import RunContext, get_probes, plan
-from audit.spec import load_suite
+from audit.run.context import RunContext
+from audit.run.probes import get_probes
+from audit.spec import load_suite, plan
 from audit.store import RunStore
 
 

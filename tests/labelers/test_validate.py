@@ -125,7 +125,7 @@ def test_validate_measures_confusion_accuracy_by_group_and_invalid_rates(lfw_dir
 
 
 def test_a_run_built_labeler_gets_the_validation_confusion_and_provenance(lfw_dir):
-    from audit.runner import RunContext
+    from audit.run.context import RunContext
 
     root, patches, lines = lfw_dir
     suite = SimpleNamespace(labeler_options={})
@@ -150,11 +150,11 @@ def test_a_run_built_labeler_gets_the_validation_confusion_and_provenance(lfw_di
 
 
 def test_label_key_ignores_the_validation(lfw_dir, monkeypatch):
-    from audit.runner import RunContext
+    from audit.run.context import RunContext
 
     root, _, _ = lfw_dir
     suite = SimpleNamespace(labeler_options={})
-    monkeypatch.setattr("audit.runner.labeler_weights", lambda labeler: None)
+    monkeypatch.setattr("audit.run.context.labeler_weights", lambda labeler: None)
     before = RunContext(suite=suite, store=None).label_key("brightness-test")
     assert run("brightness-test", "--data", str(root))[0] == 0
     after_ctx = RunContext(suite=suite, store=None)
@@ -233,7 +233,7 @@ def test_error_aware_estimate_uses_the_validated_confusion(lfw_dir):
     import pandas as pd
 
     from audit.metrics.cell import fairness_metrics
-    from audit.runner import RunContext
+    from audit.run.context import RunContext
     from audit.spec import SettingSpec
 
     root, patches, lines = lfw_dir

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from audit.zoo.labelers import SynthFacesLabeler
 from audit.metrics.fid import fid_between, reference_images, target_reference_images
+from audit.zoo.labelers import SynthFacesLabeler
 
 
 def test_target_world_has_the_target_joint_distribution_and_the_world_elsewhere():

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from audit.models.adapter import ModelAdapter
 from audit.models.loading import ModelNotAvailable, load_model
-from audit.runner import run_suite
+from audit.run.suite import run_suite
 from audit.spec import ModelSpec, load_suite
 
 PROMPTS = ["a photo of a person", "a photo of a man"]

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import stats
 
-from audit.runner import RESULT_COLUMNS
+from audit.run.suite import RESULT_COLUMNS
 from audit.store import RunStore, atomic_write_json
 
 XSS_PROMPT = "<script>window.__xss=1</script>"

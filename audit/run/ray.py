@@ -16,7 +16,7 @@ def _context(suite_data: dict, out: str, device: str, threads: int):
     import torch
 
     from audit.malloc import keep_freed_memory
-    from audit.runner import RunContext
+    from audit.run.context import RunContext
     from audit.spec import Suite
     from audit.store import RunStore
 
@@ -27,7 +27,7 @@ def _context(suite_data: dict, out: str, device: str, threads: int):
 
 
 def _train_probes(suite_data: dict, out: str, device: str, threads: int, cells_data: list[dict]) -> int:
-    from audit.runner import get_probes
+    from audit.run.probes import get_probes
     from audit.spec import Cell
 
     ctx = _context(suite_data, out, device, threads)
@@ -37,7 +37,7 @@ def _train_probes(suite_data: dict, out: str, device: str, threads: int, cells_d
 
 
 def _run_cell(suite_data: dict, out: str, device: str, threads: int, cell_data: dict) -> dict:
-    from audit.runner import run_cell
+    from audit.run.cell import run_cell
     from audit.spec import Cell
 
     return run_cell(_context(suite_data, out, device, threads), Cell.model_validate(cell_data))
@@ -53,7 +53,7 @@ def run_cells_on_ray(suite, out: Path, cells: list, device: str = "cpu", address
         raise SuiteError("--executor ray needs Ray: pip install 'diffaudit[ray]'") from None
     import torch
 
-    from audit.runner import check_fid_references, retire_stale_cells
+    from audit.run.cell import check_fid_references, retire_stale_cells
 
     # Before any task: refuse FID references that cannot back an FID, and move aside cells made
     # from other weights (here, not in the tasks, where twin cells would race to move each other).

@@ -1,1 +1,0 @@
-"""Executors that run a suite's cells: local (in audit.runner) and Ray."""
