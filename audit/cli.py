@@ -108,9 +108,9 @@ def environment_errors(out: Path | None):
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from audit.files import UnsafePathError
     from audit.models.loading import ModelNotAvailable
     from audit.spec import SuiteError
-    from audit.store import UnsafePathError
 
     return (SuiteError, ModelNotAvailable, UnsafePathError)
 
@@ -189,8 +189,8 @@ def report(
     tolerance: float | None = typer.Option(None, "--tolerance", help="TOST margin per class (default: the suite's)."),
 ):
     """Render OUT/report/index.html: verdicts, per-cell pages, trade-off, cost, methodology."""
+    from audit.files import UnsafePathError
     from audit.report import ReportError
-    from audit.store import UnsafePathError
 
     if out.is_dir():
         check_writable(out, "OUT")
@@ -258,8 +258,8 @@ def leaderboard(
     dest: Path = typer.Option(Path("leaderboard.html"), "-o", "--output", help="The HTML page to write."),
 ):
     """One sortable page comparing runs: per attribute setting, every model and method."""
+    from audit.files import UnsafePathError
     from audit.report import ReportError
-    from audit.store import UnsafePathError
 
     check_writable(dest, "-o/--output", kind="file")
     try:

@@ -64,10 +64,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     from rich.console import Console
 
+    from audit.files import atomic_write_json
     from audit.report.load import fid_values, number
     from audit.run.suite import run_suite
     from audit.spec import SuiteError, load_suite
-    from audit.store import atomic_write_json
 
     console = Console(stderr=True)
     try:

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from audit.files import atomic_write_json, inside
 from audit.registry import effective_params
 from audit.spec import DEFAULT_PROMPT
 from audit.stages import reached
-from audit.store import atomic_write_json, inside
 
 CALIBRATION_SEED = 20_000_000
 GRID = (1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 16.0, 32.0, 64.0)  # walked upward; most calibrated scales fell in 2-7

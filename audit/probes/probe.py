@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from audit.errors import SuiteError
-from audit.store import atomic_path, atomic_write_json
+from audit.files import atomic_path, atomic_write_json
 
 WEIGHTS, META = "probe.safetensors", "probe.json"
 

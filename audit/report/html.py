@@ -21,11 +21,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from audit.files import UnsafePathError, inside
 from audit.report import plots
 from audit.report.load import CellData, ReportError, RunData, cell_key, load_run, number, text
 from audit.report.render import build_then_swap, known_version, render, url
 from audit.stages import reached
-from audit.store import RunLockedError, RunStore, UnsafePathError, image_problem, inside
+from audit.store import RunLockedError, RunStore, image_problem
 
 GALLERY_MAX = 48
 THUMB_MAX = 64  # images up to this size are copied as they are

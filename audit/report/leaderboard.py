@@ -12,9 +12,9 @@ import os
 import time
 from pathlib import Path
 
+from audit.files import atomic_path
 from audit.report.load import ReportError, RunData, load_run, number
 from audit.report.render import render, url
-from audit.store import atomic_path
 
 METRICS = [
     # key, header, better, note

@@ -1,6 +1,6 @@
 """Read a finished run directory (results, suite, index, per-cell metrics and manifests) for rendering.
 
-Nothing here trusts the run directory: every path is resolved with `audit.store.inside`, every
+Nothing here trusts the run directory: every path is resolved with `audit.files.inside`, every
 number may be missing (None, NaN, a string), and every problem with the run as a whole becomes a
 one-line `ReportError`.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from audit.store import UnsafePathError, inside
+from audit.files import UnsafePathError, inside
 
 
 class ReportError(ValueError):

@@ -15,8 +15,8 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from audit.files import UnsafePathError, inside
 from audit.report.load import ReportError, number
-from audit.store import UnsafePathError, inside
 
 DASH = "—"
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
+from audit.files import atomic_write_json, inside
 from audit.run.build import build_method
 from audit.run.context import RunContext
 from audit.run.generate import generate_cell, twin_cells
 from audit.run.measure import all_images_done, measure_cell, measured_current_images, measurement_keys, read_metrics
 from audit.run.probes import probe_labeler_gap
 from audit.spec import Cell, SuiteError
-from audit.store import atomic_write_json, inside
 
 
 def retire_stale_cells(ctx: RunContext, cells: list[Cell]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from audit.files import atomic_path, inside
 from audit.metrics.clip import clip_scores
 from audit.metrics.fid import (
     batches,
@@ -28,7 +29,7 @@ from audit.run.label import label_cell
 from audit.run.probes import unlabeled
 from audit.spec import Cell, SuiteError
 from audit.stages import reached
-from audit.store import UnreadableImageError, atomic_path, image_problem, inside
+from audit.store import UnreadableImageError, image_problem
 
 
 def measurement_keys(ctx: RunContext, cell: Cell) -> dict:

@@ -7,10 +7,10 @@ import hashlib
 import re
 from pathlib import Path
 
+from audit.files import inside
 from audit.run.context import RunContext
 from audit.spec import DEFAULT_PROMPT, Cell, prompt_slug
 from audit.stages import reached
-from audit.store import inside
 
 
 def probe_dir(ctx: RunContext, cell: Cell, attribute: str) -> Path:

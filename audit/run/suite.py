@@ -18,10 +18,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from audit.files import atomic_path, atomic_write_json
 from audit.run.cell import run_cell
 from audit.run.context import RunContext
 from audit.spec import Cell, Suite, SuiteError, plan
-from audit.store import RunStore, atomic_path, atomic_write_json
+from audit.store import RunStore
 
 RESULT_COLUMNS = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "n", "n_valid",
                   "invalid_reasons", "fd", "fd_lo", "fd_hi", "fd_floor", "fd_corrected", "fd_soft", "kl", "chi2_p",

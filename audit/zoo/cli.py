@@ -136,7 +136,7 @@ def zoo_check(
     from rich.console import Console
     from rich.table import Table
 
-    from audit.store import atomic_write_json
+    from audit.files import atomic_write_json
     from audit.zoo.check import rows_to_json, run_check
 
     torch.set_num_threads(threads)

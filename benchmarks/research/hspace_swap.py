@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import typer
 
+from audit.files import atomic_write_json
 from audit.methods.base import Method
-from audit.store import atomic_write_json
 from audit.zoo import zoo_path
 from audit.zoo.check import diffusion_model, label_probabilities
 from audit.zoo.source import zoo_revision

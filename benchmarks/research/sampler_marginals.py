@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import typer
 
-from audit.store import atomic_write_json
+from audit.files import atomic_write_json
 from audit.zoo import zoo_path
 from audit.zoo.check import diffusion_model, generate_in_batches, label_probabilities, observed_marginals
 from audit.zoo.source import zoo_revision

@@ -68,9 +68,11 @@ FIELD_NOTES = {
                           "`{class: proportion}`; must sum to 1.",
     "ProbeSpec.n": "Samples drawn and labelled to train the probes.",
     "ProbeSpec.batch_size": "Batch size while sampling them.",
-    "FidSpec.extractor": "`synthfaces`, `mobilenet_v2` or `inception` (needs `weights`).",
-    "FidSpec.n": "Reference images drawn (SynthFaces references) or read.",
+    "FidSpec.n": "Reference images drawn (generated references) or read.",
 }
+
+# Fields a suite may leave out when every model's source names a value for them (the zoo does).
+SOURCE_DEFAULTS = {"Suite.labelers", "FidSpec.extractor", "FidSpec.reference"}
 
 # Method parameters the runner fills in from the suite; a suite never sets them in `params`.
 RUNNER_SUPPLIED = {"self", "probes", "target", "phrases", "attribute_names", "attributes"}
@@ -178,7 +180,8 @@ def _model_table(model, models: dict) -> list[str]:
         key = f"{model.__name__}.{name}"
         description = field.description or FIELD_NOTES.get(key, "")
         description = _escape(description) if field.description else description
-        lines.append(f"| `{name}` | {_type_name(field.annotation, models)} | {_default(field)} | "
+        default = "the models' source's, else **required**" if key in SOURCE_DEFAULTS else _default(field)
+        lines.append(f"| `{name}` | {_type_name(field.annotation, models)} | {default} | "
                      f"{_constraints(field)} | {description} |")
     return lines + [""]
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 import yaml
 
+from audit.files import UnsafePathError, atomic_write_json, inside
 from audit.metrics.functional import cohens_kappa
 from audit.probes.probe import Probe
 from audit.run.suite import run_suite
 from audit.spec import load_suite
-from audit.store import RunStore, UnsafePathError, atomic_write_json, atomic_write_parquet, inside
+from audit.store import RunStore, atomic_write_parquet
 
 
 def tiny_suite(tmp_path, model_dir, **changes):

@@ -23,8 +23,9 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import stats
 
+from audit.files import atomic_write_json
 from audit.run.suite import RESULT_COLUMNS
-from audit.store import RunStore, atomic_write_json
+from audit.store import RunStore
 
 XSS_PROMPT = "<script>window.__xss=1</script>"
 XSS_MODEL = 't2i"><img src=x onerror="window.__xss=2">'
