@@ -367,7 +367,8 @@ def test_a_reference_directory_with_fewer_images_than_asked_is_refused_before_ge
                                               "features have 64 dimensions"),
         ({"reference": str(tmp_path / "nowhere"), "n": 100}, "no such directory"),
     ]:
-        path = write_suite(tmp_path, tiny_model_dir, metrics=["fairness", "fid"], fid=fid)
+        path = write_suite(tmp_path, tiny_model_dir, metrics=["fairness", "fid"],
+                           fid={"extractor": "synthfaces", **fid})
         result = CliRunner().invoke(app, ["run", str(path), "-o", str(tmp_path / "out")])
         lines = result.output.strip().splitlines()
         assert result.exit_code == 2 and lines[-1].startswith("error: ") and message in lines[-1], result.output
@@ -378,7 +379,7 @@ def test_a_reference_directory_with_fewer_images_than_asked_is_refused_before_ge
 def test_fid_records_the_reference_count_it_used(tmp_path, tiny_model_dir):
     folder = reference_dir(tmp_path, 70)
     path = write_suite(tmp_path, tiny_model_dir, metrics=["fairness", "fid"],
-                       fid=[{"reference": str(folder), "n": 65}])
+                       fid=[{"extractor": "synthfaces", "reference": str(folder), "n": 65}])
     result = CliRunner().invoke(app, ["run", str(path), "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output[-2000:]
     fid = json.loads((only_cell(tmp_path / "out") / "metrics.json").read_text())["fid"]

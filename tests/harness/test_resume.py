@@ -23,6 +23,8 @@ from audit.spec import SuiteError, load_suite
 VOLATILE = ["seconds", "images_per_s"]
 
 
+SYNTHFACES_FID_16 = {"extractor": "synthfaces", "reference": "synthfaces:biased", "n": 16}
+
 def suite_file(tmp_path, model_dir, name="suite", **changes):
     data = {
         "name": "resume",
@@ -116,7 +118,7 @@ def test_growing_or_shrinking_samples_ends_as_a_fresh_run(tmp_path, tiny_model_d
                                                           large, regenerated):
     def make(samples):
         return make_suite(tmp_path, tiny_model_dir, f"n{samples}", methods=[method], batch_size=batch_size,
-                          samples=samples, metrics=["fairness", "fid"], fid={"n": 16})
+                          samples=samples, metrics=["fairness", "fid"], fid=SYNTHFACES_FID_16)
 
     on_growing, on_shrinking = grow_and_shrink(tmp_path, make, small, large)
     assert sorted(generated_seeds(on_growing)) == list(regenerated)
@@ -342,7 +344,7 @@ def test_a_damaged_probe_cached_in_the_run_is_trained_again(tmp_path, tiny_model
 @pytest.fixture
 def finished(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
-    run_suite(make_suite(tmp_path, tiny_model_dir, metrics=["fairness", "fid"], fid={"n": 16}), out)
+    run_suite(make_suite(tmp_path, tiny_model_dir, metrics=["fairness", "fid"], fid=SYNTHFACES_FID_16), out)
     cell = next((out / "cells").iterdir())
     return out, cell, snapshot(out)
 
@@ -382,7 +384,7 @@ def test_a_truncated_image_of_a_finished_cell_is_generated_again(finished, tmp_p
     out, cell, reference = finished
     original = (cell / "images" / "00000005.png").read_bytes()
     truncate(cell / "images" / "00000005.png")
-    more = make_suite(tmp_path, tiny_model_dir, metrics=["fairness", "fid"], fid={"n": 16},
+    more = make_suite(tmp_path, tiny_model_dir, metrics=["fairness", "fid"], fid=SYNTHFACES_FID_16,
                       labelers=["synthfaces-eval", "synthfaces-pseudo"])
     run_suite(more, out)
     assert (cell / "images" / "00000005.png").read_bytes() == original
