@@ -204,6 +204,23 @@ def report(
     typer.echo(f"report: {path}")
 
 
+@app.command("upgrade")
+def upgrade(out: Path = typer.Argument(..., help="A run directory written by an earlier diffaudit.")):
+    """Upgrade a run directory's stored records to this diffaudit's results schema (records that do
+    not validate are named and left as they were: re-measure those with `run --measure-only`)."""
+    from audit.results import SCHEMA_VERSION, upgrade_run
+
+    if not (out / "cells").is_dir():
+        fail(f"{out}: no cells/ directory: give the output directory of `diffaudit run`")
+    check_writable(out, "OUT")
+    upgraded, problems = upgrade_run(out)
+    for line in problems:
+        typer.echo(f"not upgraded: {line}", err=True)
+    typer.echo(f"{upgraded} record(s) upgraded to results schema {SCHEMA_VERSION}")
+    if problems:
+        raise typer.Exit(1)
+
+
 @app.command("fid")
 def fid(
     a: Path = typer.Argument(..., help="Reference image folder (png/jpg/jpeg/webp)."),

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from audit.files import UnsafePathError, inside
+from audit.results import SCHEMA_VERSION, CellResult, Manifest, SchemaMismatch, read_record, stored_version
 
 
 class ReportError(ValueError):
@@ -177,15 +178,19 @@ def _load_cell(out: Path, cell_id: str) -> CellData:
         cell.problem = "no cell directory"
         return cell
     cell.dir = folder
-    for name in ("metrics", "manifest"):
+    for name, model in (("metrics", CellResult), ("manifest", Manifest)):
         path = folder / f"{name}.json"
-        if path.is_file():
-            try:
-                value = json.loads(path.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                cell.problem = f"{name}.json is unreadable"
-                continue
-            setattr(cell, name, value if isinstance(value, dict) else None)
+        if not path.is_file():
+            continue
+        version = stored_version(path)
+        if version is not None and version != SCHEMA_VERSION:
+            raise ReportError(f"{path}: written with results schema {version}, this diffaudit reads schema "
+                              f"{SCHEMA_VERSION}: run `diffaudit upgrade {out}` (or re-measure with `diffaudit run "
+                              f"SUITE -o {out} --measure-only`)")
+        try:
+            setattr(cell, name, read_record(path, model).model_dump(mode="json"))
+        except SchemaMismatch:
+            cell.problem = f"{name}.json is unreadable or not a {model.__name__} record"
     return cell
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from audit.files import atomic_write_json, inside
+from audit.results import SCHEMA_VERSION, CellOutcome, CellResult, Manifest
 from audit.run.build import build_method
 from audit.run.context import RunContext
 from audit.run.generate import generate_cell, twin_cells
@@ -72,7 +73,8 @@ def manifest(ctx: RunContext, cell: Cell, method) -> dict:
 
     adapter = ctx.adapter(cell)
     return {
-        "cell_id": cell.cell_id, "suite": ctx.suite.name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "schema_version": SCHEMA_VERSION, "cell_id": cell.cell_id, "suite": ctx.suite.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": {"name": cell.model.name, "source": cell.model.source, "id": adapter.model_id,
                   "revision": adapter.revision, "dtype": cell.model.dtype, "info": adapter.info,
                   "allow_pickle": cell.model.allow_pickle},
@@ -93,42 +95,43 @@ def manifest(ctx: RunContext, cell: Cell, method) -> dict:
     }
 
 
-def run_cell(ctx: RunContext, cell: Cell) -> dict:
+def run_cell(ctx: RunContext, cell: Cell) -> CellResult | CellOutcome:
+    """The cell's CellResult (written to its metrics.json), or why it has none."""
     cell_dir = ctx.store.cell_dir(cell.cell_id)
     if cell.skip_reason:
-        return {"status": "not_applicable", "reason": cell.skip_reason}
+        return CellOutcome(status="not_applicable", reason=cell.skip_reason)
     check_fid_references(ctx)
     twins = twin_cells(ctx, cell) if cell.shares_images else []
     retire_stale_cells(ctx, [cell, *twins])  # twins too: their images would be copied
     metrics_file = cell_dir / "metrics.json"
     if ctx.measure_only:
         if not all_images_done(ctx, cell):
-            return {"status": "incomplete", "reason": "images not (all) generated; run without --measure-only"}
-        results = {"status": "done", **measure_cell(ctx, cell)}
-        atomic_write_json(metrics_file, results)
-        return results
+            return CellOutcome(status="incomplete", reason="images not (all) generated; run without --measure-only")
+        return write_metrics(metrics_file, measure_cell(ctx, cell))
     done = read_metrics(metrics_file)
     if done is not None and not measured_current_images(ctx, cell, done):
         done = None  # measured on other images: nothing of it stands
     if done is not None:
         keys = measurement_keys(ctx, cell)
-        if done.get("keys") != keys and all_images_done(ctx, cell):  # measured otherwise: redo what changed
-            done = {"status": "done", **measure_cell(ctx, cell, previous=done)}
-            atomic_write_json(metrics_file, done)
-        if done.get("keys") == keys:
+        if done.keys != keys and all_images_done(ctx, cell):  # measured otherwise: redo what changed
+            done = write_metrics(metrics_file, measure_cell(ctx, cell, previous=done))
+        if done.keys == keys:
             if ctx.progress:
                 ctx.progress(cell.samples)
             return done
     reason = probe_labeler_gap(ctx, cell)
     if reason:
-        return {"status": "not_applicable", "reason": reason}
+        return CellOutcome(status="not_applicable", reason=reason)
     method = build_method(ctx, cell)
     reason = method.not_applicable(ctx.adapter(cell))
     if reason:
-        return {"status": "not_applicable", "reason": reason}
+        return CellOutcome(status="not_applicable", reason=reason)
     manifest_file = cell_dir / "manifest.json"
-    atomic_write_json(manifest_file, manifest(ctx, cell, method))
+    atomic_write_json(manifest_file, Manifest.model_validate(manifest(ctx, cell, method)).model_dump(mode="json"))
     generate_cell(ctx, cell, method)
-    results = {"status": "done", **measure_cell(ctx, cell, previous=done)}
-    atomic_write_json(metrics_file, results)
-    return results
+    return write_metrics(metrics_file, measure_cell(ctx, cell, previous=done))
+
+
+def write_metrics(path: Path, result: CellResult) -> CellResult:
+    atomic_write_json(path, result.model_dump(mode="json"))
+    return result

@@ -23,6 +23,7 @@ from audit.metrics.fid import (
     reference_images,
     target_reference_images,
 )
+from audit.results import CellResult, SchemaMismatch, read_record
 from audit.run.context import RunContext, digest
 from audit.run.generate import fits, unusable_images
 from audit.run.label import label_cell
@@ -63,15 +64,15 @@ def _check_not_all_diverged(ctx: RunContext, cell: Cell) -> None:
                          "sampler diverged; change steps or eta (or the scheduler) in the model's entry")
 
 
-def measure_cell(ctx: RunContext, cell: Cell, previous: dict | None = None) -> dict:
+def measure_cell(ctx: RunContext, cell: Cell, previous: CellResult | None = None) -> CellResult:
     """The cell's metrics; the parts of `previous` (an earlier metrics.json of the cell) whose
     measurement key is unchanged are kept, the others measured (labels come from the cache)."""
     from audit.metrics.cell import fairness_metrics
 
     _check_not_all_diverged(ctx, cell)
     suite, keys = ctx.suite, measurement_keys(ctx, cell)
-    previous = previous if isinstance(previous, dict) and previous.get("status") == "done" else {}
-    old = previous.get("keys") if isinstance(previous.get("keys"), dict) else {}
+    previous = previous.model_dump(mode="json") if previous is not None else {}
+    old = previous.get("keys", {})
     results: dict = {"labelers": {}}
     if old.get("fairness") == keys["fairness"] and isinstance(previous.get("labelers"), dict):
         results.update({k: previous[k] for k in ("labelers", "labelers_skipped", "agreement") if k in previous})
@@ -112,7 +113,7 @@ def measure_cell(ctx: RunContext, cell: Cell, previous: dict | None = None) -> d
     results["guidance"] = _guidance_summary(generation["batches"])
     results["images"] = generation["images"]
     results["keys"] = keys
-    return results
+    return CellResult.model_validate(results)
 
 
 def all_images_done(ctx: RunContext, cell: Cell) -> bool:
@@ -138,15 +139,15 @@ def all_images_done(ctx: RunContext, cell: Cell) -> bool:
     return True
 
 
-def measured_current_images(ctx: RunContext, cell: Cell, done: dict) -> bool:
+def measured_current_images(ctx: RunContext, cell: Cell, done: CellResult) -> bool:
     """Whether a finished cell's metrics still stand: measured on the cell's current seeds (metrics
     written before they recorded their images: on as many images), on the very images its markers
     claim now, and those images still whole on disk (a missing or truncated one sends the cell back
     to generate_cell, which makes it again). A cell without markers holds measurements only (e.g.
     copied by benchmarks/archive_run.py) and is trusted."""
-    recorded = done.get("images")
+    recorded = done.images or None
     if recorded is None:
-        if (done.get("cost") or {}).get("images") != cell.samples:
+        if done.cost.images != cell.samples:
             return False
     elif (recorded.get("first"), recorded.get("count")) != (cell.seed, cell.samples):
         return False
@@ -159,14 +160,16 @@ def measured_current_images(ctx: RunContext, cell: Cell, done: dict) -> bool:
                for s in cell.seeds)
 
 
-def read_metrics(path: Path) -> dict | None:
+def read_metrics(path: Path) -> CellResult | None:
     """A cell's metrics.json, or None when it is missing, torn (a kill mid-write where renames are
-    not atomic) or hand-edited into something that is not a finished cell's metrics."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+    not atomic), of another results schema (measured again from the cached labels) or hand-edited
+    into something that is not a finished cell's metrics."""
+    if not path.exists():
         return None
-    return data if isinstance(data, dict) and data.get("status") == "done" else None
+    try:
+        return read_record(path, CellResult)
+    except SchemaMismatch:
+        return None
 
 
 def _guidance_summary(batches: list[dict]) -> dict:

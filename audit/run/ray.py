@@ -36,7 +36,7 @@ def _train_probes(suite_data: dict, out: str, device: str, threads: int, cells_d
     return len(cells_data)
 
 
-def _run_cell(suite_data: dict, out: str, device: str, threads: int, cell_data: dict) -> dict:
+def _run_cell(suite_data: dict, out: str, device: str, threads: int, cell_data: dict):
     from audit.run.cell import run_cell
     from audit.spec import Cell
 
@@ -83,7 +83,7 @@ def run_cells_on_ray(suite, out: Path, cells: list, device: str = "cpu", address
         for i, future in enumerate(futures):
             results.append(ray.get(future))
             if console is not None:
-                console.print(f"[ray] cell {i + 1}/{len(cells)} {cells[i].cell_id}: {results[-1].get('status')}")
+                console.print(f"[ray] cell {i + 1}/{len(cells)} {cells[i].cell_id}: {results[-1].status}")
         return results
     finally:
         if started_here:

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from audit.files import atomic_path, atomic_write_json
+from audit.results import CellOutcome, CellResult
 from audit.run.cell import run_cell
 from audit.run.context import RunContext
 from audit.spec import Cell, Suite, SuiteError, plan
@@ -41,60 +42,61 @@ def result_columns(suite: Suite) -> list[str]:
     return RESULT_COLUMNS[:at] + extra + RESULT_COLUMNS[at:]
 
 
-def invalid_summary(reasons) -> str | None:
+def invalid_summary(reasons: dict[str, int]) -> str | None:
     """'no face detected: 14; blank image: 2' (most frequent first), or None when all were valid."""
-    if not isinstance(reasons, dict) or not reasons:
+    if not reasons:
         return None
     ordered = sorted(reasons.items(), key=lambda kv: (-int(kv[1]), str(kv[0])))
     return "; ".join(f"{reason or 'no reason given'}: {int(count)}" for reason, count in ordered)
 
 
-def result_rows(cell: Cell, results: dict) -> list[dict]:
+def result_rows(cell: Cell, results: CellResult | CellOutcome) -> list[dict]:
+    """The results.csv rows of a cell: one per evaluation labeler that judged it (derived from its
+    CellResult), or one row saying why it has no metrics."""
     base = {"model": cell.model.name, "method": cell.method.display, "attributes": cell.setting.key,
-            "target": cell.setting.target_label, "prompt": cell.prompt, "status": results.get("status"),
+            "target": cell.setting.target_label, "prompt": cell.prompt, "status": results.status,
             "n": cell.samples, "cell_id": cell.cell_id}
-    if results.get("status") != "done":
+    if not isinstance(results, CellResult):
         return [{**base, "labeler": None}]
-    if not results["labelers"]:
+    if not results.labelers:
         return [{**base, "status": "no_labeler", "labeler": None}]
-    fid = results.get("fid") or {}
+    fid = results.fid
     extra = {}
-    for extractor, f in (results.get("fid_extra") or {}).items():
-        extra[f"fid[{extractor}]"], extra[f"fid_target[{extractor}]"] = f.get("value"), f.get("target_value")
-    cost = results["cost"]
+    for extractor, f in results.fid_extra.items():
+        extra[f"fid[{extractor}]"], extra[f"fid_target[{extractor}]"] = f.value, f.target_value
     rows = []
-    for labeler, m in results["labelers"].items():
-        error_aware = m.get("error_aware") or {}
-        rows.append({**base, "labeler": labeler, "n_valid": m["n_valid"],
-                     "invalid_reasons": invalid_summary(m.get("invalid_reasons")), "fd": m["fd"], "fd_lo": m["fd_lo"],
-                     "fd_hi": m["fd_hi"], "fd_floor": m.get("fd_floor"), "fd_corrected": m.get("fd_corrected"),
-                     "fd_soft": m["fd_soft"], "kl": m["kl"], "chi2_p": m["chi2_p"], "chi2_method": m.get("chi2_method"),
-                     "tost_p": m["tost_p"], "equivalent": m["equivalent"],
-                     "verdict": m.get("verdict") or "inconclusive", "samples_needed": m.get("samples_needed"),
+    for labeler, m in results.labelers.items():
+        error_aware = m.error_aware or {}
+        rows.append({**base, "labeler": labeler, "n_valid": m.n_valid,
+                     "invalid_reasons": invalid_summary(m.invalid_reasons), "fd": m.fd, "fd_lo": m.fd_lo,
+                     "fd_hi": m.fd_hi, "fd_floor": m.fd_floor, "fd_corrected": m.fd_corrected,
+                     "fd_soft": m.fd_soft, "kl": m.kl, "chi2_p": m.chi2_p, "chi2_method": m.chi2_method,
+                     "tost_p": m.tost_p, "equivalent": m.equivalent,
+                     "verdict": m.verdict or "inconclusive", "samples_needed": m.samples_needed,
                      "error_aware_fd": error_aware.get("fd"), "error_aware_fd_lo": error_aware.get("fd_lo"),
                      "error_aware_fd_hi": error_aware.get("fd_hi"),
-                     "fid": fid.get("value"), "fid_target": fid.get("target_value"),
-                     "fid_extractor": fid.get("extractor"), **extra,
-                     "clip_score": (results.get("clip_score") or {}).get("value"),
-                     "seconds": cost["seconds"], "images_per_s": cost["images_per_s"]})
+                     "fid": fid.value if fid else None, "fid_target": fid.target_value if fid else None,
+                     "fid_extractor": fid.extractor if fid else None, **extra,
+                     "clip_score": results.clip_score.value if results.clip_score else None,
+                     "seconds": results.cost.seconds, "images_per_s": results.cost.images_per_s})
     return rows
 
 
-def index_rows(store: RunStore, suite: Suite, cell: Cell, results: dict) -> None:
+def index_rows(store: RunStore, suite: Suite, cell: Cell, results: CellResult | CellOutcome) -> None:
+    """The cell's row and headline metrics in OUT/index.sqlite (for queries across runs)."""
+    done = isinstance(results, CellResult)
     row = {"cell_id": cell.cell_id, "suite": suite.name, "model": cell.model.name, "method": cell.method.display,
            "attributes": cell.setting.key, "target": cell.setting.target_label, "prompt": cell.prompt,
-           "status": results.get("status"), "reason": results.get("reason"), "n": cell.samples,
-           "seconds": (results.get("cost") or {}).get("seconds"),
-           "images_per_s": (results.get("cost") or {}).get("images_per_s")}
+           "status": results.status, "reason": None if done else results.reason, "n": cell.samples,
+           "seconds": results.cost.seconds if done else None,
+           "images_per_s": results.cost.images_per_s if done else None}
     metrics = []
-    for labeler, m in (results.get("labelers") or {}).items():
-        metrics.append((labeler, "fd", m["fd"], m["fd_lo"], m["fd_hi"]))
-        metrics.append((labeler, "kl", m["kl"], None, None))
-        metrics.append((labeler, "chi2_p", m["chi2_p"], None, None))
-    if results.get("fid"):
-        metrics.append(("", f"fid[{results['fid']['extractor']}]", results["fid"]["value"], None, None))
-    for extractor, f in (results.get("fid_extra") or {}).items():
-        metrics.append(("", f"fid[{extractor}]", f.get("value"), None, None))
+    for labeler, m in (results.labelers if done else {}).items():
+        metrics.append((labeler, "fd", m.fd, m.fd_lo, m.fd_hi))
+        metrics.append((labeler, "kl", m.kl, None, None))
+        metrics.append((labeler, "chi2_p", m.chi2_p, None, None))
+    for f in results.fids() if done else []:
+        metrics.append(("", f"fid[{f.extractor}]", f.value, None, None))
     store.index_cell(row, metrics)
 
 
@@ -125,7 +127,7 @@ def _run_suite(suite: Suite, store: RunStore, device: str, executor: str, addres
     else:
         all_results = []
 
-        def after_cell(cell: Cell, results: dict) -> None:
+        def after_cell(cell: Cell, results: CellResult | CellOutcome) -> None:
             all_results.append(results)
             index_rows(store, suite, cell, results)
             write_results(store, suite, cells, all_results)
@@ -134,13 +136,14 @@ def _run_suite(suite: Suite, store: RunStore, device: str, executor: str, addres
     return write_results(store, suite, cells, all_results)
 
 
-def write_results(store: RunStore, suite: Suite, cells: list[Cell], results: list[dict]) -> pd.DataFrame:
+def write_results(store: RunStore, suite: Suite, cells: list[Cell],
+                  results: list[CellResult | CellOutcome]) -> pd.DataFrame:
     """results.csv / results.json for the first len(results) cells; the others are listed with
     status "pending". Written after every cell, so an interrupted run still has the table of what
     it finished (and benchmarks/archive_run.py can keep it)."""
     rows = []
     for i, cell in enumerate(cells):
-        rows.extend(result_rows(cell, results[i] if i < len(results) else {"status": "pending"}))
+        rows.extend(result_rows(cell, results[i] if i < len(results) else CellOutcome(status="pending")))
     frame = pd.DataFrame(rows).reindex(columns=result_columns(suite))
     with atomic_path(store.out / "results.csv") as tmp:
         frame.to_csv(tmp, index=False)
@@ -148,7 +151,7 @@ def write_results(store: RunStore, suite: Suite, cells: list[Cell], results: lis
     return frame
 
 
-def _run_cell_reporting_oom(ctx: RunContext, cell: Cell) -> dict:
+def _run_cell_reporting_oom(ctx: RunContext, cell: Cell) -> CellResult | CellOutcome:
     """run_cell, with CUDA out-of-memory outside image generation (which handles its own) turned
     into one line saying which batch size to lower."""
     try:

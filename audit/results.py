@@ -1,0 +1,193 @@
+"""Typed records of what a run stores: a cell's measured results (metrics.json) and its manifest
+(manifest.json), each with a `schema_version`.
+
+The runner builds these and writes them; results.csv, results.json and the index are derived from
+them; the report reads them back through the same models. A record written by another schema
+version is not guessed at: the run re-measures it (the images stay), and the report says which
+version it found and what to run. Fields the report and the tables rely on are declared; the
+rest of a labeler's statistics (literature metrics, per-attribute counts, error-aware details)
+travel as extra fields, kept as measured.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# 2: the first typed records (earlier metrics.json files carry no version).
+SCHEMA_VERSION = 2
+
+
+class SchemaMismatch(ValueError):
+    """A stored record of another schema version, or not a record at all; one line for the user."""
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class LabelerResult(Record):
+    """One evaluation labeler's fairness statistics for a cell (audit.metrics.cell.fairness_metrics)."""
+
+    n: int
+    n_valid: int
+    invalid_rate: float | None = None
+    invalid_reasons: dict[str, int] = Field(default_factory=dict)
+    classes: list[str]
+    target: list[float]
+    counts: list[int]
+    p_hat: list[float | None]
+    fd: float | None
+    fd_lo: float | None = None
+    fd_hi: float | None = None
+    fd_floor: float | None = None
+    fd_corrected: float | None = None
+    fd_soft: float | None = None
+    kl: float | None = None
+    chi2_p: float | None = None
+    chi2_method: str | None = None
+    tost_p: float | None = None
+    equivalent: bool | None = None
+    verdict: Literal["on_target", "off_target", "inconclusive"] | None = None
+    samples_needed: int | None = None
+    error_aware: dict | None = None
+
+
+class FidResult(Record):
+    extractor: str
+    reference: str
+    n_requested: int | None = None
+    n_reference: int | None = None
+    n: int | None = None
+    feature_dim: int | None = None
+    value: float | None
+    target_value: float | None = None
+    key: str | None = None
+
+
+class ClipScore(Record):
+    value: float | None
+    lo: float | None = None
+    hi: float | None = None
+    model: str | None = None
+    reason: str | None = None
+    key: str | None = None
+
+
+class Cost(Record):
+    seconds: float
+    images: int
+    images_per_s: float | None = None
+
+
+class CellResult(Record):
+    """A finished cell's metrics.json."""
+
+    schema_version: Literal[2] = SCHEMA_VERSION
+    status: Literal["done"] = "done"
+    labelers: dict[str, LabelerResult]
+    labelers_skipped: dict[str, str] = Field(default_factory=dict)
+    agreement: dict | None = None
+    fid: FidResult | None = None
+    fid_extra: dict[str, FidResult] = Field(default_factory=dict)
+    clip_score: ClipScore | None = None
+    cost: Cost
+    guidance: dict[str, int] = Field(default_factory=dict)
+    images: dict = Field(default_factory=dict)
+    keys: dict = Field(default_factory=dict)
+
+    def fids(self) -> list[FidResult]:
+        """The primary FID first, then one per further extractor."""
+        return ([self.fid] if self.fid else []) + list(self.fid_extra.values())
+
+
+class CellOutcome(BaseModel):
+    """A cell that has no metrics: not applicable to its model, images incomplete, not run yet."""
+
+    status: Literal["not_applicable", "incomplete", "pending", "failed"]
+    reason: str | None = None
+
+
+class Manifest(Record):
+    """A cell's manifest.json: everything that produced its images (model and weights revision,
+    sampler, seeds, method configuration, labelers, library versions)."""
+
+    schema_version: Literal[2] = SCHEMA_VERSION
+    cell_id: str
+    suite: str
+    created: str
+    model: dict
+    scheduler: dict
+    steps: int
+    eta: float | None = None
+    guidance_scale: float
+    device: str
+    prompt: str | None = None
+    negative_prompt: str = ""
+    seeds: dict
+    batch_size: int
+    method: dict
+    setting: dict
+    labelers: dict
+    probe_labeler: str | None = None
+    versions: dict
+
+
+def stored_version(path: Path) -> int | None:
+    """The schema_version of the record at `path` (1: written before records had one), None when
+    it is not a readable JSON mapping."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data.get("schema_version", 1) if isinstance(data, dict) else None
+
+
+def upgrade_run(out: Path) -> tuple[int, list[str]]:
+    """Stamp a run directory's schema-1 records (metrics.json, manifest.json of every cell) as the
+    current schema where they validate as such: schema 2 only added the version and the typed
+    checks, so a schema-1 record that validates means the same. Returns (records upgraded, one line
+    per record that does not validate and was left as it was: re-measure those)."""
+    from audit.files import atomic_write_json
+
+    upgraded, problems = 0, []
+    for path in sorted(Path(out).glob("cells/*/*.json")):
+        model = {"metrics.json": CellResult, "manifest.json": Manifest}.get(path.name)
+        if model is None or stored_version(path) != 1:
+            continue
+        data = json.loads(path.read_text())
+        if path.name == "metrics.json" and data.get("status") != "done":
+            continue
+        try:
+            record = model.model_validate({**data, "schema_version": SCHEMA_VERSION})
+        except ValidationError as error:
+            first = error.errors()[0]
+            problems.append(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+            continue
+        atomic_write_json(path, record.model_dump(mode="json"))
+        upgraded += 1
+    return upgraded, problems
+
+
+def read_record(path: Path, model: type[Record]) -> Record:
+    """The record at `path`; SchemaMismatch (one line) when it is unreadable, of another schema
+    version, or not such a record."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise SchemaMismatch(f"{path}: unreadable ({type(error).__name__})") from None
+    if not isinstance(data, dict):
+        raise SchemaMismatch(f"{path}: not a {model.__name__} record")
+    version = data.get("schema_version", 1)
+    if version != SCHEMA_VERSION:
+        raise SchemaMismatch(f"{path}: written with results schema {version}, this diffaudit reads schema "
+                             f"{SCHEMA_VERSION}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise SchemaMismatch(f"{path}: not a {model.__name__} record ({where}: {first['msg']})") from None
