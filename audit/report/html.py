@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from audit.report import plots
+from audit.report import plots, summary
 from audit.report.load import CellData, ReportError, RunData, cell_key, load_run, number, text
 from audit.report.render import build_then_swap, known_version, render, url
 from audit.stages import reached
@@ -170,8 +170,11 @@ class Report:
         verdicts = [self.verdict(row) for row in self.run.rows]
         cost = self.cost_rows()
         tradeoff = self.tradeoff()
+        self.class_records = self.class_table()
+        findings = summary.findings(**self.summary_input(verdicts))
         context = {
-            "suite": self.suite_facts(), "verdicts": verdicts, "cells": cells, "tradeoff": tradeoff, "cost": cost,
+            "suite": self.suite_facts(), "verdicts": verdicts, "findings": findings,
+            "quality_name": self.quality_name(), "cells": cells, "tradeoff": tradeoff, "cost": cost,
             "methodology": self.methodology(), "downloads": self.downloads(),
             "tolerance": self.tolerance, "overridden": self.overridden, "root": "",
             "has_prompts": any(r["prompt"] for r in self.run.rows),
@@ -190,6 +193,46 @@ class Report:
         reached("report")
         context["render_seconds"] = time.perf_counter() - t0
         render("index.html.j2", root / "index.html", **context)
+
+    # -- per-class numbers and the executive summary ----------------------------------------------
+    def class_table(self) -> list[dict]:
+        """One record per (cell, labeler, class): observed share with its 95% interval, count,
+        target, soft share and error-aware share; the summary's and the per-prompt view's input,
+        exported as classes.csv / classes.parquet."""
+        out = []
+        for row in self.run.rows:
+            m = self.labeler_metrics(row["cell_id"], row["labeler"])
+            if row["status"] != "done" or not m:
+                continue
+            ea = m.get("error_aware") if isinstance(m.get("error_aware"), dict) else {}
+            for i, cls in enumerate(m.get("classes") or []):
+                interval = _at(m.get("p_intervals"), i)
+                out.append({"model": row["model"], "method": row["method"], "setting": row["setting"],
+                            "target_name": row["target"], "prompt": row["prompt"], "labeler": row["labeler"],
+                            "cell_id": row["cell_id"], "cls": str(cls), "target": _at(m.get("target"), i),
+                            "count": _at(m.get("counts"), i), "n_valid": number(m.get("n_valid")),
+                            "p": _at(m.get("p_hat"), i), "lo": _at(interval, 0), "hi": _at(interval, 1),
+                            "p_soft": _at(m.get("p_soft"), i), "error_aware_p": _at(ea.get("p"), i),
+                            "error_aware_lo": _at(ea.get("lo"), i), "error_aware_hi": _at(ea.get("hi"), i)})
+        return out
+
+    def quality_name(self) -> str:
+        return "FID to target" if self.to_target else "FID"
+
+    def summary_input(self, verdicts: list[dict]) -> dict:
+        """The executive summary's input (summary.findings' arguments), JSON-safe: the verdict rows
+        of the first evaluation labeler, its per-class shares, and each method's name."""
+        keep = ("model", "method", "attributes", "setting", "target", "prompt", "labeler", "status", "n", "n_valid",
+                "fd", "fd_lo", "fd_hi", "fd_floor", "verdict", "samples_needed", "fid", "fid_target", "clip_score",
+                "cell_id", "reason")
+        methods = {str(r["method"]): self.base_method(r["method"], (self.run.cells.get(r["cell_id"] or "")
+                                                                    or CellData("")).manifest)
+                   for r in self.run.rows if r["method"]}
+        classes = [{k: c[k] for k in ("cell_id", "labeler", "cls", "p", "lo", "hi", "target")}
+                   for c in self.class_records if c["labeler"] == self.primary]
+        return {"rows": [{k: v.get(k) for k in keep} for v in verdicts], "classes": classes,
+                "methods": methods, "labeler": self.primary, "to_target": self.to_target,
+                "quality_name": self.quality_name()}
 
     # -- suite facts and verdicts ----------------------------------------------------------------
     def suite_facts(self) -> dict:
