@@ -126,6 +126,7 @@ class Report:
         self.keys = {cid: cell_key(cid, taken) for cid in run.cells}
         self.primary = run.labelers[0] if run.labelers else None
         self.image_problems: dict[str, list[dict]] = {}  # cell id -> its missing or unreadable images
+        self.problem_seeds: dict[str, dict[int, str]] = {}  # cell id -> {seed: what is wrong with its image}
         primaries = [r for r in (self.primary_row(cid) for cid in run.cells) if r is not None]
         # Quality is judged against a reference drawn with the target's attribute distribution where
         # every cell has one: against the model's own (biased) reference, FID grows with the very
@@ -186,8 +187,13 @@ class Report:
             "image_problems": [{"cell_id": c["cell_id"], "key": c["key"], "summary": image_summary(c["image_problems"])}
                                for c in cells if c["image_problems"]],
         }
+        from audit.report import galleries
+
+        context["galleries"] = galleries.build(self, root)
+        gallery_of = {cid: g["href"] for g in context["galleries"] for cid in g["cells"]}
         for cell in cells:
             cell["verdicts"] = [v for v in verdicts if v["cell_id"] == cell["cell_id"]]
+            cell["same_seed"] = gallery_of.get(cell["cell_id"])
             render("cell.html.j2", root / "cells" / f"{cell['key']}.html", cell=cell, suite=context["suite"],
                    tolerance=self.tolerance, root="../")
         reached("report")
@@ -369,6 +375,7 @@ class Report:
         page["attributes"] = attributes
         if cell.dir is not None:
             page["gallery"], page["gallery_note"], problems = self.gallery(cell, key, labelers, attributes)
+            self.problem_seeds[cell_id] = problems
             page["image_problems"] = [{"file": f"images/{seed:08d}.png", "problem": problem}
                                       for seed, problem in sorted(problems.items())]
             if page["image_problems"]:
