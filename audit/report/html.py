@@ -172,11 +172,14 @@ class Report:
         cost = self.cost_rows()
         tradeoff = self.tradeoff()
         self.class_records = self.class_table()
-        findings = summary.findings(**self.summary_input(verdicts))
+        per_prompt = self.prompt_view(verdicts)
+        findings = summary.findings(**self.summary_input(verdicts), spreads=per_prompt)
+        exports = self.export_tables(per_prompt, findings)
         context = {
             "suite": self.suite_facts(), "verdicts": verdicts, "findings": findings,
             "quality_name": self.quality_name(), "cells": cells, "tradeoff": tradeoff, "cost": cost,
-            "methodology": self.methodology(), "downloads": self.downloads(),
+            "methodology": self.methodology(), "downloads": self.downloads() + exports,
+            "per_prompt": per_prompt,
             "tolerance": self.tolerance, "overridden": self.overridden, "root": "",
             "has_prompts": any(r["prompt"] for r in self.run.rows),
             "counts": {"done": len(self.run.cells),
@@ -196,6 +199,9 @@ class Report:
             cell["same_seed"] = gallery_of.get(cell["cell_id"])
             render("cell.html.j2", root / "cells" / f"{cell['key']}.html", cell=cell, suite=context["suite"],
                    tolerance=self.tolerance, root="../")
+        if per_prompt:
+            render("prompts.html.j2", root / "prompts.html", groups=per_prompt, suite=context["suite"],
+                   tolerance=self.tolerance, root="")
         reached("report")
         context["render_seconds"] = time.perf_counter() - t0
         render("index.html.j2", root / "index.html", **context)
@@ -221,6 +227,67 @@ class Report:
                             "p_soft": _at(m.get("p_soft"), i), "error_aware_p": _at(ea.get("p"), i),
                             "error_aware_lo": _at(ea.get("lo"), i), "error_aware_hi": _at(ea.get("hi"), i)})
         return out
+
+    def prompt_view(self, verdicts: list[dict]) -> list[dict]:
+        """The per-prompt groups (prompts.table) with a chart each; [] when no model has several prompts."""
+        from audit.report import prompts
+
+        groups = prompts.table(verdicts, self.class_records, self.primary)
+        for i, g in enumerate(groups):
+            classes = [c["cls"] for c in g["rows"][0]["classes"]] if g["rows"] and g["rows"][0]["classes"] else []
+            if len(classes) == 2:  # one share fixes the other: plot the second class only
+                keep = [1]
+            else:
+                keep = list(range(min(4, len(classes))))
+            status = ["differs" if e["differs_holm"] else "within" if e["within_holm"] else "neither"
+                      for e in g["rows"]]
+            shares = [[(c.get("p"), c.get("lo"), c.get("hi")) for j, c in enumerate(e["classes"]) if j in keep]
+                      for e in g["rows"]]
+            target = [g["rows"][0]["classes"][j].get("target") for j in keep] if classes else []
+            g["chart"] = None
+            if classes:
+                title = f"{g['model']} · {g['setting']} · {g['method']}"
+                path = plots.prompt_chart(self.root / "assets" / "plots" / f"prompts-{i}.png", title,
+                                          [e["prompt"] for e in g["rows"]], [classes[j] for j in keep], shares,
+                                          target, self.tolerance, status)
+                g["chart"] = url(path.relative_to(self.root).as_posix())
+            for e in g["rows"]:
+                key = self.keys.get(e["cell_id"] or "")
+                e["href"] = f"cells/{key}.html" if key else None
+        return groups
+
+    def export_tables(self, per_prompt: list[dict], findings: list[dict]) -> list[dict]:
+        """Every number next to the report: results as Parquet, the per-class shares and the per-prompt
+        table as CSV and Parquet, the summary as text."""
+        from audit.report import prompts
+
+        tables = {"results": self.results_frame(), "classes": pd.DataFrame(self.class_records)}
+        if per_prompt:
+            tables["prompts"] = pd.DataFrame(prompts.flat(per_prompt))
+        files = []
+        for name, frame in tables.items():
+            targets = [f"{name}.parquet"] if name == "results" else [f"{name}.csv", f"{name}.parquet"]
+            for target in targets:
+                path = self.root / target
+                if target.endswith(".csv"):
+                    frame.to_csv(path, index=False)
+                else:
+                    _uniform_columns(frame).to_parquet(path, index=False)
+                files.append({"name": target, "href": url(target), "size": path.stat().st_size})
+        path = self.root / "summary.txt"
+        path.write_text(summary.as_text(findings), encoding="utf-8")
+        files.append({"name": "summary.txt", "href": url("summary.txt"), "size": path.stat().st_size})
+        return files
+
+    def results_frame(self) -> pd.DataFrame:
+        """The run's results with every column it stored (results.json, else results.csv)."""
+        json_file, csv_file = self.run.out / "results.json", self.run.out / "results.csv"
+        try:
+            if json_file.is_file():
+                return pd.DataFrame(json.loads(json_file.read_text()))
+            return pd.read_csv(csv_file)
+        except (OSError, ValueError):  # read before, so only a file changed under the report gets here
+            return pd.DataFrame(self.run.rows)
 
     def quality_name(self) -> str:
         return "FID to target" if self.to_target else "FID"
@@ -617,6 +684,18 @@ class Report:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+
+def _uniform_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text columns holding values of several types (a hand-edited results file) as strings, so
+    Parquet can store them; None stays missing."""
+    frame = frame.copy()
+    for column in frame.select_dtypes(include="object").columns:
+        kinds = {type(v) for v in frame[column] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        if len(kinds) > 1:
+            frame[column] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+                             for v in frame[column]]
+    return frame
+
 
 def _nothing_measured(row: dict, metrics: dict | None) -> str | None:
     """Why a finished cell has no fairness numbers: none of its samples was valid for the labeler,

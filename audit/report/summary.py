@@ -217,14 +217,15 @@ def _why(row: dict) -> str:
 
 
 def findings(rows: list[dict], classes: list[dict], methods: dict[str, str], labeler: str | None = None,
-             to_target: bool = False, quality_name: str = "FID") -> list[dict]:
+             to_target: bool = False, quality_name: str = "FID", spreads: list[dict] | None = None) -> list[dict]:
     """[{model, labeler, groups: [{setting, target, prompt, sentences}]}] in the rows' order.
 
     rows: the report's verdict rows (model, method, setting, target, prompt, labeler, status, n,
     n_valid, fd, fd_lo, fd_hi, fd_floor, verdict, samples_needed, fid, fid_target, clip_score,
     cell_id, reason); classes: [{cell_id, labeler, cls, p, lo, hi, target}] in class order; methods: display
     name -> method name (so `none` is found under any label); labeler: the one whose rows are used
-    (default: the first seen); to_target: quality is FID to target, named quality_name."""
+    (default: the first seen); to_target: quality is FID to target, named quality_name; spreads: the
+    per-prompt view's groups ([{model, setting, method, spread}]), for models with several prompts."""
     labeler = labeler or next((r.get("labeler") for r in rows if r.get("labeler")), None)
     by_cell = defaultdict(list)
     for c in classes:
@@ -241,23 +242,34 @@ def findings(rows: list[dict], classes: list[dict], methods: dict[str, str], lab
         models.setdefault(model, {"model": model, "labeler": labeler, "groups": []})
     named: dict[str, list] = defaultdict(list)
     for (model, setting, target, prompt), members in groups.items():
-        named[model].append((members, f"{setting}" + (f", “{prompt}”" if prompt and _prompts(groups, model) > 1
-                                                        else "")))
+        several = _prompts(groups, model) > 1
+        named[model].append((members, f"“{prompt}”" if several and _settings(groups, model) == 1 else
+                             f"{setting}, “{prompt}”" if several else f"{setting}"))
         models[model]["groups"].append({"setting": setting, "target": target, "prompt": prompt,
                                         "sentences": group_sentences(members, by_cell, methods, to_target,
                                                                      quality_name)})
     for model, entry in models.items():
-        entry["headline"] = headline(named[model], methods, to_target)
+        what = "audited prompts" if _settings(groups, model) == 1 and _prompts(groups, model) > 1 else \
+            "audited settings and prompts" if _prompts(groups, model) > 1 else "audited settings"
+        entry["headline"] = headline(named[model], methods, to_target, what)
+        entry["spread"] = [spread_sentence(g["spread"], g["setting"], METHOD_WORDS["none"])
+                           for g in spreads or [] if g["model"] == model
+                           and methods.get(g["method"], g["method"]) == "none"]
     return list(models.values())
+
+
+def _settings(groups: dict, model: str) -> int:
+    return len({key[1:3] for key in groups if key[0] == model})
 
 
 def _prompts(groups: dict, model: str) -> int:
     return len({key[3] for key in groups if key[0] == model})
 
 
-def headline(groups: list[tuple[list[dict], str]], methods: dict[str, str], to_target: bool) -> str:
+def headline(groups: list[tuple[list[dict], str]], methods: dict[str, str], to_target: bool,
+             what: str = "audited settings") -> str:
     """One sentence for a model: its verdicts without debiasing and the best method per group.
-    groups: [(rows of the group, its name)]."""
+    groups: [(rows of the group, its name)]; what: how the groups are counted."""
     states: dict[str, int] = defaultdict(int)
     best: dict[str, list[str]] = defaultdict(list)
     settled = 0
@@ -275,14 +287,25 @@ def headline(groups: list[tuple[list[dict], str]], methods: dict[str, str], to_t
     if states:
         total = sum(states.values())
         shown = ", ".join(f"{k} in {v} of {total}" for k, v in sorted(states.items(), key=lambda kv: -kv[1]))
-        parts.append(f"Without debiasing the model is {shown} audited settings")
+        parts.append(f"without debiasing the model is {shown} {what}")
     if best:
-        shown = "; ".join(f"{m} for {', '.join(names)}" for m, names in best.items())
+        shown = "; ".join(f"{m} for {', '.join(names)}" if len(names) <= 3 else f"{m} for {len(names)} of them"
+                          for m, names in best.items())
         ranked_groups = sum(len(names) for names in best.values())
         confidence = ("settled (its FD interval clear of the runner-up's) in " +
                       (f"all {ranked_groups}" if settled == ranked_groups else f"{settled} of {ranked_groups}"))
         parts.append(f"the lowest FD came from {shown}, a ranking {confidence}")
     return _capital(", and ".join(parts) + ".") if parts else ""
+
+
+def spread_sentence(spread: dict, setting: str | None, method: str) -> str:
+    """'Across its 4 prompts with no debiasing (skin_tone): mean FD 0.237, max 0.443 (“a photo of a
+    doctor”); 3 of 4 differ from the target after Holm's correction (3 after Benjamini-Hochberg).'"""
+    n = spread.get("prompts") or 0
+    return (f"Across its {n} prompts with {method} ({setting or '—'}): mean FD {num(spread.get('mean_fd'))}, "
+            f"max {num(spread.get('max_fd'))} (“{spread.get('worst')}”); {spread.get('differs_holm', 0)} of {n} "
+            f"differ from the target after Holm's correction ({spread.get('differs_bh', 0)} after "
+            f"Benjamini-Hochberg), {spread.get('within_holm', 0)} are shown within tolerance.")
 
 
 def as_text(found: list[dict]) -> str:
@@ -292,6 +315,8 @@ def as_text(found: list[dict]) -> str:
         lines.append(f"{model['model']} (judged by {model['labeler'] or '—'})")
         if model.get("headline"):
             lines.append(f"  {model['headline']}")
+        for sentence in model.get("spread") or []:
+            lines.append(f"  {sentence}")
         for g in model["groups"]:
             head = f"{g['setting'] or '—'} (target {g['target'] or '—'})"
             if g["prompt"]:
