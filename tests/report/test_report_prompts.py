@@ -54,7 +54,7 @@ def test_prompt_page_and_index_section(prompts_run, prompts_report, parse_html, 
     assert 'id="per-prompt"' in index and 'href="prompts.html"' in index
     spread = index.split('id="prompt-spread-table"', 1)[1].split("</table>", 1)[0]
     fds = pd.read_csv(prompts_run / "results.csv").groupby("method").fd
-    for method, fd in fds:
+    for _, fd in fds:
         assert f"{fd.mean():.3f}" in spread and f"{fd.max():.3f}" in spread
     assert "Across its 4 prompts with no debiasing" in index
 
