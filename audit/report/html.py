@@ -23,7 +23,7 @@ from PIL import Image
 
 from audit.report import plots, summary
 from audit.report.load import CellData, ReportError, RunData, cell_key, load_run, number, text
-from audit.report.render import build_then_swap, known_version, render, url
+from audit.report.render import build_then_swap, fmt_count, known_version, render, url
 from audit.stages import reached
 from audit.store import RunLockedError, RunStore, UnsafePathError, image_problem, inside
 
@@ -628,7 +628,8 @@ class Report:
                 attrs = desc.get("attributes") if isinstance(desc.get("attributes"), dict) else {}
                 labelers.setdefault(str(lname), {"name": str(lname), "source": desc.get("source"),
                                                  "attributes": "; ".join(f"{a}: {', '.join(map(str, c))}"
-                                                                         for a, c in attrs.items())})
+                                                                         for a, c in attrs.items()),
+                                                 "validation": validation_text(desc.get("validation"))})
             method = m.get("method") if isinstance(m.get("method"), dict) else {}
             for probe in method.get("probes") or []:
                 if isinstance(probe, dict):
@@ -707,6 +708,19 @@ def _nothing_measured(row: dict, metrics: dict | None) -> str | None:
         ordered = sorted(metrics["invalid_reasons"].items(), key=lambda kv: -(number(kv[1]) or 0))
         reasons = "; ".join(f"{k or 'no reason given'}: {v}" for k, v in ordered)
     return "no valid sample, nothing measured" + (f": {reasons}" if reasons else "")
+
+
+def validation_text(validation) -> str:
+    """A labeler's measured accuracy and its provenance, as `diffaudit labeler validate` stored it
+    and the run recorded it in the labeler's describe(); "not validated" otherwise."""
+    if not isinstance(validation, dict):
+        return "not validated"
+    accuracy = validation.get("accuracy") if isinstance(validation.get("accuracy"), dict) else {}
+    shown = ", ".join(f"{a} {100 * number(v):.1f}%" for a, v in accuracy.items() if number(v) is not None)
+    digest = str(validation.get("data_hash") or "")[:12]
+    where = ", ".join(x for x in (f"data hash {digest}" if digest else "", text(validation.get("date")) or "") if x)
+    return (f"accuracy {shown or '—'} on {fmt_count(validation.get('n'))} labelled images of "
+            f"{text(validation.get('data')) or '—'}" + (f" ({where})" if where else ""))
 
 
 def _fields(value, *keys) -> dict | None:
