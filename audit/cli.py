@@ -187,8 +187,9 @@ def run(
 def report(
     out: Path = typer.Argument(..., help="Run directory (the output of `diffaudit run`)."),
     tolerance: float | None = typer.Option(None, "--tolerance", help="TOST margin per class (default: the suite's)."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also print the report to OUT/report.pdf (playwright + Chromium)."),
 ):
-    """Render OUT/report/index.html: verdicts, per-cell pages, trade-off, cost, methodology."""
+    """Render OUT/report/index.html: summary, verdicts, per-cell pages, galleries, trade-off, cost, methodology."""
     from audit.files import UnsafePathError
     from audit.report import ReportError
 
@@ -199,6 +200,10 @@ def report(
 
         with environment_errors(out):
             path = write_report(out, tolerance=tolerance)
+            if pdf:
+                from audit.report.pdf import write_pdf
+
+                typer.echo(f"pdf: {write_pdf(path, out / 'report.pdf')}")
     except (ReportError, UnsafePathError) as e:
         fail(str(e))
     typer.echo(f"report: {path}")

@@ -1,11 +1,13 @@
 """Publish a run's HTML report into the repository, with a screenshot for the README.
 
     diffaudit run benchmarks/quickstart.yaml
+    diffaudit report runs/quickstart --pdf
     python benchmarks/publish_report.py runs/quickstart reports/quickstart
 
-Copies OUT/report/ (self-contained: thumbnails, CSS, scripts, results.csv/json downloads) to
-DEST/ and saves DEST.png, the first screen of its index page as rendered by Debian's chromium
-(playwright drives it; nothing is downloaded).
+Copies OUT/report/ (self-contained: thumbnails, CSS, scripts, the exported tables) to DEST/,
+OUT/report.pdf (when `diffaudit report --pdf` wrote one) to DEST/report.pdf, and saves DEST.png,
+the first screen of its index page as rendered by Debian's chromium (playwright drives it;
+nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def main() -> None:
     if args.dest.exists():
         shutil.rmtree(args.dest)
     shutil.copytree(source, args.dest)
+    if (args.run / "report.pdf").is_file():
+        shutil.copyfile(args.run / "report.pdf", args.dest / "report.pdf")
     png = args.dest.with_suffix(".png")
     if CHROMIUM.exists():
         screenshot(args.dest / "index.html", png)

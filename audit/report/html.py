@@ -19,18 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from audit.files import UnsafePathError, inside
-from audit.report import plots
+from audit.report import plots, summary
+from audit.report.images import image_labels, read_parquet, rows_by_seed, thumbnail
 from audit.report.load import CellData, ReportError, RunData, cell_key, load_run, number, text
-from audit.report.render import build_then_swap, known_version, render, url
+from audit.report.render import build_then_swap, fmt_count, known_version, render, url
 from audit.stages import reached
 from audit.store import RunLockedError, RunStore, image_problem
 
 GALLERY_MAX = 48
-THUMB_MAX = 64  # images up to this size are copied as they are
-THUMB_SIZE = 96  # larger ones get a thumbnail of this size
 SCHEDULER_KEYS = ("timestep_spacing", "prediction_type", "beta_schedule", "num_train_timesteps", "clip_sample")
 
 
@@ -127,6 +125,7 @@ class Report:
         self.keys = {cid: cell_key(cid, taken) for cid in run.cells}
         self.primary = run.labelers[0] if run.labelers else None
         self.image_problems: dict[str, list[dict]] = {}  # cell id -> its missing or unreadable images
+        self.problem_seeds: dict[str, dict[int, str]] = {}  # cell id -> {seed: what is wrong with its image}
         primaries = [r for r in (self.primary_row(cid) for cid in run.cells) if r is not None]
         # Quality is judged against a reference drawn with the target's attribute distribution where
         # every cell has one: against the model's own (biased) reference, FID grows with the very
@@ -171,9 +170,15 @@ class Report:
         verdicts = [self.verdict(row) for row in self.run.rows]
         cost = self.cost_rows()
         tradeoff = self.tradeoff()
+        self.class_records = self.class_table()
+        per_prompt = self.prompt_view(verdicts)
+        findings = summary.findings(**self.summary_input(verdicts), spreads=per_prompt)
+        exports = self.export_tables(per_prompt, findings)
         context = {
-            "suite": self.suite_facts(), "verdicts": verdicts, "cells": cells, "tradeoff": tradeoff, "cost": cost,
-            "methodology": self.methodology(), "downloads": self.downloads(),
+            "suite": self.suite_facts(), "verdicts": verdicts, "findings": findings,
+            "quality_name": self.quality_name(), "cells": cells, "tradeoff": tradeoff, "cost": cost,
+            "methodology": self.methodology(), "downloads": self.downloads() + exports,
+            "per_prompt": per_prompt,
             "tolerance": self.tolerance, "overridden": self.overridden, "root": "",
             "has_prompts": any(r["prompt"] for r in self.run.rows),
             "counts": {"done": len(self.run.cells),
@@ -184,13 +189,122 @@ class Report:
             "image_problems": [{"cell_id": c["cell_id"], "key": c["key"], "summary": image_summary(c["image_problems"])}
                                for c in cells if c["image_problems"]],
         }
+        from audit.report import galleries
+
+        context["galleries"] = galleries.build(self, root)
+        gallery_of = {cid: g["href"] for g in context["galleries"] for cid in g["cells"]}
         for cell in cells:
             cell["verdicts"] = [v for v in verdicts if v["cell_id"] == cell["cell_id"]]
+            cell["same_seed"] = gallery_of.get(cell["cell_id"])
             render("cell.html.j2", root / "cells" / f"{cell['key']}.html", cell=cell, suite=context["suite"],
                    tolerance=self.tolerance, root="../")
+        if per_prompt:
+            render("prompts.html.j2", root / "prompts.html", groups=per_prompt, suite=context["suite"],
+                   tolerance=self.tolerance, root="")
         reached("report")
         context["render_seconds"] = time.perf_counter() - t0
         render("index.html.j2", root / "index.html", **context)
+
+    # -- per-class numbers and the executive summary ----------------------------------------------
+    def class_table(self) -> list[dict]:
+        """One record per (cell, labeler, class): observed share with its 95% interval, count,
+        target, soft share and error-aware share; the summary's and the per-prompt view's input,
+        exported as classes.csv / classes.parquet."""
+        out = []
+        for row in self.run.rows:
+            m = self.labeler_metrics(row["cell_id"], row["labeler"])
+            if row["status"] != "done" or not m:
+                continue
+            ea = m.get("error_aware") if isinstance(m.get("error_aware"), dict) else {}
+            for i, cls in enumerate(m.get("classes") or []):
+                interval = _at(m.get("p_intervals"), i)
+                out.append({"model": row["model"], "method": row["method"], "setting": row["setting"],
+                            "target_name": row["target"], "prompt": row["prompt"], "labeler": row["labeler"],
+                            "cell_id": row["cell_id"], "cls": str(cls), "target": _at(m.get("target"), i),
+                            "count": _at(m.get("counts"), i), "n_valid": number(m.get("n_valid")),
+                            "p": _at(m.get("p_hat"), i), "lo": _at(interval, 0), "hi": _at(interval, 1),
+                            "p_soft": _at(m.get("p_soft"), i), "error_aware_p": _at(ea.get("p"), i),
+                            "error_aware_lo": _at(ea.get("lo"), i), "error_aware_hi": _at(ea.get("hi"), i)})
+        return out
+
+    def prompt_view(self, verdicts: list[dict]) -> list[dict]:
+        """The per-prompt groups (prompts.table) with a chart each; [] when no model has several prompts."""
+        from audit.report import prompts
+
+        groups = prompts.table(verdicts, self.class_records, self.primary)
+        for i, g in enumerate(groups):
+            classes = [c["cls"] for c in g["rows"][0]["classes"]] if g["rows"] and g["rows"][0]["classes"] else []
+            if len(classes) == 2:  # one share fixes the other: plot the second class only
+                keep = [1]
+            else:
+                keep = list(range(min(4, len(classes))))
+            status = ["differs" if e["differs_holm"] else "within" if e["within_holm"] else "neither"
+                      for e in g["rows"]]
+            shares = [[(c.get("p"), c.get("lo"), c.get("hi")) for j, c in enumerate(e["classes"]) if j in keep]
+                      for e in g["rows"]]
+            target = [g["rows"][0]["classes"][j].get("target") for j in keep] if classes else []
+            g["chart"] = None
+            if classes:
+                title = f"{g['model']} · {g['setting']} · {g['method']}"
+                path = plots.prompt_chart(self.root / "assets" / "plots" / f"prompts-{i}.png", title,
+                                          [e["prompt"] for e in g["rows"]], [classes[j] for j in keep], shares,
+                                          target, self.tolerance, status)
+                g["chart"] = url(path.relative_to(self.root).as_posix())
+            for e in g["rows"]:
+                key = self.keys.get(e["cell_id"] or "")
+                e["href"] = f"cells/{key}.html" if key else None
+        return groups
+
+    def export_tables(self, per_prompt: list[dict], findings: list[dict]) -> list[dict]:
+        """Every number next to the report: results as Parquet, the per-class shares and the per-prompt
+        table as CSV and Parquet, the summary as text."""
+        from audit.report import prompts
+
+        tables = {"results": self.results_frame(), "classes": pd.DataFrame(self.class_records)}
+        if per_prompt:
+            tables["prompts"] = pd.DataFrame(prompts.flat(per_prompt))
+        files = []
+        for name, frame in tables.items():
+            targets = [f"{name}.parquet"] if name == "results" else [f"{name}.csv", f"{name}.parquet"]
+            for target in targets:
+                path = self.root / target
+                if target.endswith(".csv"):
+                    frame.to_csv(path, index=False)
+                else:
+                    _uniform_columns(frame).to_parquet(path, index=False)
+                files.append({"name": target, "href": url(target), "size": path.stat().st_size})
+        path = self.root / "summary.txt"
+        path.write_text(summary.as_text(findings), encoding="utf-8")
+        files.append({"name": "summary.txt", "href": url("summary.txt"), "size": path.stat().st_size})
+        return files
+
+    def results_frame(self) -> pd.DataFrame:
+        """The run's results with every column it stored (results.json, else results.csv)."""
+        json_file, csv_file = self.run.out / "results.json", self.run.out / "results.csv"
+        try:
+            if json_file.is_file():
+                return pd.DataFrame(json.loads(json_file.read_text()))
+            return pd.read_csv(csv_file)
+        except (OSError, ValueError):  # read before, so only a file changed under the report gets here
+            return pd.DataFrame(self.run.rows)
+
+    def quality_name(self) -> str:
+        return "FID to target" if self.to_target else "FID"
+
+    def summary_input(self, verdicts: list[dict]) -> dict:
+        """The executive summary's input (summary.findings' arguments), JSON-safe: the verdict rows
+        of the first evaluation labeler, its per-class shares, and each method's name."""
+        keep = ("model", "method", "attributes", "setting", "target", "prompt", "labeler", "status", "n", "n_valid",
+                "fd", "fd_lo", "fd_hi", "fd_floor", "verdict", "samples_needed", "fid", "fid_target", "clip_score",
+                "cell_id", "reason")
+        methods = {str(r["method"]): self.base_method(r["method"], (self.run.cells.get(r["cell_id"] or "")
+                                                                    or CellData("")).manifest)
+                   for r in self.run.rows if r["method"]}
+        classes = [{k: c[k] for k in ("cell_id", "labeler", "cls", "p", "lo", "hi", "target")}
+                   for c in self.class_records if c["labeler"] == self.primary]
+        return {"rows": [{k: v.get(k) for k in keep} for v in verdicts], "classes": classes,
+                "methods": methods, "labeler": self.primary, "to_target": self.to_target,
+                "quality_name": self.quality_name()}
 
     # -- suite facts and verdicts ----------------------------------------------------------------
     def suite_facts(self) -> dict:
@@ -327,6 +441,7 @@ class Report:
         page["attributes"] = attributes
         if cell.dir is not None:
             page["gallery"], page["gallery_note"], problems = self.gallery(cell, key, labelers, attributes)
+            self.problem_seeds[cell_id] = problems
             page["image_problems"] = [{"file": f"images/{seed:08d}.png", "problem": problem}
                                       for seed, problem in sorted(problems.items())]
             if page["image_problems"]:
@@ -338,8 +453,8 @@ class Report:
         """(items, note, problems): up to GALLERY_MAX images with their labels, and what is wrong
         with any image of the cell (every image is checked for its file and its PNG end; those
         shown are decoded)."""
-        samples = _read_parquet(cell, "samples.parquet")
-        labels = {name: _read_parquet(cell, f"labels-{name}.parquet") for name in labelers}
+        samples = read_parquet(cell, "samples.parquet")
+        labels = {name: read_parquet(cell, f"labels-{name}.parquet") for name in labelers}
         seeds: list[int] = []
         for frame in [samples, *labels.values()]:
             if frame is not None and "seed" in frame.columns:
@@ -362,7 +477,7 @@ class Report:
         if samples is not None and {"seed", "prompt"} <= set(samples.columns):
             prompts = {int(s): text(p) for s, p in zip(samples["seed"], samples["prompt"], strict=True)
                        if number(s) is not None}
-        by_seed = {name: _rows_by_seed(frame) for name, frame in labels.items()}
+        by_seed = {name: rows_by_seed(frame) for name, frame in labels.items()}
         items = []
         out_dir = self.root / "assets" / "thumbs" / key
         for seed in seeds:
@@ -370,7 +485,7 @@ class Report:
                     "invalid": False, "width": None, "height": None}
             source = self._image_file(cell, seed)
             if source is not None and seed not in problems:
-                thumb = _thumbnail(source, out_dir, seed)
+                thumb = thumbnail(source, out_dir, seed)
                 if thumb is not None:
                     name, item["width"], item["height"], copied = thumb
                     item["thumb"] = url(f"assets/thumbs/{key}/{name}")
@@ -381,7 +496,7 @@ class Report:
             item["problem"] = problems.get(seed)
             for name in labelers:
                 row = by_seed[name].get(seed)
-                item["labels"].append(_image_labels(name, row, attributes))
+                item["labels"].append(image_labels(name, row, attributes))
                 if row is not None and row.get("valid") is False:
                     item["invalid"] = True
             items.append(item)
@@ -512,7 +627,8 @@ class Report:
                 attrs = desc.get("attributes") if isinstance(desc.get("attributes"), dict) else {}
                 labelers.setdefault(str(lname), {"name": str(lname), "source": desc.get("source"),
                                                  "attributes": "; ".join(f"{a}: {', '.join(map(str, c))}"
-                                                                         for a, c in attrs.items())})
+                                                                         for a, c in attrs.items()),
+                                                 "validation": validation_text(desc.get("validation"))})
             method = m.get("method") if isinstance(m.get("method"), dict) else {}
             for probe in method.get("probes") or []:
                 if isinstance(probe, dict):
@@ -569,6 +685,18 @@ class Report:
 
 # -- helpers ----------------------------------------------------------------------------------------
 
+def _uniform_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text columns holding values of several types (a hand-edited results file) as strings, so
+    Parquet can store them; None stays missing."""
+    frame = frame.copy()
+    for column in frame.select_dtypes(include="object").columns:
+        kinds = {type(v) for v in frame[column] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        if len(kinds) > 1:
+            frame[column] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+                             for v in frame[column]]
+    return frame
+
+
 def _nothing_measured(row: dict, metrics: dict | None) -> str | None:
     """Why a finished cell has no fairness numbers: none of its samples was valid for the labeler,
     with the most frequent reasons (e.g. "no valid sample: no face detected: 16")."""
@@ -579,6 +707,19 @@ def _nothing_measured(row: dict, metrics: dict | None) -> str | None:
         ordered = sorted(metrics["invalid_reasons"].items(), key=lambda kv: -(number(kv[1]) or 0))
         reasons = "; ".join(f"{k or 'no reason given'}: {v}" for k, v in ordered)
     return "no valid sample, nothing measured" + (f": {reasons}" if reasons else "")
+
+
+def validation_text(validation) -> str:
+    """A labeler's measured accuracy and its provenance, as `diffaudit labeler validate` stored it
+    and the run recorded it in the labeler's describe(); "not validated" otherwise."""
+    if not isinstance(validation, dict):
+        return "not validated"
+    accuracy = validation.get("accuracy") if isinstance(validation.get("accuracy"), dict) else {}
+    shown = ", ".join(f"{a} {100 * number(v):.1f}%" for a, v in accuracy.items() if number(v) is not None)
+    digest = str(validation.get("data_hash") or "")[:12]
+    where = ", ".join(x for x in (f"data hash {digest}" if digest else "", text(validation.get("date")) or "") if x)
+    return (f"accuracy {shown or '—'} on {fmt_count(validation.get('n'))} labelled images of "
+            f"{text(validation.get('data')) or '—'}" + (f" ({where})" if where else ""))
 
 
 def _fields(value, *keys) -> dict | None:
@@ -619,67 +760,9 @@ def _method_summary(config) -> list[tuple[str, str]]:
     return out
 
 
-def _read_parquet(cell: CellData, name: str) -> pd.DataFrame | None:
-    try:
-        path = inside(cell.dir, name)
-    except UnsafePathError:
-        return None
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_parquet(path)
-    except Exception:  # a torn or foreign file: the page says the labels are missing
-        return None
 
 
-def _rows_by_seed(frame: pd.DataFrame | None) -> dict[int, dict]:
-    if frame is None or "seed" not in frame.columns:
-        return {}
-    out = {}
-    for record in frame.to_dict("records"):
-        seed = number(record.get("seed"))
-        if seed is not None:
-            valid = record.get("valid")
-            record["valid"] = None if valid is None else bool(valid)
-            out[int(seed)] = record
-    return out
 
 
-def _image_labels(labeler: str, row: dict | None, attributes: list[str]) -> dict:
-    """Per labeler: the predicted class and its confidence (max probability) per attribute of the
-    setting, and every probability the labeler gave (for the drill-down)."""
-    if row is None:
-        return {"labeler": labeler, "missing": True, "valid": None, "reason": None, "pred": [], "all": []}
-    grouped: dict[str, list[tuple[str, float | None]]] = {}
-    for column, value in row.items():
-        if isinstance(column, str) and column.startswith("p:") and column.count(":") >= 2:
-            _, attribute, cls = column.split(":", 2)
-            grouped.setdefault(attribute, []).append((cls, number(value)))
-    pred = []
-    for a in attributes:
-        probs = [(c, p) for c, p in grouped.get(a, []) if p is not None]
-        if probs:
-            cls, p = max(probs, key=lambda cp: cp[1])
-            pred.append({"attribute": a, "cls": cls, "conf": p})
-    return {"labeler": labeler, "missing": False, "valid": row.get("valid"), "reason": text(row.get("reason")),
-            "pred": pred, "all": [{"attribute": a, "probs": probs} for a, probs in grouped.items()]}
 
 
-def _thumbnail(source: Path, out_dir: Path, seed: int) -> tuple[str, int, int, bool] | None:
-    """Small images are copied as they are; larger ones become a THUMB_SIZE JPEG thumbnail."""
-    try:
-        with Image.open(source) as image:
-            image.load()  # decodes it all: a damaged file fails here, not in the reader's browser
-            width, height = image.size
-            out_dir.mkdir(parents=True, exist_ok=True)
-            if max(width, height) <= THUMB_MAX:
-                name = f"{seed:08d}.png"
-                shutil.copyfile(source, out_dir / name)
-                return name, width, height, True
-            image = image.convert("RGB")
-            image.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
-            name = f"{seed:08d}.jpg"
-            image.save(out_dir / name, format="JPEG", quality=85)
-            return name, image.width, image.height, False
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None

@@ -198,3 +198,42 @@ def tradeoff_chart(path: Path, panels: list[dict]) -> Path:
         fig.legend(handles=handles, loc="outside right upper", fontsize=7, title="method / model",
                    title_fontsize=7)
         return _save(fig, path)
+
+
+PROMPT_COLOURS = {"differs": OKABE_ITO["vermillion"], "within": OKABE_ITO["bluish green"], "neither": "0.35"}
+
+
+def prompt_chart(path: Path, title: str, prompts: list[str], classes: list[str], shares: list[list[tuple]],
+                 target: list[float | None], tolerance: float, status: list[str]) -> Path:
+    """Each prompt's share of each class (one panel per class, at most four) with its 95% interval,
+    against the target (dashed) and the ±tolerance band (shaded); a point's colour says whether the
+    prompt differs from the target or is within tolerance after Holm's correction across prompts.
+    shares[i][c] = (p, lo, hi) of prompt i, class c; status[i] in PROMPT_COLOURS."""
+    k = min(4, len(classes))
+    m = len(prompts)
+    y = np.arange(m)[::-1]
+    with _style():
+        fig = Figure(figsize=(3.4 + 3.0 * k, 1.1 + 0.26 * m), layout="constrained")
+        axes = fig.subplots(1, k, squeeze=False, sharey=True)[0]
+        for c, ax in enumerate(axes):
+            t = target[c] if c < len(target) else None
+            if t is not None:
+                ax.axvspan(max(0.0, t - tolerance), min(1.0, t + tolerance), color="0.9", zorder=0)
+                ax.axvline(t, color="black", linestyle="--", linewidth=1, zorder=1)
+            for i in range(m):
+                p, lo, hi = (shares[i][c] if c < len(shares[i]) else (None, None, None))
+                if p is None:
+                    continue
+                xerr = None if lo is None or hi is None else [[max(0.0, p - lo)], [max(0.0, hi - p)]]
+                ax.errorbar([p], [y[i]], xerr=xerr, fmt="o", color=PROMPT_COLOURS.get(status[i], "0.35"),
+                            markersize=4, capsize=2, elinewidth=0.9, zorder=3)
+            ax.set_xlim(0, 1)
+            ax.set_xlabel(plain(f"share {classes[c]}", 30))
+        axes[0].set_yticks(y, [plain(p, 36) for p in prompts])
+        axes[0].set_ylim(-0.7, m - 0.3)
+        handles = [Line2D([], [], color=PROMPT_COLOURS[s], marker="o", linestyle="", label=label)
+                   for s, label in (("differs", "differs (Holm)"), ("within", "within ±ε (Holm)"),
+                                    ("neither", "undecided"))]
+        fig.legend(handles=handles, loc="outside right upper", fontsize=7)
+        fig.suptitle(plain(title, 90), fontsize=9)
+        return _save(fig, path)

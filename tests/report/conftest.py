@@ -38,6 +38,8 @@ DEFAULT_METHODS = [{"name": "none", "label": None, "params": {}},
                    {"name": "prompt", "label": None, "params": {}},
                    {"name": "distribution_guidance", "label": None, "params": {"scale": 2.0, "loss": "chi2"}}]
 JOINT_AIM = [0.28, 0.24, 0.2, 0.28]
+PROMPT_SHIFT = 0.12  # prompt i of a text model draws the second class of each attribute 0.12 * i more often
+OCCUPATIONS = ["a photo of a doctor", "a photo of a nurse", XSS_PROMPT, "a photo of a $CEO$ & <b>boss</b>"]
 DEFAULT_SETTINGS = [{"attributes": ["skin_tone"], "target": "uniform", "classes": None},
                     {"attributes": ["skin_tone", "eyeglasses"], "target": "uniform", "classes": None}]
 DEFAULT_MODELS = [{"name": "synthfaces-ddpm", "source": "zoo:synthfaces-ddpm", "text": False},
@@ -161,7 +163,7 @@ def make_run(out: Path, *, models=None, methods=None, settings=None, samples: in
     suite = {"path": "fixture.yaml", "name": name, "description": description,
              "models": [{"name": m["name"], "source": m["source"], "revision": None, "steps": 25,
                          "guidance_scale": 2.0 if m["text"] else 1.0, "negative_prompt": "",
-                         "prompts": [XSS_PROMPT] if m["text"] else None, "prompts_file": None, "dtype": "float32"}
+                         "prompts": _prompts(m) if m["text"] else None, "prompts_file": None, "dtype": "float32"}
                         for m in models],
              "methods": methods, "settings": settings, "samples": samples, "batch_size": 16, "seed": seed,
              "labelers": labelers, "probe_labeler": "synthfaces-pseudo", "probe": {"n": 1000, "batch_size": 64},
@@ -170,8 +172,8 @@ def make_run(out: Path, *, models=None, methods=None, settings=None, samples: in
              "tolerance": tolerance, "phrases": {}, "clip_model": None}
     atomic_write_json(store.out / "suite.json", suite)
     rows = []
-    for mi, model in enumerate(models):
-        prompt = XSS_PROMPT if model["text"] else None
+    cells = [(mi, model, pi, prompt) for mi, model in enumerate(models) for pi, prompt in enumerate(_prompts(model))]
+    for mi, model, pi, prompt in cells:
         for method in methods:
             display = method.get("label") or method["name"]
             scale = method.get("params", {}).get("scale")
@@ -189,21 +191,27 @@ def make_run(out: Path, *, models=None, methods=None, settings=None, samples: in
                     rows.append({**base, "labeler": None, "status": "not_applicable"})
                     continue
                 rows.extend(_write_cell(store, base, model, method, setting, labelers, target, prompt, samples,
-                                        seed, tolerance, scale, variants, rng, mi, name, with_fid))
+                                        seed, tolerance, scale, variants, rng, mi, name, with_fid,
+                                        shift=PROMPT_SHIFT * pi))
     frame = pd.DataFrame(rows).reindex(columns=RESULT_COLUMNS)
     frame.to_csv(store.out / "results.csv", index=False)
     atomic_write_json(store.out / "results.json", json.loads(frame.to_json(orient="records")))
     return store.out
 
 
+def _prompts(model: dict) -> list[str | None]:
+    """A text model's prompts (default: the hostile one), [None] for an unconditional model."""
+    return list(model.get("prompts") or [XSS_PROMPT]) if model["text"] else [None]
+
+
 def _write_cell(store, base, model, method, setting, labelers, target, prompt, samples, seed, tolerance, scale,
-                variants, rng, model_index, suite_name, with_fid) -> list[dict]:
+                variants, rng, model_index, suite_name, with_fid, shift: float = 0.0) -> list[dict]:
     cell_id, attributes = base["cell_id"], setting["attributes"]
     cell_dir = store.cell_dir(cell_id)
     strength = {"none": 0.0, "prompt": 0.7}.get(method["name"], 1 - math.exp(-(scale or 1.0)))
     truth = {}
     for a in CLASSES:
-        p_second = BIASED[a] + (0.5 - BIASED[a]) * strength * (a in attributes)
+        p_second = min(0.9, BIASED[a] + shift) + (0.5 - min(0.9, BIASED[a] + shift)) * strength * (a in attributes)
         truth[a] = (rng.random(samples) < p_second).astype(int)
     seeds = list(range(seed, seed + samples))
     images = cell_dir / "images"
@@ -299,6 +307,15 @@ def _write_cell(store, base, model, method, setting, labelers, target, prompt, s
 def fixture_run(tmp_path_factory) -> Path:
     """The default 2 models x 3 methods x 2 settings run (10 cells measured, 2 not applicable)."""
     return make_run(tmp_path_factory.mktemp("run") / "out")
+
+
+@pytest.fixture(scope="session")
+def prompts_run(tmp_path_factory) -> Path:
+    """A text model audited under four prompts (one hostile), none vs distribution guidance, skin tone."""
+    models = [{"name": "t2i-occupations", "source": "zoo:synthfaces-t2i", "text": True, "prompts": OCCUPATIONS}]
+    methods = [DEFAULT_METHODS[0], DEFAULT_METHODS[2]]
+    return make_run(tmp_path_factory.mktemp("prompts") / "out", models=models, methods=methods,
+                    settings=[DEFAULT_SETTINGS[0]], samples=60, labelers=["synthfaces-eval"], name="occupations")
 
 
 @pytest.fixture

@@ -255,3 +255,91 @@ def test_main_tables_need_no_horizontal_scrollbar(browser, fixture_report, width
         visit.page.screenshot(path=str(tmp_path / f"report-{width}.png"))
     finally:
         visit.close()
+
+
+@pytest.fixture(scope="module")
+def prompts_report_page(prompts_run):
+    index = prompts_run / "report" / "index.html"
+    return index if index.exists() else write_report(prompts_run)
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_summary_prompt_and_gallery_tables_fit(browser, fixture_report, prompts_report_page, width, tmp_path):
+    """The summary, the per-prompt tables and a same-seed gallery need no horizontal scrollbar."""
+    pages = [(prompts_report_page, ["prompt-spread-table", "verdict-table"]),
+             (prompts_report_page.parent / "prompts.html", ["prompt-table-1", "prompt-table-2"]),
+             (sorted((fixture_report.parent / "galleries").glob("synthfaces-ddpm__skin_tonex*.html"))[0],
+              ["seed-table"])]
+    visit = Visit(browser, width=width)
+    try:
+        for path, tables in pages:
+            visit.open(path)
+            visit.check()
+            for table in tables:
+                size = visit.page.evaluate(
+                    "id => { const t = document.getElementById(id);"
+                    " return [t.scrollWidth, t.parentElement.clientWidth, t.parentElement.scrollWidth]; }", table)
+                assert size[0] <= size[1] and size[2] <= size[1], (path.name, table, size)
+            assert visit.page.evaluate("() => document.documentElement.scrollWidth") <= width, path.name
+            visit.page.screenshot(path=str(tmp_path / f"{path.stem}-{width}.png"))
+    finally:
+        visit.close()
+
+
+def test_gallery_filter_keeps_the_rows_with_the_class(browser, fixture_report, tmp_path):
+    page = sorted((fixture_report.parent / "galleries").glob("synthfaces-ddpm__skin_tone__*.html"))[0]
+    visit = Visit(browser)
+    try:
+        visit.open(page)
+        visit.check()
+        rows = visit.page.locator("#seed-table tbody tr")
+        total = rows.count()
+        # every row: the same seed in every method's column
+        seeds = visit.page.evaluate("() => [...document.querySelectorAll('#seed-table tbody tr')].map(r =>"
+                                    " [r.dataset.seed, ...[...r.querySelectorAll('figure')].map(f => f.dataset.seed)])")
+        assert all(len(set(s)) == 1 and len(s) == 3 for s in seeds)
+        expected = visit.page.evaluate("() => [...document.querySelectorAll('#seed-table tbody tr')].filter(r =>"
+                                       " r.querySelector('figure[data-class=\"dark\"]')).length")
+        assert 0 < expected < total
+        visit.page.select_option("#class-filter", "dark")
+        visible = visit.page.locator("#seed-table tbody tr:visible")
+        assert visible.count() == expected
+        assert all(visible.nth(i).locator('figure[data-class="dark"]').count() > 0 for i in range(expected))
+        assert f"{expected} seeds shown" in visit.page.inner_text("#filter-count")
+        visit.page.screenshot(path=str(tmp_path / "gallery-dark.png"), full_page=True)
+        visit.page.select_option("#class-filter", "")
+        assert visit.page.locator("#seed-table tbody tr:visible").count() == total
+        visit.check()
+    finally:
+        visit.close()
+
+
+def test_pdf_export(fixture_run, tmp_path):
+    """`diffaudit report OUT --pdf` prints the index to OUT/report.pdf: its first page renders (not
+    blank) and its text opens with the executive summary and carries the methodology."""
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "out"
+    shutil.copytree(fixture_run, out, ignore=shutil.ignore_patterns("report"))
+    # the real command in its own process (this module's browser fixture holds playwright's loop)
+    result = subprocess.run([sys.executable, "-m", "audit.cli", "report", str(out), "--pdf"], capture_output=True,
+                            text=True, cwd=Path(__file__).parents[2])
+    assert result.returncode == 0, result.stderr
+    pdf = out / "report.pdf"
+    assert f"pdf: {pdf}" in result.stdout and pdf.read_bytes()[:5] == b"%PDF-"
+    subprocess.run(["pdftoppm", "-f", "1", "-l", "1", "-r", "50", "-png", str(pdf), str(tmp_path / "page")],
+                   check=True)
+    pixels = np.asarray(Image.open(next(tmp_path.glob("page*.png"))).convert("L"))
+    assert (pixels < 128).mean() > 0.01 and pixels.std() > 20  # text on the page, not a blank sheet
+    text = " ".join(subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True,
+                                   check=True).stdout.split())
+    headline = (out / "report" / "summary.txt").read_text().splitlines()[1].strip()
+    assert "Summary" in text and " ".join(headline.split()[:12]) in text
+    assert text.index("Summary") < text.index("Verdicts")
+    for fact in ("Metric definitions", "not validated", "0123abcd", "DDIMScheduler", "synthfaces-pseudo", "2.13.0"):
+        assert fact in text, fact

@@ -40,3 +40,14 @@ def test_bad_run_directories_exit_2_with_one_line(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         lines = [ln for ln in result.output.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+
+
+def test_pdf_without_a_chromium_is_a_one_line_error(fixture_run, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(fixture_run, out, ignore=shutil.ignore_patterns("report"))
+    monkeypatch.setenv("DIFFAUDIT_CHROMIUM", str(tmp_path / "no-chromium"))
+    result = invoke("report", out, "--pdf")
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: DIFFAUDIT_CHROMIUM=") and "no such file" in lines[0]
+    assert not (out / "report.pdf").exists()

@@ -33,7 +33,7 @@ def test_report_structure(fixture_run, fixture_report, parse_html):
     results = pd.read_csv(fixture_run / "results.csv")
     assert table_rows(html, "verdict-table") == len(results) == 22  # 10 cells x 2 labelers + 2 not applicable
     assert table_rows(html, "cost-table") == table_rows(html, "tradeoff-table") == 10
-    for section in ("verdicts", "tradeoff", "cost", "cells", "methodology", "downloads"):
+    for section in ("summary", "verdicts", "tradeoff", "cost", "galleries", "cells", "methodology", "downloads"):
         assert f'id="{section}"' in html
     assert len(list((report / "cells").glob("*.html"))) == 10
     for name in ("results.csv", "results.json", "suite.json"):
@@ -46,7 +46,8 @@ def test_report_structure(fixture_run, fixture_report, parse_html):
     assert tradeoff.count("<td class=\"text\">0.280/0.240/0.200/0.280</td>") == 2
     # verdicts: badges for every measured row, not-applicable rows say why
     assert sum(html.count(f'class="badge {state}"') for state in ("pass", "fail", "inconclusive")) == 20
-    assert html.count("prompt debiasing needs a text-conditioned model") == 2
+    verdict_table = html.split('id="verdict-table"', 1)[1].split("</table>", 1)[0]
+    assert verdict_table.count("prompt debiasing needs a text-conditioned model") == 2
     # methodology from the manifests: revision, sampler, seeds rule, which labeler trained the probes, versions
     text = page.visible
     for fact in ("0123abcd", "DDIMScheduler", "timestep_spacing=trailing", "image i uses seed first+i",

@@ -63,6 +63,31 @@
     });
   });
 
+  // -- same-seed gallery: filter rows by predicted class ----------------------------------------
+  // <select id="class-filter" data-target="TABLE">: keeps the rows holding an image whose
+  // data-class is the chosen one, dims that row's other images; "" shows everything.
+  var filter = document.getElementById("class-filter");
+  if (filter) {
+    filter.addEventListener("change", function () {
+      var wanted = filter.value;
+      var table = document.getElementById(filter.getAttribute("data-target"));
+      var shown = 0;
+      Array.prototype.slice.call(table.tBodies[0].rows).forEach(function (row) {
+        var figures = Array.prototype.slice.call(row.querySelectorAll("figure[data-class]"));
+        var hit = false;
+        figures.forEach(function (f) {
+          var match = wanted === "" || f.getAttribute("data-class") === wanted;
+          f.classList.toggle("dim", !match);
+          hit = hit || match;
+        });
+        row.classList.toggle("filtered", !hit);
+        if (hit) { shown++; }
+      });
+      var count = document.getElementById("filter-count");
+      if (count) { count.textContent = wanted === "" ? "" : shown + " seeds shown"; }
+    });
+  }
+
   // -- gallery lightbox -----------------------------------------------------------------------
   var dialog = document.getElementById("lightbox");
   if (!dialog) { return; }
