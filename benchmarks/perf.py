@@ -94,8 +94,9 @@ def guidance_and_loop(cfg: dict, device: str) -> dict:
     from audit.methods.sample_guidance import SampleGuidance
     from audit.methods.universal_guidance import UniversalGuidance
     from audit.models.adapter import ModelAdapter
+    from audit.zoo import zoo_path
 
-    adapter = ModelAdapter.from_zoo(ZOO_MODEL, device=device)
+    adapter = ModelAdapter.from_directory(zoo_path(ZOO_MODEL), model_id=f"zoo:{ZOO_MODEL}", device=device)
     labeler = SynthFacesLabeler(PROBE_LABELER, device=device)
     probes, probe_source = zoo_probes(adapter, labeler, cfg, device)
     target = [1 / len(probes[0].classes)] * len(probes[0].classes)

@@ -56,7 +56,7 @@ def test_fid_extractor_separates_worlds():
 def test_ddpm_weights_produce_faces_the_labeler_recognises():
     from audit.models.adapter import ModelAdapter
 
-    adapter = ModelAdapter.from_zoo("synthfaces-ddpm")
+    adapter = ModelAdapter.from_directory(zoo_path("synthfaces-ddpm"), model_id="zoo:synthfaces-ddpm")
     images = adapter.generate(list(range(16)), steps=10).images
     result = SynthFacesLabeler("synthfaces-eval").label(images)
     confident = np.mean([(result.probs[a].max(1) >= 0.9).mean() for a in ATTRIBUTES])

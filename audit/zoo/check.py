@@ -107,7 +107,7 @@ def diffusion_model(name: str, candidate: Path | None):
     from audit.models.adapter import ModelAdapter
 
     if candidate is None:
-        return ModelAdapter.from_zoo(name)
+        return ModelAdapter.from_directory(zoo_path(name), model_id=f"zoo:{name}")
     return ModelAdapter.from_directory(candidate, model_id=f"{name} candidate {candidate}")
 
 
@@ -253,7 +253,7 @@ def clip_t2i_measurements(n: int = 200, steps: int = 50, batch_size: int = 100, 
         return caption_for(attrs, np.random.default_rng(seed * 1_000 + i), 1.0)
 
     prompts = [prompt(i) for i in range(n)]
-    adapter = ModelAdapter.from_zoo("synthfaces-t2i")
+    adapter = ModelAdapter.from_directory(zoo_path("synthfaces-t2i"), model_id="zoo:synthfaces-t2i")
     images = generate_in_batches(adapter, list(range(n)), batch_size, prompts, steps=steps,
                                  guidance_scale=T2I_GUIDANCE)
     path = str(zoo_path(ZOO_CLIP))

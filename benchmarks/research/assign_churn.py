@@ -22,7 +22,7 @@ import numpy as np
 from audit.methods.distribution_guidance import PUSHES, DistributionGuidance
 from audit.models.adapter import ModelAdapter
 from audit.probes.probe import Probe
-from audit.zoo import WEIGHTS_DIR
+from audit.zoo import WEIGHTS_DIR, zoo_path
 
 
 class SplitRecorder(DistributionGuidance):
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    adapter = ModelAdapter.from_zoo(args.model)
+    adapter = ModelAdapter.from_directory(zoo_path(args.model), model_id=f"zoo:{args.model}")
     probes = [Probe.load(WEIGHTS_DIR / "probes" / args.model / "synthfaces-pseudo" / a) for a in args.attributes]
     k = int(np.prod([len(p.classes) for p in probes]))
     method = SplitRecorder(probes, [1 / k] * k, scale=args.scale, push=args.push)

@@ -21,7 +21,7 @@ from audit.labelers.synthfaces import SynthFacesLabeler
 from audit.methods.distribution_guidance import DistributionGuidance
 from audit.models.adapter import ModelAdapter
 from audit.probes.probe import Probe
-from audit.zoo import WEIGHTS_DIR
+from audit.zoo import WEIGHTS_DIR, zoo_path
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    adapter = ModelAdapter.from_zoo(args.model)
+    adapter = ModelAdapter.from_directory(zoo_path(args.model), model_id=f"zoo:{args.model}")
     probe = Probe.load(WEIGHTS_DIR / "probes" / args.model / "synthfaces-pseudo" / args.attribute)
     target = [1 / len(probe.classes)] * len(probe.classes)
     scale = args.scale * args.factor

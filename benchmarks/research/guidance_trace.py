@@ -28,7 +28,7 @@ from audit.labelers.synthfaces import SynthFacesLabeler
 from audit.methods.distribution_guidance import DistributionGuidance
 from audit.models.adapter import ModelAdapter
 from audit.probes.probe import Probe
-from audit.zoo import WEIGHTS_DIR
+from audit.zoo import WEIGHTS_DIR, zoo_path
 
 
 class TracedGuidance(DistributionGuidance):
@@ -60,7 +60,7 @@ def main() -> dict:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    adapter = ModelAdapter.from_zoo(args.model)
+    adapter = ModelAdapter.from_directory(zoo_path(args.model), model_id=f"zoo:{args.model}")
     probe = Probe.load(WEIGHTS_DIR / "probes" / args.model / "synthfaces-pseudo" / args.attribute)
     method = TracedGuidance([probe], args.target, scale=args.scale, stop=args.stop,
                             correct_confusion=not args.no_correction, grad_tau=args.grad_tau)

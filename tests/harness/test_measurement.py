@@ -58,6 +58,7 @@ def test_five_steps_at_eta_1_on_the_zoo_ddpm_give_finite_images_and_other_step_c
 
     import audit.models.adapter as adapter_module
     from audit.models.adapter import ModelAdapter
+    from audit.zoo import zoo_path
     from audit.zoo.recipes import SCHEDULER
 
     scheduler = DDIMScheduler(**SCHEDULER)
@@ -65,7 +66,7 @@ def test_five_steps_at_eta_1_on_the_zoo_ddpm_give_finite_images_and_other_step_c
     variance = scheduler._get_variance(999, 799)
     assert 1 - scheduler.alphas_cumprod[799] - (variance ** 0.5) ** 2 < 0  # the rounding, in diffusers itself
 
-    adapter = ModelAdapter.from_zoo("synthfaces-ddpm")
+    adapter = ModelAdapter.from_directory(zoo_path("synthfaces-ddpm"), model_id="zoo:synthfaces-ddpm")
     out = adapter.generate([0, 1, 2, 3], steps=5, eta=1.0)
     spread = out.images.flatten(1)
     assert torch.isfinite(out.images).all() and (spread.amax(1) - spread.amin(1) > 0.5).all()  # faces
