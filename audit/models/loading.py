@@ -20,7 +20,8 @@ class PickledWeights(ModelNotAvailable):
     """A model whose weights are pickles only, and the suite did not opt in to loading them."""
 
 
-WEIGHT_PARTS = ("unet", "text_encoder", "text_encoder_2", "vae")  # the parts ModelAdapter.from_directory loads
+# The weight-bearing parts the families load (audit.models.families).
+WEIGHT_PARTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -74,12 +75,15 @@ def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str]
         try:
             path = snapshot_download(repo, revision=revision, local_files_only=True)
         except Exception:
+            from audit.models.families import download_hint
+
             hint = f" --revision {revision}" if revision else ""
+            known = download_hint(repo)
             raise ModelNotAvailable(
                 f"{repo}{hint.replace(' --revision', ' at revision')} is not in the Hugging Face cache "
-                f"({constants.HF_HUB_CACHE}): run `hf download {repo}{hint}` on a machine with internet (log in "
-                f"first for gated models: `hf auth login`) and copy the cache here (or point HF_HUB_CACHE at it), "
-                f"or set the model's source to a local diffusers directory") from None
+                f"({constants.HF_HUB_CACHE}): run `hf download {repo}{hint}` on a machine with internet "
+                f"({known or 'log in first for gated models: `hf auth login`'}) and copy the cache here (or point "
+                f"HF_HUB_CACHE at it), or set the model's source to a local diffusers directory") from None
         return Path(path), repo
     path = Path(source).expanduser()
     if not (path / "model_index.json").is_file():
@@ -101,7 +105,7 @@ def load_model(spec, device: str = "cpu") -> ModelAdapter:
     try:
         adapter = ModelAdapter.from_directory(path, model_id=model_id, device=device, dtype=DTYPES[spec.dtype],
                                               scheduler=spec.scheduler, variant=spec.variant, memory=spec.memory,
-                                              allow_pickle=spec.allow_pickle)
+                                              allow_pickle=spec.allow_pickle, hspace=getattr(spec, "hspace", None))
     except OSError as error:
         detail = " ".join(str(error).split())[:200]
         variant = f" (variant {spec.variant!r}: are its *.{spec.variant}.* weight files there?)" if spec.variant else ""
