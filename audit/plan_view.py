@@ -278,13 +278,13 @@ def probe_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list, list
 
 def weights_status(model) -> str:
     """Where a model's weights are, or why they are missing (a dry run never loads them)."""
-    from audit.models.loading import PickledWeights, check_weight_format
-    from audit.sources import ModelNotAvailable, resolve_source
+    from audit.models.loading import PickledWeights, check_weight_format, resolve_weights
+    from audit.sources import ModelNotAvailable
 
     if model.source.startswith("custom:"):
         return "a custom model registered in this process (loaded by its factory)"
     try:
-        path, _ = resolve_source(model.source, model.revision)
+        path, _ = resolve_weights(model.source, model.revision)
     except ModelNotAvailable as missing:
         return f"weights missing: {missing}"
     try:

@@ -5,14 +5,17 @@ that identify weights, so probes, calibrations and images made from other weight
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from audit.plugins import ModelNotAvailable
 from audit.registry import model_source
 
 
-def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str]:
-    """(local directory, model id) for a source string."""
+def resolve_source(source: str, revision: str | None = None,
+                   download_hint: Callable[[str], str | None] | None = None) -> tuple[Path, str]:
+    """(local directory, model id) for a source string. `download_hint(repo)` may add what a known
+    repository's download needs (size, licence gate) to the message for a missing hf: model."""
     owner = model_source(source)
     if owner is not None:
         return owner[0].resolve(owner[1], revision)
@@ -24,11 +27,12 @@ def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str]
             path = snapshot_download(repo, revision=revision, local_files_only=True)
         except Exception:
             hint = f" --revision {revision}" if revision else ""
+            known = download_hint(repo) if download_hint else None
             raise ModelNotAvailable(
                 f"{repo}{hint.replace(' --revision', ' at revision')} is not in the Hugging Face cache "
-                f"({constants.HF_HUB_CACHE}): run `hf download {repo}{hint}` on a machine with internet (log in "
-                f"first for gated models: `hf auth login`) and copy the cache here (or point HF_HUB_CACHE at it), "
-                f"or set the model's source to a local diffusers directory") from None
+                f"({constants.HF_HUB_CACHE}): run `hf download {repo}{hint}` on a machine with internet "
+                f"({known or 'log in first for gated models: `hf auth login`'}) and copy the cache here (or point "
+                f"HF_HUB_CACHE at it), or set the model's source to a local diffusers directory") from None
         return Path(path), repo
     path = Path(source).expanduser()
     if not (path / "model_index.json").is_file():

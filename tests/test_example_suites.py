@@ -34,7 +34,7 @@ def test_occupation_suites_plan_one_cell_per_prompt_method_and_setting(empty_hf_
     occupations = [line for line in (BENCH / "prompts" / "occupations.txt").read_text().splitlines()
                    if line.strip() and not line.startswith("#")]
     assert len(occupations) == 20
-    for name in ("sd15_occupations", "sdxl_occupations"):
+    for name in ("sd15_occupations", "sdxl_occupations", "sd35_occupations", "flux_occupations"):
         suite = load_suite(BENCH / f"{name}.yaml")
         assert suite.models[0].prompts == occupations
         cells = plan(suite)

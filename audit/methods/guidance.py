@@ -140,13 +140,9 @@ def per_sample_loss(probes: list[Probe], h: torch.Tensor, t: int, labels: torch.
 
 
 def encode_h(batch, x: torch.Tensor) -> torch.Tensor:
-    """h of x_t through the encoder half only (differentiable); under CFG, the conditional h."""
-    adapter, scheduler = batch.adapter, batch.scheduler
-    model_in = scheduler.scale_model_input(x, batch.t)
-    if batch.context is None:
-        return adapter.hspace().encode(model_in, batch.t)
-    cond = batch.context[-len(x):]
-    return adapter.hspace().encode(model_in, batch.t, encoder_hidden_states=cond)
+    """h of x_t through the denoiser up to h only (differentiable); under CFG, the conditional h."""
+    adapter = batch.adapter
+    return adapter.encode_h(adapter.model_input(batch.scheduler, x, batch.t), batch.t, batch.context)
 
 
 def aim_vector(target: np.ndarray, aim) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Universal guidance (baseline, Bansal et al. 2023, forward guidance): a differentiable image
 classifier judges the predicted x0; the gradient of each sample's cross-entropy to its allocated
-class, taken w.r.t. x_t through the whole UNet, moves x_t. It needs a full UNet backward per
-step, so it is by far the most expensive method."""
+class, taken w.r.t. x_t through the whole denoiser (and the VAE decoder of latent models), moves x_t.
+It needs a full backward per step, so it is by far the most expensive method."""
 
 from __future__ import annotations
 
@@ -66,11 +66,9 @@ class UniversalGuidance(AllocatingMethod):
         adapter, scheduler = batch.adapter, batch.scheduler
         with torch.enable_grad():
             x_ = x.detach().requires_grad_(True)
-            out = adapter.unet_output(scheduler.scale_model_input(x_, batch.t), batch.t, batch.context,
+            out = adapter.unet_output(adapter.model_input(scheduler, x_, batch.t), batch.t, batch.context,
                                       batch.guidance_scale)
-            x0 = adapter.predict_x0(scheduler, x_, batch.t, out).clamp(-1, 1)
-            if adapter.vae is not None:
-                x0 = adapter.vae.decode(x0 / adapter.vae.config.scaling_factor).sample
+            x0 = adapter.decode(adapter.predict_x0(scheduler, x_, batch.t, out)).clamp(-1, 1)
             loss = torch.nn.functional.nll_loss(self.joint_logp(x0 / 2 + 0.5), batch.state["allocated"])
             (g,) = torch.autograd.grad(loss, x_)
         step = displacement(g, x, self.scale, loss, self.normalize, batch.state)

@@ -1,10 +1,10 @@
-"""ModelAdapter: owns the unrolled denoising loop of a diffusers UNet (+ optional text encoder,
-classifier-free guidance and VAE).
+"""ModelAdapter: owns the unrolled denoising loop of a diffusers model (denoiser + optional text
+encoders, classifier-free guidance and VAE), the same for every family.
 
-Families: unconditional UNet2DModel pipelines (DDPM/DDIM), Stable Diffusion 1.x/2.x (one CLIP
-text encoder, VAE latents) and SDXL (two text encoders; the pooled text embedding and the size
-conditions reach the UNet as `added_cond_kwargs`, injected by a pre-hook so every UNet call,
-including the guidance methods' encoder-only passes, gets them).
+Families (audit/models/families/, one file each): unconditional UNet2DModel pipelines (DDPM/DDIM),
+Stable Diffusion 1.x/2.x, SDXL, Stable Diffusion 3/3.5, Flux.1 and PixArt-Sigma. A family says how
+its parts load, how prompts become the denoiser's conditioning, how the denoiser is called, where h
+is and how latents become images; the loop, the method hooks and the h hook are written once here.
 
 Image i of a cell always starts from the noise of its own seed, whatever the batch it is
 sampled in, so cells are reproducible and resumable batch by batch.
@@ -22,12 +22,14 @@ import torch
 
 from audit.errors import SuiteError
 from audit.models.batch_invariant import make_batch_invariant
-from audit.models.hspace import HSpaceHook
+from audit.models.families import Family, family_for, family_of_parts
+from audit.models.families.base import context_rows, last_rows, twice
+from audit.models.hspace import POOL, HSpaceHook
 
 
 @dataclass
 class ModelAdapter:
-    unet: torch.nn.Module
+    unet: torch.nn.Module | None  # a UNet family's denoiser; None for transformer families (see `denoiser`)
     scheduler: object
     text_encoder: torch.nn.Module | None = None
     tokenizer: object | None = None
@@ -40,77 +42,63 @@ class ModelAdapter:
     text_encoder_2: torch.nn.Module | None = None  # SDXL's second encoder (with projection)
     tokenizer_2: object | None = None
     zero_empty_negative: bool = False  # SDXL's force_zeros_for_empty_prompt
+    family: Family | None = None  # chosen from the parts when not given (UNet2D, SD or SDXL)
+    hspace_module: str | None = None  # module path of h in the denoiser (default: the family's middle block)
+    hspace_pool: int = POOL  # transformer h: at most this many pooled cells per side (audit.models.hspace)
     _hook: HSpaceHook | None = field(default=None, repr=False)
-    _added: dict | None = field(default=None, repr=False)
 
     def __post_init__(self):
+        self.family = (self.family or family_of_parts(self)).attach(self)
         if str(self.device) == "cpu":  # bit-identical images whatever the batch (see batch_invariant.py)
-            self.info["batch_invariant_linear_layers"] = make_batch_invariant(
-                self.unet, self.text_encoder, self.text_encoder_2, self.vae)
-        if getattr(self.unet.config, "addition_embed_type", None) == "text_time":
-            self.unet.register_forward_pre_hook(self._add_conditions, with_kwargs=True)
+            self.info["batch_invariant_linear_layers"] = make_batch_invariant(*self.family.modules())
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network that predicts noise/velocity: a UNet or a family's transformer."""
+        return self.family.denoiser
 
     @property
     def conditional(self) -> bool:
-        return self.text_encoder is not None
+        return self.family.conditional
 
     @classmethod
     def from_directory(cls, path: str | Path, model_id: str | None = None, device: str = "cpu",
                        dtype: torch.dtype = torch.float32, scheduler: str | None = None,
                        variant: str | None = None, memory: Sequence[str] = (),
-                       allow_pickle: bool = False) -> ModelAdapter:
-        """Load a diffusers-format model directory (unet/, scheduler/, optional text_encoder/,
-        tokenizer/, text_encoder_2/, tokenizer_2/, vae/).
+                       allow_pickle: bool = False, hspace: str | None = None) -> ModelAdapter:
+        """Load a diffusers-format model directory; its family is chosen from model_index.json.
 
         scheduler: a diffusers scheduler class name built from the model's scheduler config
-        (default DDIMScheduler, the paper's sampler). variant: weight-file variant ("fp16").
-        memory: MEMORY_OPTIONS to enable (for small GPUs). allow_pickle: also load pickled weights
-        (.bin) where a part has no .safetensors; unpickling can run code, so off by default."""
-        import diffusers
-        import transformers
-
+        (default: DDIMScheduler, the paper's sampler, for UNet families; the model's own scheduler
+        for transformer families). variant: weight-file variant ("fp16"). memory: MEMORY_OPTIONS
+        to enable (for small GPUs). allow_pickle: also load pickled weights (.bin) where a part has
+        no .safetensors; unpickling can run code, so off by default. hspace: module path of h in
+        the denoiser (e.g. "transformer_blocks.12"; default the family's middle block)."""
         path = Path(path)
         index_file = path / "model_index.json"
         if not index_file.exists():
             raise FileNotFoundError(f"{index_file} not found: not a diffusers model directory")
         index = json.loads(index_file.read_text())
-        weights = {"torch_dtype": dtype, "variant": variant, "use_safetensors": None if allow_pickle else True}
-        unet_cls = getattr(diffusers, index["unet"][1])
-        # low_cpu_mem_usage=False: the default wants `accelerate` and warns on every load without it.
-        unet = unet_cls.from_pretrained(path / "unet", low_cpu_mem_usage=False, **weights).to(device).eval()
-        sampler = load_scheduler(path / "scheduler", scheduler)
-        parts: dict = {}
-        for name in ("text_encoder", "text_encoder_2"):
-            if (index.get(name) or [None])[0] is None:
-                continue
-            encoder_cls = getattr(transformers, index[name][1])
-            parts[name] = encoder_cls.from_pretrained(path / name, **weights).to(device).eval()
-            tokenizer = name.replace("text_encoder", "tokenizer")
-            parts[tokenizer] = getattr(transformers, index[tokenizer][1]).from_pretrained(path / tokenizer)
-        if "text_encoder_2" in parts and "text_encoder" not in parts:
-            raise ValueError(f"{path}: a pipeline with only text_encoder_2 (an SDXL refiner) is not supported; "
-                             "use a base model")
-        if (index.get("vae") or [None])[0] is not None:
-            # Like diffusers' pipelines, decode in float32 when the VAE asks for it (SDXL's overflows in fp16).
-            upcast = json.loads((path / "vae" / "config.json").read_text()).get("force_upcast", True)
-            vae_dtype = torch.float32 if dtype == torch.float16 and upcast else dtype
-            parts["vae"] = getattr(diffusers, index["vae"][1]).from_pretrained(
-                path / "vae", torch_dtype=vae_dtype, variant=variant, low_cpu_mem_usage=False,
-                use_safetensors=weights["use_safetensors"]).to(device).eval()
-        adapter = cls(unet=unet, scheduler=sampler, model_id=model_id or str(path), device=device, dtype=dtype,
-                      zero_empty_negative=bool(index.get("force_zeros_for_empty_prompt", False)), **parts)
-        adapter.info.update({"pipeline": index.get("_class_name"), "unet": type(unet).__name__,
+        family = family_for(index, str(path))
+        parts = family.load(path, index, device, dtype, variant, None if allow_pickle else True)
+        name = scheduler or family.default_scheduler
+        if name is not None or "scheduler" not in parts:
+            parts["scheduler"] = load_scheduler(path / "scheduler", name)
+        adapter = cls(model_id=model_id or str(path), device=device, dtype=dtype, hspace_module=hspace, **parts)
+        adapter.info.update({"pipeline": index.get("_class_name"), **adapter.family.info(),
                              "variant": variant, "memory": adapter.enable_memory_options(memory)})
+        if adapter.unet is not None:
+            adapter.info["unet"] = type(adapter.unet).__name__
+        if hspace:
+            adapter.info["hspace"] = hspace
         return adapter
 
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
-        """Noise for each image from its own seed (CPU generator, so it is device-independent)."""
-        channels = self.unet.config.in_channels
-        size = self.unet.config.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        noise = [torch.randn((channels, *size), generator=torch.Generator().manual_seed(int(s)))
-                 for s in seeds]
-        return torch.stack(noise).to(self.device, self.dtype)
+        """Noise for each image from its own seed (CPU generator, so it is device-independent),
+        in the denoiser's layout (Flux packs it into tokens)."""
+        shape = self.family.noise_shape()
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        return self.family.pack(torch.stack(noise)).to(self.device, self.dtype)
 
     def enable_memory_options(self, options: Sequence[str]) -> list[str]:
         """Turn on memory savers; returns those that apply to this model's parts."""
@@ -118,8 +106,8 @@ class ModelAdapter:
         if unknown:
             raise ValueError(f"unknown memory option {unknown[0]!r}; allowed: {', '.join(MEMORY_OPTIONS)}")
         applied = []
-        if "attention_slicing" in options and hasattr(self.unet, "set_attention_slice"):
-            self.unet.set_attention_slice("auto")
+        if "attention_slicing" in options and hasattr(self.denoiser, "set_attention_slice"):
+            self.denoiser.set_attention_slice("auto")
             applied.append("attention_slicing")
         if "vae_slicing" in options and self.vae is not None:
             self.vae.enable_slicing()
@@ -129,85 +117,62 @@ class ModelAdapter:
             applied.append("vae_tiling")
         return applied
 
-    def _tokens(self, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
-        return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids.to(self.device)
+    def encode_prompts(self, prompts: Sequence[str]):
+        """The conditional context of `prompts` (a tensor for UNet families, a Conditioning for transformers)."""
+        return self.family.encode_prompts(list(prompts))
 
-    @torch.no_grad()
-    def text_embeddings(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(context for cross-attention, pooled embedding or None). SDXL: both encoders'
-        penultimate hidden states side by side, and encoder 2's projected pooled output."""
-        if self.text_encoder_2 is None:
-            return self.text_encoder(self._tokens(self.tokenizer, prompts))[0], None
-        first = self.text_encoder(self._tokens(self.tokenizer, prompts), output_hidden_states=True)
-        second = self.text_encoder_2(self._tokens(self.tokenizer_2, prompts), output_hidden_states=True)
-        return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
-
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        return self.text_embeddings(prompts)[0]
-
-    def _negative_embeddings(self, negative_prompt: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        context, pooled = self.text_embeddings([negative_prompt] * n)
-        if self.zero_empty_negative and not negative_prompt:
-            return torch.zeros_like(context), None if pooled is None else torch.zeros_like(pooled)
-        return context, pooled
-
-    def _size_conditions(self, pooled: torch.Tensor) -> dict:
-        """SDXL's added conditions: pooled text embedding and (original size, crop, target size)."""
-        size = self.unet.config.sample_size
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
-        scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
-        ids = torch.tensor([height * scale, width * scale, 0, 0, height * scale, width * scale], dtype=pooled.dtype)
-        return {"text_embeds": pooled, "time_ids": ids.to(pooled.device).repeat(len(pooled), 1)}
-
-    def _add_conditions(self, module, args, kwargs):
-        """UNet pre-hook: give an SDXL UNet call the batch's added conditions (the last rows when
-        the call carries only the conditional half, as the guidance methods' encoder passes do)."""
-        if kwargs.get("added_cond_kwargs") is not None or self._added is None:
-            return None
-        n = (args[0] if args else kwargs["sample"]).shape[0]
-        # (a lone sample's call carries a copy of it: see unet_output)
-        kwargs["added_cond_kwargs"] = {k: v[-n:] if len(v) >= n else torch.cat([v] * n) for k, v in self._added.items()}
-        return args, kwargs
-
-    def timesteps(self, steps: int) -> list[int]:
+    def new_scheduler(self, steps: int):
+        """A fresh copy of the scheduler with its timesteps set as the family's pipeline sets them."""
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
-        scheduler.set_timesteps(steps)
-        return [int(t) for t in scheduler.timesteps]
+        self.family.set_timesteps(scheduler, steps)
+        return scheduler
+
+    def timesteps(self, steps: int) -> list:
+        return [_step_value(t) for t in self.new_scheduler(steps).timesteps]
 
     def hspace(self) -> HSpaceHook:
-        """The mid-block hook (attached once, on first use)."""
+        """The h-space hook (attached once, on first use)."""
         if self._hook is None:
-            self._hook = HSpaceHook(self.unet)
+            self._hook = HSpaceHook(self.denoiser, self.hspace_module or self.family.hspace_default(),
+                                    stream=self.family.hspace_stream, grid=self.family.token_grid(),
+                                    pool=self.hspace_pool)
         return self._hook
 
-    def unet_output(self, x: torch.Tensor, t, context: torch.Tensor | None,
-                    guidance_scale: float) -> torch.Tensor:
-        """The UNet's prediction at (x, t), with classifier-free guidance when a negative
+    @staticmethod
+    def model_input(scheduler, x: torch.Tensor, t) -> torch.Tensor:
+        """x as the denoiser takes it at t (flow-matching schedulers have no input scaling)."""
+        scale = getattr(scheduler, "scale_model_input", None)
+        return x if scale is None else scale(x, t)
+
+    def encode_h(self, x: torch.Tensor, t, context) -> torch.Tensor:
+        """h of x at t through the denoiser up to the h block only (differentiable); under
+        classifier-free guidance, with the conditional rows of the context."""
+        context = last_rows(context, len(x))
+        return self.hspace().run_until(lambda: self.family.call(x, t, context))
+
+    def unet_output(self, x: torch.Tensor, t, context, guidance_scale: float) -> torch.Tensor:
+        """The denoiser's prediction at (x, t), with classifier-free guidance when a negative
         context is stacked in front of the positive one."""
-        if x.shape[0] == 1 and (context is None or context.shape[0] == 1) and str(self.device) == "cpu":
+        rows = context_rows(context)
+        if x.shape[0] == 1 and rows in (None, 1) and str(self.device) == "cpu":
             # A lone sample meets other CPU convolution kernels than any batch of two or more
             # (1e-6 apart), so it is computed beside a copy of itself; the copy comes first
             # because methods and recordings take a batch's last rows as its conditional ones.
-            context = None if context is None else torch.cat([context] * 2)
-            return self.unet_output(torch.cat([x, x]), t, context, guidance_scale)[-1:]
-        if context is None:
-            return self.unet(x, t).sample
-        if context.shape[0] == 2 * x.shape[0]:
-            both = self.unet(torch.cat([x] * 2), t, encoder_hidden_states=context).sample
-            uncond, cond = both.chunk(2)
+            return self.unet_output(torch.cat([x, x]), t, twice(context), guidance_scale)[-1:]
+        if rows == 2 * x.shape[0]:
+            uncond, cond = self.family.call(torch.cat([x] * 2), t, context).chunk(2)
             return uncond + guidance_scale * (cond - uncond)
-        return self.unet(x, t, encoder_hidden_states=context).sample
+        return self.family.call(x, t, context)
+
+    denoise = unet_output
 
     def predict_x0(self, scheduler, x: torch.Tensor, t, output: torch.Tensor) -> torch.Tensor:
-        """x0 implied by the model output under the scheduler's prediction type."""
-        a = scheduler.alphas_cumprod.to(x.device)[int(t)].to(x.dtype)
-        kind = scheduler.config.prediction_type
-        if kind == "epsilon":
-            return (x - (1 - a).sqrt() * output) / a.sqrt()
-        if kind == "v_prediction":
-            return a.sqrt() * x - (1 - a).sqrt() * output
-        return output
+        """x0 implied by the model output under the scheduler's parametrisation."""
+        return self.family.predict_x0(scheduler, x, t, output)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (unclamped) from x; differentiable."""
+        return self.family.decode(x)
 
     def generate(self, seeds: Sequence[int], prompts: Sequence[str] | None = None, steps: int = 50,
                  guidance_scale: float = 1.0, negative_prompt: str = "", method=None,
@@ -221,11 +186,10 @@ class ModelAdapter:
         from audit.methods.base import BatchContext, Method
 
         method = method or Method()
-        scheduler = type(self.scheduler).from_config(self.scheduler.config)
-        scheduler.set_timesteps(steps)
+        scheduler = self.new_scheduler(steps)
         if eta:
             _keep_ddim_direction_real(scheduler, eta)
-        x = self.initial_noise(seeds) * scheduler.init_noise_sigma
+        x = self.initial_noise(seeds) * getattr(scheduler, "init_noise_sigma", 1.0)
         generators = [torch.Generator().manual_seed(int(s) + 1) for s in seeds]
         # Stochastic samplers draw each image's step noise from its own generator (PNDM takes none).
         step_parameters = inspect.signature(scheduler.step).parameters
@@ -235,31 +199,25 @@ class ModelAdapter:
                 raise ValueError(f"eta={eta}: {type(scheduler).__name__} has no eta; use DDIMScheduler "
                                  "or leave eta unset")
             step_options["eta"] = eta
-        context, self._added = None, None
+        context = None
         if self.conditional:
             if prompts is None or len(prompts) != len(seeds):
                 raise ValueError("a text-conditioned model needs one prompt per seed")
-            context, pooled = self.text_embeddings(prompts)
-            if guidance_scale != 1.0:
-                negative, negative_pooled = self._negative_embeddings(negative_prompt, len(seeds))
-                context = torch.cat([negative, context])
-                pooled = None if pooled is None else torch.cat([negative_pooled, pooled])
-            if pooled is not None:
-                self._added = self._size_conditions(pooled)
+            context = self.family.condition(list(prompts), negative_prompt, guidance_scale)
         batch = BatchContext(adapter=self, scheduler=scheduler, seeds=list(seeds), prompts=prompts,
                              context=context, guidance_scale=guidance_scale, steps=steps)
         method.start_batch(batch)
         hook = self.hspace() if (record_h or method.edits_h) else None
         recorded: list[torch.Tensor] = []
         for i, t in enumerate(scheduler.timesteps):
-            batch.step_index, batch.t = i, int(t)
+            batch.step_index, batch.t = i, _step_value(t)
             x = method.on_x(x, batch)
             if hook is not None:
                 hook.edit = lambda h: _edit_cond_half(h, method, batch, len(seeds))
                 hook.record, hook.recorded = record_h, []
             try:
                 with torch.no_grad():
-                    out = self.unet_output(scheduler.scale_model_input(x, t), t, context, guidance_scale)
+                    out = self.unet_output(self.model_input(scheduler, x, t), t, context, guidance_scale)
             finally:
                 if hook is not None:
                     hook.edit, hook.record = None, False
@@ -268,11 +226,10 @@ class ModelAdapter:
             out = method.on_output(out, x, batch)
             x = scheduler.step(out, t, x, **step_options).prev_sample
         with torch.no_grad():
-            if self.vae is not None:
-                latents = x.to(self.vae.dtype) / self.vae.config.scaling_factor
-                if getattr(self.vae.config, "shift_factor", None) is not None:
-                    latents = latents + self.vae.config.shift_factor
-                x = self.vae.decode(latents).sample
+            if len(x) == 1 and str(self.device) == "cpu":  # as in unet_output: a lone sample meets other kernels
+                x = self.family.decode(torch.cat([x, x]))[-1:]
+            else:
+                x = self.family.decode(x)
         finite = torch.isfinite(x.float()).flatten(1).all(1).cpu()
         if not finite.any() and len(seeds) > 1:
             raise SamplingDiverged(f"{self.model_id}: all {len(seeds)} images of a batch came out non-finite (NaN/inf) "
@@ -286,6 +243,13 @@ class ModelAdapter:
         if not finite.all():
             stats["nonfinite_seeds"] = [int(s) for s, ok in zip(seeds, finite.tolist(), strict=True) if not ok]
         return Generated(images=images, h=recorded if record_h else None, stats=stats, finite=finite)
+
+
+def _step_value(t):
+    """A scheduler timestep as a Python number: an int where it is whole (DDIM's, and the
+    timesteps probes are keyed by), else the float (flow matching's sigma * 1000)."""
+    value = t.item() if torch.is_tensor(t) else t
+    return int(value) if float(value).is_integer() else float(value)
 
 
 MEMORY_OPTIONS = ("attention_slicing", "vae_slicing", "vae_tiling")
@@ -319,10 +283,10 @@ def _keep_ddim_direction_real(scheduler, eta: float) -> None:
     """Work around a float32 cancellation in diffusers' DDIMScheduler.step at eta > 0.
 
     The step takes sqrt(1 - alpha_bar_prev - (eta * sqrt(variance))**2). Where alpha_bar_t is ~0,
-    as at t=999 of a cosine schedule with trailing spacing (2.4e-9 on the zoo models), the exact
-    value is ~1e-8 but float32 can round it to -6e-8: the square root is NaN and so is every image.
-    The zoo's synthfaces-ddpm hit it at 5 steps with its default eta 1 (t 999 -> 799; diffusers'
-    own DDIMPipeline gives the same all-NaN images). Here the variance of such a step is lowered by
+    as at t=999 of a cosine (squaredcos_cap_v2) schedule with trailing spacing, where alpha_bar is
+    2.4e-9, the exact value is ~1e-8 but float32 can round it to -6e-8: the square root is NaN and
+    so is every image. Such a model sampled at 5 steps with eta 1 (t 999 -> 799) came out all NaN,
+    and diffusers' own DDIMPipeline gives the same all-NaN images. Here the variance of such a step is lowered by
     the few ulps that keep the root real (its true value is ~1e-4: the noise added is unchanged to
     float precision); every step that was finite before is left bit for bit as it was."""
     from diffusers import DDIMScheduler

@@ -20,7 +20,8 @@ class PickledWeights(ModelNotAvailable):
     """A model whose weights are pickles only, and the suite did not opt in to loading them."""
 
 
-WEIGHT_PARTS = ("unet", "text_encoder", "text_encoder_2", "vae")  # the parts ModelAdapter.from_directory loads
+# The weight-bearing parts the families load (audit.models.families).
+WEIGHT_PARTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -53,10 +54,16 @@ def preflight(spec) -> None:
     second model's problem does not surface after the first model's cells were generated."""
     if spec.source.startswith("custom:"):
         return
-    path, _ = resolve_source(spec.source, spec.revision)
+    path, _ = resolve_weights(spec.source, spec.revision)
     check_weight_format(spec, path)
 
 
+def resolve_weights(source: str, revision: str | None = None) -> tuple[Path, str]:
+    """(local directory, model id) of a source (audit.sources.resolve_source); a missing hf: model
+    of a known family names what its download needs (size, licence gate)."""
+    from audit.models.families import download_hint
+
+    return resolve_source(source, revision, download_hint=download_hint)
 
 
 def load_model(spec, device: str = "cpu") -> ModelAdapter:
@@ -67,12 +74,12 @@ def load_model(spec, device: str = "cpu") -> ModelAdapter:
         adapter = resolve(MODELS, spec.source[7:], "model")(device=device, dtype=DTYPES[spec.dtype])
         adapter.revision = spec.revision or adapter.revision
         return adapter
-    path, model_id = resolve_source(spec.source, spec.revision)
+    path, model_id = resolve_weights(spec.source, spec.revision)
     check_weight_format(spec, path)
     try:
         adapter = ModelAdapter.from_directory(path, model_id=model_id, device=device, dtype=DTYPES[spec.dtype],
                                               scheduler=spec.scheduler, variant=spec.variant, memory=spec.memory,
-                                              allow_pickle=spec.allow_pickle)
+                                              allow_pickle=spec.allow_pickle, hspace=getattr(spec, "hspace", None))
     except OSError as error:
         detail = " ".join(str(error).split())[:200]
         variant = f" (variant {spec.variant!r}: are its *.{spec.variant}.* weight files there?)" if spec.variant else ""
@@ -92,7 +99,7 @@ def model_revision(spec, path: Path | None = None) -> str | None:
     if spec.source.startswith("custom:"):
         return spec.revision
     if path is None:
-        path = resolve_source(spec.source, spec.revision)[0]
+        path = resolve_weights(spec.source, spec.revision)[0]
     if spec.source.startswith("hf:"):
         return path.name
     owner = model_source(spec.source)
