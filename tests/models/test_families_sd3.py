@@ -62,8 +62,8 @@ def test_sd3_distribution_guidance_moves_a_probes_reading(sd3):
 
 
 def test_sd3_universal_guidance_back_propagates_through_transformer_and_vae(sd3):
-    from audit.labelers.synthfaces import SynthFacesLabeler
     from audit.methods.universal_guidance import UniversalGuidance
+    from audit.zoo.labelers import SynthFacesLabeler
 
     seeds, prompts = [0, 1, 2, 3], PROMPTS * 2
     method = UniversalGuidance(SynthFacesLabeler("synthfaces-eval"), ["skin_tone"], [0.5, 0.5], scale=1.0)
