@@ -12,7 +12,11 @@ from audit.registry import model_source
 
 
 def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str]:
-    """(local directory, model id) for a source string."""
+    """(local directory, model id) for a source string (for images:DIR, the checked folder)."""
+    from audit.image_folder import is_image_folder, read_folder
+
+    if is_image_folder(source):
+        return read_folder(source).path, source
     owner = model_source(source)
     if owner is not None:
         return owner[0].resolve(owner[1], revision)
@@ -119,7 +123,11 @@ def file_digest(path: Path) -> str:
 
 def is_text_model(source: str, revision: str | None = None) -> bool:
     """Whether the model at `source` has a text encoder (model_index.json); ModelNotAvailable when
-    it is not on this machine."""
+    it is not on this machine. An image folder's cells are per prompt: a text model."""
+    from audit.image_folder import is_image_folder
+
+    if is_image_folder(source):
+        return True
     owner = model_source(source)
     said = owner[0].is_text_model(owner[1]) if owner else None
     if said is not None:
