@@ -34,9 +34,10 @@ class ImageFolderAdapter:
         self._files = {(image.prompt, image.seed): image for image in self.folder.images}
 
     def source_images(self, prompt: str, seeds: list[int]) -> list[dict]:
-        """Where each of a cell's images comes from: its file, its metadata line and columns."""
-        return [{"seed": int(s), "file_name": self._files[prompt, s].file_name, "line": self._files[prompt, s].line,
-                 **self._files[prompt, s].extra} for s in seeds]
+        """Where each of a cell's images comes from: its metadata columns (`seed`: the one it is
+        stored under), its file and its line in metadata.jsonl."""
+        return [{**self._files[prompt, s].extra, "seed": int(s), "file_name": self._files[prompt, s].file_name,
+                 "line": self._files[prompt, s].line} for s in seeds]
 
     def generate(self, seeds, prompts=None, method=None, **sampling) -> Copied:
         """The images of `seeds` under their `prompts`, read from the folder (sampling options are
