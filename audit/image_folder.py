@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from audit.errors import SuiteError
+from audit.sources import IMAGES as PREFIX
+from audit.sources import file_digest
 
-PREFIX = "images:"
 METADATA = "metadata.jsonl"
 RECIPE = "docs/image-folders.md"
 # What a model entry sets only for models that sample: an image folder refuses them when written.
@@ -75,8 +76,6 @@ class ImageFolder:
         """A content hash of the names and bytes of metadata.jsonl and of every listed image: the
         model revision of the folder's cells, so an edited folder supersedes the cells made from
         it (the runner moves them to OUT/superseded/)."""
-        from audit.sources import file_digest
-
         digest = hashlib.sha256()
         for name in [METADATA, *sorted(image.file_name for image in self.images)]:
             digest.update(f"{name}\0{file_digest(self.path / name)}\0".encode())

@@ -10,13 +10,14 @@ from pathlib import Path
 from audit.plugins import ModelNotAvailable
 from audit.registry import model_source
 
+IMAGES = "images:"  # a folder of finished images (audit.image_folder, which builds on this module)
+
 
 def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str]:
-    """(local directory, model id) for a source string (for images:DIR, the checked folder)."""
-    from audit.image_folder import is_image_folder, read_folder
-
-    if is_image_folder(source):
-        return read_folder(source).path, source
+    """(local directory, model id) for a source string (for images:DIR, the folder: read and
+    checked by audit.image_folder)."""
+    if source.startswith(IMAGES):
+        return Path(source[len(IMAGES):]).expanduser(), source
     owner = model_source(source)
     if owner is not None:
         return owner[0].resolve(owner[1], revision)
@@ -124,9 +125,7 @@ def file_digest(path: Path) -> str:
 def is_text_model(source: str, revision: str | None = None) -> bool:
     """Whether the model at `source` has a text encoder (model_index.json); ModelNotAvailable when
     it is not on this machine. An image folder's cells are per prompt: a text model."""
-    from audit.image_folder import is_image_folder
-
-    if is_image_folder(source):
+    if source.startswith(IMAGES):
         return True
     owner = model_source(source)
     said = owner[0].is_text_model(owner[1]) if owner else None
