@@ -332,3 +332,16 @@ def test_a_model_entry_that_does_not_fit_a_folder_is_refused(tmp_path, entry, ex
     line = one_error_line(run(suite, "-o", tmp_path / "out"))
     assert expected in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_suite_and_cells_survive_the_round_trip_ray_tasks_make(tmp_path):
+    """Ray tasks rebuild the suite and each cell from their dumps: the entry's defaults are not taken
+    for sampler settings the suite gave, and a cell keeps the folder's seeds."""
+    from audit.spec import Cell, Suite
+
+    folder = write_folder(tmp_path / "photos", faces=3)
+    suite = load_suite(write_suite(tmp_path / "s.yaml", folder))
+    again = Suite.model_validate(suite.model_dump())
+    cells = [c for c in plan(again) if not c.skip_reason]
+    assert [c.cell_id for c in cells] == [c.cell_id for c in plan(suite) if not c.skip_reason]
+    assert [Cell.model_validate(c.model_dump()).seeds for c in cells] == [[0, 1, 2], [40, 41]]
