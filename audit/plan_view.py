@@ -15,7 +15,10 @@ from audit.spec import Suite, plan
 
 def cell_cost(cell) -> tuple[float, float | None]:
     """(UNet image-evaluations, estimated seconds or None when the model's speed is unknown): the
-    method's relative cost (Method.cost) times samples, steps and classifier-free guidance's 2."""
+    method's relative cost (Method.cost) times samples, steps and classifier-free guidance's 2.
+    A folder of finished images (images:DIR) generates nothing: its cells cost no evaluations."""
+    if cell.model.finished_images:
+        return 0.0, 0.0
     factor = cell.method_class.cost(cell.method.checked_params())
     cfg = 2.0 if cell.model.guidance_scale != 1.0 else 1.0
     nfe = cell.samples * cell.model.steps * factor * cfg
@@ -58,7 +61,7 @@ def print_plan(suite: Suite, console, verbose: bool = False, out: Path | None = 
                       else f"estimated total {estimate} on 2 CPU cores, plus labeling")
     for model in suite.models:
         # One line each, never wrapped by rich (a path or an error to copy; the terminal wraps it)
-        console.print(f"model {model.name}: {weights_status(model)}", soft_wrap=True)
+        console.print(f"model {model.name}: {weights_status(model, suite.samples)}", soft_wrap=True)
 
 
 def _cell_costs(cells) -> dict[int, tuple[float, float | None]]:
@@ -276,13 +279,17 @@ def probe_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list, list
     return costs, lines
 
 
-def weights_status(model) -> str:
+def weights_status(model, samples: int = 0) -> str:
     """Where a model's weights are, or why they are missing (a dry run never loads them)."""
     from audit.models.loading import PickledWeights, check_weight_format, resolve_weights
     from audit.sources import ModelNotAvailable
 
     if model.source.startswith("custom:"):
         return "a custom model registered in this process (loaded by its factory)"
+    if model.finished_images:
+        from audit.image_folder import summary
+
+        return summary(model.source, samples, model.prompts)
     try:
         path, _ = resolve_weights(model.source, model.revision)
     except ModelNotAvailable as missing:

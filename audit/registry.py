@@ -232,7 +232,7 @@ def register_model(name: str, factory: Callable) -> None:
     MODELS[name] = factory
 
 
-BUILT_IN_SOURCES = ("hf", "custom")  # a source without a registered prefix is a local directory
+BUILT_IN_SOURCES = ("hf", "custom", "images")  # a source without a registered prefix is a local directory
 
 
 def register_source(prefix: str, source) -> None:

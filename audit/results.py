@@ -113,20 +113,21 @@ class CellOutcome(BaseModel):
 
 class Manifest(Record):
     """A cell's manifest.json: everything that produced its images (model and weights revision,
-    sampler, seeds, method configuration, labelers, library versions)."""
+    sampler, seeds, method configuration, labelers, library versions). Cells of finished images
+    (images:DIR) have no sampler: steps, guidance and the scheduler are null."""
 
     schema_version: Literal[2] = SCHEMA_VERSION
     cell_id: str
     suite: str
     created: str
     model: dict
-    scheduler: dict
-    steps: int
+    scheduler: dict | None = None
+    steps: int | None = None
     eta: float | None = None
-    guidance_scale: float
+    guidance_scale: float | None = None
     device: str
     prompt: str | None = None
-    negative_prompt: str = ""
+    negative_prompt: str | None = None
     seeds: dict
     batch_size: int
     method: dict

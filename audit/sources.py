@@ -11,11 +11,16 @@ from pathlib import Path
 from audit.plugins import ModelNotAvailable
 from audit.registry import model_source
 
+IMAGES = "images:"  # a folder of finished images (audit.image_folder, which builds on this module)
+
 
 def resolve_source(source: str, revision: str | None = None,
                    download_hint: Callable[[str], str | None] | None = None) -> tuple[Path, str]:
     """(local directory, model id) for a source string. `download_hint(repo)` may add what a known
-    repository's download needs (size, licence gate) to the message for a missing hf: model."""
+    repository's download needs (size, licence gate) to the message for a missing hf: model. For
+    images:DIR, the folder (read and checked by audit.image_folder)."""
+    if source.startswith(IMAGES):
+        return Path(source[len(IMAGES):]).expanduser(), source
     owner = model_source(source)
     if owner is not None:
         return owner[0].resolve(owner[1], revision)
@@ -123,7 +128,9 @@ def file_digest(path: Path) -> str:
 
 def is_text_model(source: str, revision: str | None = None) -> bool:
     """Whether the model at `source` has a text encoder (model_index.json); ModelNotAvailable when
-    it is not on this machine."""
+    it is not on this machine. An image folder's cells are per prompt: a text model."""
+    if source.startswith(IMAGES):
+        return True
     owner = model_source(source)
     said = owner[0].is_text_model(owner[1]) if owner else None
     if said is not None:

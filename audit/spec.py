@@ -72,7 +72,8 @@ class Strict(BaseModel):
 
 class ModelSpec(Strict):
     name: str = Field(min_length=1, max_length=100)
-    source: str = Field(description="a local diffusers directory, hf:ORG/REPO, custom:NAME (a registered model) "
+    source: str = Field(description="a local diffusers directory, hf:ORG/REPO, custom:NAME (a registered model), "
+                                    "images:DIR (finished images with a metadata.jsonl, see image folders) "
                                     "or PREFIX:NAME of a plug-in's model source (the bundled zoo's, see the zoo docs)")
     revision: str | None = None
     # Dumped only when set: records keyed on a model's dump (calibration records) keep their names.
@@ -159,9 +160,49 @@ class ModelSpec(Strict):
         owner = model_source(self.source)
         return owner[0].seconds_per_image_step(owner[1]) if owner else None
 
+    @property
+    def finished_images(self) -> str | None:
+        """Why the model cannot sample, when its source holds finished images (images:DIR): the
+        plan marks every method that acts on sampling not applicable with this reason."""
+        from audit.image_folder import is_image_folder
+
+        return f"{self.source} holds finished images: nothing to guide" if is_image_folder(self.source) else None
+
+    @model_validator(mode="after")
+    def _image_folder_entry(self):
+        """An image folder's entry names no sampler settings (nothing samples) and selects its
+        `prompts` among those metadata.jsonl gives."""
+        if not self.finished_images:
+            return self
+        from audit.image_folder import SAMPLING_FIELDS
+
+        given = [name for name in SAMPLING_FIELDS if getattr(self, name) != type(self).model_fields[name].get_default(
+            call_default_factory=True)]
+        if given:
+            raise ValueError(f"{given[0]} does not apply to {self.source}: its images are finished (nothing samples); "
+                             f"remove {', '.join(given)} (the folder's content hash is its revision)")
+        self.check_folder_prompts()
+        return self
+
+    def check_folder_prompts(self) -> None:
+        """ValueError when `prompts` names one that metadata.jsonl does not."""
+        from audit.image_folder import read_folder
+
+        known = read_folder(self.source).prompts()
+        unknown = [p for p in self.prompts or [] if p not in known]
+        if unknown:
+            listed = "; ".join(repr(p) for p in known[:10]) + ("; ..." if len(known) > 10 else "")
+            raise ValueError(f"prompt {unknown[0]!r} is not in {self.source}'s metadata.jsonl; prompts selects "
+                             f"among its prompts ({listed}) or, left out, takes them all")
+
     @field_validator("source")
     @classmethod
     def _known_source(cls, v: str) -> str:
+        from audit.image_folder import is_image_folder, read_folder
+
+        if is_image_folder(v):
+            read_folder(v)  # a bad folder is refused when the suite loads, before anything is written
+            return v
         owner = model_source(v)
         if owner is not None:
             owner[0].check(owner[1])
@@ -485,6 +526,8 @@ class Cell(BaseModel):
     batch_size: int
     seed: int
     skip_reason: str | None = None
+    # The seeds of a cell whose images exist (images:DIR), in metadata order; None: seed + i.
+    image_seeds: list[int] | None = None
 
     @property
     def cell_id(self) -> str:
@@ -517,7 +560,10 @@ class Cell(BaseModel):
     def seeds(self) -> list[int]:
         """Image i uses seed + i in every cell of the suite, so methods compare on the same noise.
         `samples` is not part of the cell id: a cell that grows or shrinks keeps its directory,
-        and the runner keeps only the images still generated as a fresh run would make them."""
+        and the runner keeps only the images still generated as a fresh run would make them.
+        A cell of finished images (images:DIR) has the seeds its folder gives them."""
+        if self.image_seeds is not None:
+            return list(self.image_seeds)
         return list(range(self.seed, self.seed + self.samples))
 
     @property
@@ -639,6 +685,11 @@ def load_suite(path: str | Path, samples: int | None = None) -> Suite:
                 raise SuiteError(f"{path}: models[{i}].prompts_file: {model.prompts_file} is not UTF-8 text; "
                                  "save it as UTF-8") from None
             model.prompts = (model.prompts or []) + [ln for ln in lines if ln and not ln.startswith("#")]
+            if model.finished_images:
+                try:
+                    model.check_folder_prompts()
+                except ValueError as e:
+                    raise SuiteError(f"{path}: models[{i}].prompts_file: {e}") from None
     if samples is not None:
         if samples < 1:
             raise SuiteError(f"--n must be a positive number of samples per cell, got {samples}")
@@ -692,16 +743,36 @@ def plan(suite: Suite) -> list[Cell]:
     """All cells of the suite, those that do not apply marked with the reason."""
     cells = []
     for model in suite.models:
-        is_text = _is_text_model(model)
-        prompts = (model.prompts or [DEFAULT_PROMPT]) if is_text else [None]
+        finished = model.finished_images
+        if finished:
+            samples = _folder_samples(model, suite.samples)
+            prompts, is_text = list(samples), True
+        else:
+            is_text = _is_text_model(model)
+            prompts = (model.prompts or [DEFAULT_PROMPT]) if is_text else [None]
         for method in suite.methods:
+            method_class = resolve(METHODS, method.name, "method")
             for setting in suite.settings:
                 for prompt in prompts:
-                    reason = resolve(METHODS, method.name, "method").not_applicable_to(is_text)
+                    if finished:  # a folder's images: as many as it has (up to samples), seeded by the folder
+                        reason = finished if method_class.acts_on_sampling else None
+                        size = {"samples": len(samples[prompt]), "image_seeds": samples[prompt]}
+                    else:
+                        reason, size = method_class.not_applicable_to(is_text), {"samples": suite.samples}
                     cells.append(Cell(model=model, method=method, setting=setting, prompt=prompt,
-                                      samples=suite.samples, batch_size=suite.batch_size, seed=suite.seed,
-                                      skip_reason=reason))
+                                      batch_size=suite.batch_size, seed=suite.seed, skip_reason=reason, **size))
     return cells
+
+
+def _folder_samples(model: ModelSpec, samples: int) -> dict[str, list[int]]:
+    """prompt -> the seeds of its cell's images: the first `samples` of the prompt's images in
+    metadata order, or all of them when it has fewer (the cell's n says how many), for the
+    prompts the entry selects (default: every prompt of the folder, in first-seen order)."""
+    from audit.image_folder import read_folder
+
+    folder = read_folder(model.source)
+    return {prompt: [image.seed for image in folder.of_prompt(prompt)[:samples]]
+            for prompt in (model.prompts or folder.prompts())}
 
 
 def _is_text_model(model: ModelSpec) -> bool:

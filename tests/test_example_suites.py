@@ -26,7 +26,8 @@ def test_example_suite_dry_runs(suite, empty_hf_cache):
     assert result.exit_code == 0, result.output
     assert "cells to run" in result.output
     for model in load_suite(suite).models:
-        status = "weights missing" if model.source.startswith("hf:") else "weights found"
+        status = "weights missing" if model.source.startswith("hf:") else \
+            "finished images in" if model.source.startswith("images:") else "weights found"
         assert f"model {model.name}: {status}" in result.output
 
 

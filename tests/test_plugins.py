@@ -142,7 +142,7 @@ def test_a_model_outside_the_zoo_gets_no_zoo_labelers_or_fid_silently(tmp_path, 
     with pytest.raises(SuiteError, match=r"probe_labeler: required by methods\[1\] \(distribution_guidance\)"):
         load_suite(_suite(tmp_path, tiny_model_dir, labelers=["synthfaces-eval"],
                           methods=[{"name": "none"}, {"name": "distribution_guidance"}]))
-    with pytest.raises(SuiteError, match=r"unknown model source prefix 'toy:'; allowed: hf:, custom:, zoo:"):
+    with pytest.raises(SuiteError, match=r"unknown model source prefix 'toy:'; allowed: hf:, custom:, images:, zoo:"):
         load_suite(_suite(tmp_path, "toy:tiny", labelers=["synthfaces-eval"]))
 
 

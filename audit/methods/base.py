@@ -52,6 +52,9 @@ class Method:
     couples_batch: ClassVar[bool] = True
     # Applies to text-conditioned models only (it rewrites or steers with prompts).
     text_only: ClassVar[bool] = False
+    # Acts on how images are sampled (every method but plain sampling does): a model that holds
+    # finished images (source images:DIR) offers it nothing to act on, so its cells do not apply.
+    acts_on_sampling: ClassVar[bool] = True
     # UNet evaluations per image and step, relative to one plain forward pass (the plan's time
     # estimate); see `cost`.
     relative_cost: ClassVar[float] = 1.0
@@ -138,6 +141,7 @@ class NoGuidance(Method):
     title = "no guidance"
     uses_setting = False
     couples_batch = False
+    acts_on_sampling = False
 
 
 class AllocatingMethod(Method):

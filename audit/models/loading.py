@@ -54,6 +54,11 @@ def preflight(spec) -> None:
     second model's problem does not surface after the first model's cells were generated."""
     if spec.source.startswith("custom:"):
         return
+    if spec.finished_images:  # an image folder: every listed image decodes
+        from audit.image_folder import check_images_decode, read_folder
+
+        check_images_decode(read_folder(spec.source), spec.source)
+        return
     path, _ = resolve_weights(spec.source, spec.revision)
     check_weight_format(spec, path)
 
@@ -74,6 +79,10 @@ def load_model(spec, device: str = "cpu") -> ModelAdapter:
         adapter = resolve(MODELS, spec.source[7:], "model")(device=device, dtype=DTYPES[spec.dtype])
         adapter.revision = spec.revision or adapter.revision
         return adapter
+    if spec.finished_images:
+        from audit.models.image_folder import ImageFolderAdapter
+
+        return ImageFolderAdapter(spec.source, device=device)
     path, model_id = resolve_weights(spec.source, spec.revision)
     check_weight_format(spec, path)
     try:
@@ -98,6 +107,10 @@ def model_revision(spec, path: Path | None = None) -> str | None:
     Custom models (None here) report their own on the adapter."""
     if spec.source.startswith("custom:"):
         return spec.revision
+    if spec.finished_images:  # the content hash of the folder's metadata and images
+        from audit.image_folder import read_folder
+
+        return read_folder(spec.source).revision()
     if path is None:
         path = resolve_weights(spec.source, spec.revision)[0]
     if spec.source.startswith("hf:"):

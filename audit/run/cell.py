@@ -72,13 +72,14 @@ def manifest(ctx: RunContext, cell: Cell, method) -> dict:
     import audit
 
     adapter = ctx.adapter(cell)
-    return {
+    record = {
         "schema_version": SCHEMA_VERSION, "cell_id": cell.cell_id, "suite": ctx.suite.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": {"name": cell.model.name, "source": cell.model.source, "id": adapter.model_id,
                   "revision": adapter.revision, "dtype": cell.model.dtype, "info": adapter.info,
                   "allow_pickle": cell.model.allow_pickle},
-        "scheduler": {"class": type(adapter.scheduler).__name__, **dict(adapter.scheduler.config)},
+        "scheduler": None if adapter.scheduler is None else {"class": type(adapter.scheduler).__name__,
+                                                              **dict(adapter.scheduler.config)},
         "steps": cell.model.steps, "eta": cell.model.eta, "guidance_scale": cell.model.guidance_scale,
         "device": ctx.device,
         "torch_threads": torch.get_num_threads(),
@@ -93,6 +94,22 @@ def manifest(ctx: RunContext, cell: Cell, method) -> dict:
                      "diffusers": diffusers.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version(), "platform": platform.platform()},
     }
+    return record if not cell.model.finished_images else _finished_images_manifest(ctx, cell, adapter, record)
+
+
+def _finished_images_manifest(ctx: RunContext, cell: Cell, adapter, record: dict) -> dict:
+    """An image folder's cell: no sampler, no dtype; its revision is the folder's content hash,
+    its seeds the folder's, and every image named with its metadata line and columns."""
+    folder = adapter.folder
+    available = len(folder.of_prompt(cell.prompt))
+    record["model"].update(dtype=None, allow_pickle=None)
+    record.update(steps=None, eta=None, guidance_scale=None, negative_prompt=None)
+    record["seeds"] = {"first": cell.seeds[0], "count": cell.samples,
+                       "rule": f"image i of the cell is its prompt's image i in metadata.jsonl; its seed: "
+                               f"{folder.seed_rules[cell.prompt]}"}
+    record["images"] = {"available": available, "asked": ctx.suite.samples, "used": cell.samples,
+                        "files": adapter.source_images(cell.prompt, cell.seeds)}
+    return record
 
 
 def run_cell(ctx: RunContext, cell: Cell) -> CellResult | CellOutcome:

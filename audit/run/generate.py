@@ -115,10 +115,13 @@ def _generate(ctx: RunContext, cell: Cell, method, seeds: list[int], wanted: dic
                            negative_prompt=cell.model.negative_prompt, method=method, eta=cell.model.eta)
     seconds = time.perf_counter() - t0
     span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
+    made = f"generated {cell.cell_id} batch {index} ({len(seeds)} images, seeds {span}, {seconds:.2f}s)"
+    if getattr(adapter, "finished", False):  # copied from an image folder: their generation cost is unknown
+        made, seconds = f"copied {len(seeds)} images of {cell.model.source} into {cell.cell_id} batch {index} " \
+                        f"(seeds {span})", 0.0
     ctx.store.write_batch(cell.cell_id, index, seeds, prompts, out.images, seconds, out.stats,
                           choices=[wanted[s][1] for s in seeds] if with_choices else None, samples=cell.samples,
-                          event=f"generated {cell.cell_id} batch {index} ({len(seeds)} images, seeds {span}, "
-                                f"{seconds:.2f}s)")
+                          event=made)
     if ctx.progress:
         ctx.progress(len(seeds))
 

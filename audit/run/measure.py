@@ -149,7 +149,7 @@ def measured_current_images(ctx: RunContext, cell: Cell, done: CellResult) -> bo
     if recorded is None:
         if done.cost.images != cell.samples:
             return False
-    elif (recorded.get("first"), recorded.get("count")) != (cell.seed, cell.samples):
+    elif (recorded.get("first"), recorded.get("count")) != ((cell.seeds or [None])[0], cell.samples):
         return False
     claims = ctx.store.claims(cell.cell_id)
     if not claims:
