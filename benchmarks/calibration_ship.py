@@ -41,13 +41,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", help="only this model's cells")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     suite = load_suite(args.suite)
     ctx = RunContext(suite=suite, store=RunStore(args.out), log=lambda s: print(s, file=sys.stderr, flush=True))
     rows = []
     for cell in plan(suite):
-        if cell.skip_reason or cell.method.params.get("scale") != "auto":
+        if cell.skip_reason or cell.method.params.get("scale") != "auto" or args.model not in (None, cell.model.name):
             continue
         probes, target = get_probes(ctx, cell), cell.setting.target_vector()
         factory = resolve(METHODS, cell.method.name, "method")

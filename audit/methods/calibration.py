@@ -169,15 +169,15 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
         what = f"scale {scale:g}{' aimed' if aimed else ''} on {count} of {total} seeds"
         for source, store in (("kept from an interrupted calibration", resumed),
                               ("an earlier record's trial", earlier)):
+            if key in store and "labels" not in store[key]:  # an earlier record's trial: stands only for itself
+                whole[key] = store.pop(key)
             if key not in measured and key in store:
                 measured[key] = store.pop(key)
                 say(f"{what}: {source}")
-        known = measured.get(key)
-        if known is not None and "labels" not in known:  # an earlier record's trial: stands only for itself
-            whole[key] = measured.pop(key)
-            known = None
         if count == total and key in whole:
+            say(f"{what}: an earlier record's trial")
             return answer(whole[key])
+        known = measured.get(key)
         if known is not None and (known["n"] == count or (known["n"] > count and "labels" in known)):
             return answer(prefix(known, count, target))
         labels = list(known["labels"]) if known is not None and "labels" in known and known["n"] < count else []
