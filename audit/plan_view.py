@@ -224,7 +224,7 @@ def calibration_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list
         if any({k: v for k, v in c.items() if k not in ("revision", "probes")} == {**config, "judge": judge}
                for c in known[cell.model.name]):
             continue
-        images = most_images(n, cell.batch_size)
+        images = most_images(n)
         nfe, seconds = cell_cost(cell.model_copy(update={"samples": images}))
         costs.append((nfe, seconds))
     if not auto:

@@ -30,6 +30,14 @@ def shipped_records(source: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
 
+def from_scratch(record: dict) -> int:
+    """The images the record's search generates with nothing to replay: its full trials, the coarse
+    trials it never completed (a completed one's batches are part of its full trial) and its aims."""
+    full = {t["scale"] for t in record["tried"]}
+    return (sum(t["n"] for t in record["tried"]) + sum(t["n"] for t in record["coarse"] if t["scale"] not in full)
+            + sum(t["n"] for t in record["aimed"]))
+
+
 def same_cell(config: dict, other: dict) -> bool:
     drop = ("rule", "probes", "revision")
     return {k: v for k, v in config.items() if k not in drop} == {k: v for k, v in other.items() if k not in drop}
@@ -42,13 +50,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", help="only this model's cells")
+    parser.add_argument("--method", help="only this method's cells")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     suite = load_suite(args.suite)
     ctx = RunContext(suite=suite, store=RunStore(args.out), log=lambda s: print(s, file=sys.stderr, flush=True))
     rows = []
     for cell in plan(suite):
-        if cell.skip_reason or cell.method.params.get("scale") != "auto" or args.model not in (None, cell.model.name):
+        if cell.skip_reason or cell.method.params.get("scale") != "auto" or args.model not in (None, cell.model.name) \
+                or args.method not in (None, cell.method.name):
             continue
         probes, target = get_probes(ctx, cell), cell.setting.target_vector()
         factory = resolve(METHODS, cell.method.name, "method")
@@ -69,9 +79,9 @@ def main() -> None:
                                                    "tried": [t["scale"] for t in old["tried"]]},
                "after": {"scale": chosen["scale"], "aim": chosen["aim"], "tried": [t["scale"] for t in record["tried"]],
                          "coarse": [t["scale"] for t in record["coarse"]],
-                         "images": n * len(record["tried"]) + sum(t["n"] for t in record["coarse"])
-                         + sum(t["n"] for t in record["aimed"]),
-                         "generated_now": record["images"], "seconds_now": round(seconds, 1)}}
+                         "images": from_scratch(record),
+                         "generated_now": record["images"], "seconds_now": round(seconds, 1)},
+               "images_ratio_to_1000": round(from_scratch(record) / 1000, 3)}
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.json:

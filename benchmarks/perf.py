@@ -20,6 +20,8 @@ at scale, and how a cell's time and memory scale with its size.
 
     OMP_NUM_THREADS=1 python benchmarks/perf.py                 # -> benchmarks/results/perf.json
     OMP_NUM_THREADS=1 python benchmarks/perf.py --quick --out /tmp/perf.json   # smoke run
+    OMP_NUM_THREADS=1 python benchmarks/perf.py --skip guidance metrics scaling sd15 \
+        --out benchmarks/results/perf_calibration_cost.json          # the calibration cost alone
     python benchmarks/perf.py --device cuda --threads 8         # adds sd15 (a GPU machine)
 """
 
@@ -362,7 +364,9 @@ def main() -> None:
     cfg = CONFIGS[mode]
     command = "OMP_NUM_THREADS=1 python benchmarks/perf.py" + (" --quick" if args.quick else "") + \
         (f" --device {args.device}" if args.device != "cpu" else "") + \
-        (f" --threads {args.threads}" if args.threads != 1 else "")
+        (f" --threads {args.threads}" if args.threads != 1 else "") + \
+        (f" --skip {' '.join(args.skip)}" if args.skip else "") + \
+        (f" --out {args.out}" if args.out != HERE / "results" / "perf.json" else "")
     result: dict = {"mode": mode, "command": command, "device": args.device,
                     "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,

@@ -71,11 +71,11 @@ def coarse_samples(n: int, batch: int) -> int:
     return min(n, -(-COARSE_SEEDS // batch) * batch)
 
 
-def most_images(n: int, batch: int) -> int:
-    """The images a calibration on n seeds generates at most: every coarse scale, every grid scale
-    completed, and the aim corrections (a bound for the plan; a typical search makes a third)."""
-    coarse = coarse_samples(n, batch)
-    return coarse * len(GRID[::2]) + n * len(GRID) - coarse * len(GRID[::2]) + AIM_SAMPLES * n * (1 + AIM_STEPS)
+def most_images(n: int) -> int:
+    """The images a calibration on n seeds generates at most: every grid scale on every seed (a
+    coarse trial's batches count toward its full version) and the aim corrections. A bound for
+    the plan; a typical search makes a third to a half of the walk's part."""
+    return n * len(GRID) + AIM_SAMPLES * n * (1 + AIM_STEPS)
 
 
 def search(trial, coarse: int, full: int, slack: float | None = None) -> list[dict]:
@@ -361,6 +361,7 @@ def earlier_trials(config: dict, folders: list[Path]) -> dict[str, dict]:
             if other == config or walk(other) != same:
                 continue
             for m in [*data.get("tried", []), *data.get("coarse", []), *data.get("aimed", [])]:
+                m = {"n": other.get("n"), **m}  # the oldest records' walk trials leave n to the config
                 key = measurement_key(m["scale"], m.get("aim"), m.get("of", m["n"]))
                 if key not in found or m["n"] > found[key]["n"]:
                     found[key] = m
