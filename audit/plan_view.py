@@ -203,7 +203,7 @@ def calibration_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list
     print). A `scale: auto` cell costs nothing when a shipped or cached record of the same config
     exists (its revision and probes are checked when the run loads the model); otherwise up to
     the most a search may generate (every grid scale plus the aim corrections)."""
-    from audit.methods.calibration import calibration_samples, most_images
+    from audit.methods.calibration import EARLIER_RULES, RULE, calibration_samples, most_images
 
     auto, costs, seen, known = 0, [], set(), {}
     for cell in cells:
@@ -220,8 +220,9 @@ def calibration_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list
         auto += 1
         if cell.model.name not in known:
             known[cell.model.name] = _known_calibrations(cell, suite, out)
-        judge = suite.probe_labeler
-        if any({k: v for k, v in c.items() if k not in ("revision", "probes")} == {**config, "judge": judge}
+        judge, bare = suite.probe_labeler, {k: v for k, v in config.items() if k != "rule"}
+        if any(c.get("rule") in (RULE, *EARLIER_RULES) and
+               {k: v for k, v in c.items() if k not in ("revision", "probes", "rule")} == {**bare, "judge": judge}
                for c in known[cell.model.name]):
             continue
         images = most_images(n)
