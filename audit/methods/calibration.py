@@ -9,12 +9,12 @@ the suite's probe labeler (the labeler the probes learnt from, never an evaluati
 
 The search (`search`) spends all the seeds only where the choice is made. A trial generates the
 seeds batch by batch, so its first batches are exactly the images its full version starts with:
-a coarse pass on the first COARSE_SEEDS seeds brackets the optimum in factors of 2 from START
-(up to 64: attributes the model's h encodes weakly, skin tone on synthfaces-t2i, still improve
-at 16), then the best coarse scale and its sqrt(2) neighbours are completed to every seed (its
-coarse batches are kept) and the walk moves to a neighbour while one measures better. The choice
-thus comes from full trials around a local optimum, as when every grid scale is tried on every
-seed, at about half the images; far scales cost one batch.
+the earlier rules' walk (upward from 1 until it passes the optimum or stops making progress; up to
+64: attributes the model's h encodes weakly, skin tone on synthfaces-t2i, still improve at 16) runs
+on the first COARSE_SEEDS seeds in factors of 2, then the best walked scale and its sqrt(2)
+neighbours are completed to every seed (its walked batches are kept) and the search moves to a
+neighbour while one measures better. The choice thus comes from full trials around the optimum,
+as when the walk tried every scale on every seed, at about half the images.
 
 Where the chosen scale still misses the target by more than sampling noise explains, the aim is
 corrected next (`corrected_aim`): guidance aims at a distribution moved by the shrunk miss, kept
@@ -50,12 +50,12 @@ CALIBRATION_SEED = 20_000_000
 # Scales a trial may use, factors of sqrt(2) from 1/4 to 64 (rounded as the earlier grid was, so its
 # records' trials replay); the coarse pass uses every other one (factors of 2).
 GRID = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 11.3, 16.0, 22.6, 32.0, 45.3, 64.0)
-START = 4.0  # the coarse pass starts here: most calibrated scales fell in 2-7
+PATIENCE = 2  # coarse steps (factors of 2) without progress that end the coarse walk
 COARSE_SEEDS = 64  # a coarse trial's seeds (rounded up to whole batches): FD noise ~0.09 on 2 classes
 AIM_STEPS = 2  # aim corrections tried at the chosen scale
 AIM_SAMPLES = 4  # aims are judged on this many times the walk's seeds (sampling noise halved)
 # Bump RULE when the search or the choice changes: records are keyed on it.
-RULE = f"images, coarse {COARSE_SEEDS} seeds then full, interpolated, aim corrected on {AIM_SAMPLES}x seeds"
+RULE = f"images, walk on {COARSE_SEEDS} seeds then full, interpolated, aim corrected on {AIM_SAMPLES}x seeds"
 # Records of these earlier rules stay valid for their cells: the full walk they made chose what
 # the coarse-to-fine search chooses within sampling noise (docs/methods.md), so the zoo's shipped
 # records keep serving until they are shipped again under RULE (then drop the rule from here).
@@ -82,25 +82,29 @@ def most_images(n: int) -> int:
     return n * len(GRID) + AIM_SAMPLES * n * (1 + AIM_STEPS)
 
 
-def search(trial, coarse: int, full: int, slack: float | None = None) -> list[dict]:
+def search(trial, coarse: int, full: int, noise: float, slack: float | None = None) -> list[dict]:
     """The full trials to choose from, sorted by scale. `trial(scale, count)` measures a scale on
-    the first `count` seeds ({"fd", "p_hat", ...}). Coarse (count `coarse`): from START, the next
-    factor of 2 up, then onward in the better direction while the FD falls. Full (count `full`):
-    the best coarse scale and its grid neighbours, moving to the best full trial until it is the
-    best of its neighbours (the smallest scale on ties). With `slack` (auto_tolerance), scales
-    below are completed while they stay within `slack` of the best, so that the smallest scale
-    within it is bracketed."""
+    the first `count` seeds ({"fd", "p_hat", ...}). Coarse (count `coarse`, FD sampling noise
+    `noise`): the walk of every earlier rule in factors of 2, upward from 1 until it passes the
+    optimum (FD above the best by 2 noise) or PATIENCE steps bring no progress (guidance without
+    effect), below 1 when 1 is already the best. Full (count `full`): the best coarse scale and
+    its grid neighbours, moving to the best full trial until it is the best of its neighbours (the
+    smallest scale on ties). With `slack` (auto_tolerance), scales below are completed while they
+    stay within `slack` of the best, so that the smallest scale within it is bracketed."""
     steps = GRID[::2]
-    fd = {START: trial(START, coarse)["fd"]}
-    i = steps.index(START)
-    fd[steps[i + 1]] = trial(steps[i + 1], coarse)["fd"]
-    direction = 1 if fd[steps[i + 1]] < fd[START] else -1
-    i += direction == 1
-    while 0 <= i + direction < len(steps):
-        fd[steps[i + direction]] = trial(steps[i + direction], coarse)["fd"]
-        if fd[steps[i + direction]] >= fd[steps[i]]:
+    fd: dict[float, float] = {}
+    for scale in steps[steps.index(1.0):]:
+        fd[scale] = trial(scale, coarse)["fd"]
+        walked = list(fd.values())
+        if walked[-1] > min(walked) + 2 * noise:  # past the optimum: larger scales only overshoot further
             break
-        i += direction
+        if len(walked) > PATIENCE and min(walked[-PATIENCE:]) > min(walked[:-PATIENCE]) - noise / 2:
+            break  # no progress: guidance barely moves this model's images
+    if min(sorted(fd), key=fd.get) == 1.0:
+        for scale in reversed(steps[:steps.index(1.0)]):  # already over-guided at 1
+            fd[scale] = trial(scale, coarse)["fd"]
+            if fd[scale] > min(fd.values()) + 2 * noise:
+                break
 
     done: dict[float, dict] = {}
 
@@ -109,7 +113,7 @@ def search(trial, coarse: int, full: int, slack: float | None = None) -> list[di
             done[scale] = trial(scale, full)
         return done[scale]
 
-    best = steps[i]
+    best = min(sorted(fd), key=fd.get)  # the smallest scale on ties
     while True:
         complete(best)
         k = GRID.index(best)
@@ -231,7 +235,8 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
         return result
 
     tolerance = float(params.get("auto_tolerance") or 0.0)
-    tried = search(lambda scale, count: measure(scale, count=count), coarse, n,
+    coarse_noise = float(np.sqrt((target * (1 - target)).sum() / coarse))
+    tried = search(lambda scale, count: measure(scale, count=count), coarse, n, coarse_noise,
                    tolerance * noise if tolerance else None)
     chosen = smallest_scale_within(tried, target, tolerance * noise) if tolerance else interpolated_scale(tried, target)
     aim, aimed = None, []

@@ -10,6 +10,8 @@ import pytest
 from audit.methods import calibration
 from audit.methods.calibration import GRID, interpolated_scale, search, smallest_scale_within
 
+NOISE = 0.5 ** 0.5 / 8  # FD's sampling noise at a two-class uniform target on 64 seeds
+
 
 def shares(optimum: float, steepness: float = 1.0):
     """Class shares of a binary attribute that guidance at `scale` moves from 0.9/0.1 past the
@@ -46,11 +48,13 @@ def test_the_search_chooses_the_exhaustive_scale(optimum, steepness):
     target = np.array([0.5, 0.5])
     curve = shares(optimum, steepness)
     trial, asked = measured(curve, target)
-    tried = search(trial, coarse=64, full=128)
+    tried = search(trial, coarse=64, full=128, noise=NOISE)
     assert interpolated_scale(tried, target) == interpolated_scale(exhaustive(curve, target), target)
     assert [t["scale"] for t in tried] == sorted({s for s, c in asked if c == 128})
-    # cheaper: at most 7 trials on every seed where the exhaustive search makes 17
-    assert sum(c == 128 for _, c in asked) <= 7 and sum(asked_count for _, asked_count in asked) < 17 * 128 * 0.6
+    # cheaper than trying all 17 scales on every seed, by half where the optimum lies in the walk's
+    # reach (a steep curve flat below a far optimum ends the coarse walk early: the full walk goes on)
+    images = sum(count for _, count in asked)  # a completed coarse trial counted twice: an upper bound
+    assert images < 0.7 * 17 * 128 and (images <= 17 * 128 / 2 or optimum > 12)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -62,7 +66,8 @@ def test_a_misleading_coarse_pass_is_corrected_on_every_seed(seed):
     target = np.array([0.5, 0.5])
     curve = shares(float(rng.choice([1.5, 5.0, 20.0])))
     trial, _ = measured(curve, target, coarse_error=errors.get)
-    assert interpolated_scale(search(trial, 64, 128), target) == interpolated_scale(exhaustive(curve, target), target)
+    chosen = interpolated_scale(search(trial, 64, 128, NOISE), target)
+    assert chosen == interpolated_scale(exhaustive(curve, target), target)
 
 
 @pytest.mark.parametrize("slack", [0.02, 0.1, 0.3])
@@ -70,7 +75,7 @@ def test_with_a_tolerance_the_search_brackets_the_smallest_scale_within_it(slack
     target = np.array([0.5, 0.5])
     curve = shares(6.0, 0.7)
     trial, _ = measured(curve, target)
-    tried = search(trial, 64, 128, slack=slack)
+    tried = search(trial, 64, 128, NOISE, slack=slack)
     assert smallest_scale_within(tried, target, slack) == smallest_scale_within(exhaustive(curve, target), target,
                                                                                 slack)
 
@@ -81,7 +86,7 @@ def test_ties_go_to_the_smaller_scale_as_in_the_exhaustive_choice():
     target = np.array([0.5, 0.5])
     flat = lambda scale: [0.7, 0.3]  # noqa: E731
     trial, _ = measured(flat, target)
-    assert interpolated_scale(search(trial, 64, 128), target) == GRID[0]
+    assert interpolated_scale(search(trial, 64, 128, NOISE), target) == GRID[0]
 
 
 def test_progress_lines_count_trials_and_give_an_eta(tmp_path, tiny_model_dir):
