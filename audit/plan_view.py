@@ -197,8 +197,8 @@ def calibration_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list
     """([(UNet evaluations, seconds or None)] of the calibrations a run would make, lines to
     print). A `scale: auto` cell costs nothing when a shipped or cached record of the same config
     exists (its revision and probes are checked when the run loads the model); otherwise up to
-    the whole grid walk plus the aim corrections, each on calibration_samples(k) seeds."""
-    from audit.methods.calibration import AIM_SAMPLES, AIM_STEPS, BELOW, GRID, calibration_samples
+    the most a search may generate (every grid scale plus the aim corrections)."""
+    from audit.methods.calibration import EARLIER_RULES, RULE, calibration_samples, most_images
 
     auto, costs, seen, known = 0, [], set(), {}
     for cell in cells:
@@ -215,11 +215,12 @@ def calibration_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list
         auto += 1
         if cell.model.name not in known:
             known[cell.model.name] = _known_calibrations(cell, suite, out)
-        judge = suite.probe_labeler
-        if any({k: v for k, v in c.items() if k not in ("revision", "probes")} == {**config, "judge": judge}
+        judge, bare = suite.probe_labeler, {k: v for k, v in config.items() if k != "rule"}
+        if any(c.get("rule") in (RULE, *EARLIER_RULES) and
+               {k: v for k, v in c.items() if k not in ("revision", "probes", "rule")} == {**bare, "judge": judge}
                for c in known[cell.model.name]):
             continue
-        images = n * (len(GRID) + len(BELOW) + AIM_SAMPLES * (1 + AIM_STEPS))
+        images = most_images(n)
         nfe, seconds = cell_cost(cell.model_copy(update={"samples": images}))
         costs.append((nfe, seconds))
     if not auto:

@@ -11,11 +11,17 @@ at scale, and how a cell's time and memory scale with its size.
 - scaling: cells of 1k, 4k, 16k samples through the runner (generate -> PNGs on disk -> label ->
   metrics) with a tiny random UNet, each in its own process for a clean peak RSS. Bars: time(16k)
   within 1.2x of 16 x time(1k) and peak memory within 1.3x: images stream to disk.
+- calibration: one `scale: auto` cell (distribution guidance, skin tone to uniform, on
+  zoo:synthfaces-ddpm, batch 64) calibrated from nothing (no shipped record, no earlier trials),
+  then that cell's own 1,000 images generated at the chosen scale, in one run. Bar: calibration
+  seconds <= generation seconds (ratio <= 1).
 - sd15 (only with --device cuda): a random SD-1.5-sized UNet (and VAE) at 512 px, images/s with
   and without distribution guidance.
 
     OMP_NUM_THREADS=1 python benchmarks/perf.py                 # -> benchmarks/results/perf.json
     OMP_NUM_THREADS=1 python benchmarks/perf.py --quick --out /tmp/perf.json   # smoke run
+    OMP_NUM_THREADS=1 python benchmarks/perf.py --skip guidance metrics scaling sd15 \
+        --out benchmarks/results/perf_calibration_cost.json          # the calibration cost alone
     python benchmarks/perf.py --device cuda --threads 8         # adds sd15 (a GPU machine)
 """
 
@@ -37,15 +43,17 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = {
-    "full": {"batch": 32, "steps": 25, "repeats": 3, "probe_n": 64, "metric_samples": 100_000, "metric_repeats": 3,
+    "full": {"calibration": {"n": 1000, "batch": 64, "steps": 25},
+             "batch": 32, "steps": 25, "repeats": 3, "probe_n": 64, "metric_samples": 100_000, "metric_repeats": 3,
              "sizes": [1000, 4000, 16000], "scaling_batch": 64, "scaling_steps": 2,
              "sd": {"size": "sd15", "batch": 8, "steps": 50, "repeats": 3}},
-    "quick": {"batch": 4, "steps": 3, "repeats": 1, "probe_n": 8, "metric_samples": 2000, "metric_repeats": 1,
+    "quick": {"calibration": {"n": 16, "batch": 8, "steps": 2, "seeds": 16},
+              "batch": 4, "steps": 3, "repeats": 1, "probe_n": 8, "metric_samples": 2000, "metric_repeats": 1,
               "sizes": [8, 32], "scaling_batch": 8, "scaling_steps": 1,
               "sd": {"size": "tiny", "batch": 2, "steps": 2, "repeats": 1}},
 }
 ZOO_MODEL, ATTRIBUTE, PROBE_LABELER = "synthfaces-ddpm", "skin_tone", "synthfaces-pseudo"
-BARS = {"guided_h": 1.10, "loop": 1.05, "scaling_time": 1.2, "scaling_memory": 1.3}
+BARS = {"guided_h": 1.10, "loop": 1.05, "scaling_time": 1.2, "scaling_memory": 1.3, "calibration": 1.0}
 
 
 def _sync(device: str) -> None:
@@ -210,6 +218,57 @@ def scaling(cfg: dict, threads: int) -> dict:
             "passes": time_ratio <= BARS["scaling_time"] and memory_ratio <= BARS["scaling_memory"]}
 
 
+# -- calibration against the cell it calibrates ---------------------------------------------------
+
+def calibration_cost(cfg: dict, device: str) -> dict:
+    """Seconds to calibrate one cell from nothing and to generate its images at the chosen scale."""
+    from unittest import mock
+
+    from audit.methods import calibration
+    from audit.registry import METHODS, resolve
+    from audit.runner import RunContext, get_probes
+    from audit.spec import Suite, plan
+    from audit.store import RunStore
+
+    suite = Suite.model_validate({
+        "name": "calibration-cost", "models": [{"name": ZOO_MODEL, "source": f"zoo:{ZOO_MODEL}",
+                                                "steps": cfg["steps"]}],
+        "methods": [{"name": "distribution_guidance", "params": {"scale": "auto", "loss": "chi2"}}],
+        "settings": [{"attributes": [ATTRIBUTE], "target": "uniform"}], "samples": cfg["n"],
+        "batch_size": cfg["batch"], "labelers": ["synthfaces-eval"], "probe_labeler": PROBE_LABELER,
+        "metrics": ["fairness"]})
+    with tempfile.TemporaryDirectory(prefix="diffaudit-calibration-") as tmp:
+        lines: list[str] = []
+        ctx = RunContext(suite=suite, store=RunStore(Path(tmp) / "out"), log=lines.append, device=device)
+        (cell,) = plan(suite)
+        factory = resolve(METHODS, cell.method.name, "method")
+        probes, target = get_probes(ctx, cell), cell.setting.target_vector()
+        n = cfg.get("seeds") or calibration.calibration_samples(len(target))
+        ctx.adapter(cell), ctx.labeler(PROBE_LABELER)  # loaded before the clock starts, as in a run
+        with mock.patch.object(calibration, "shipped_dir", lambda: Path(tmp) / "nothing-shipped"):
+            start = time.perf_counter()
+            chosen = calibration.calibrate(ctx, cell, factory, probes, target, dict(cell.method.params), n=n)
+            calibrating = time.perf_counter() - start
+        (record,) = [json.loads(p.read_text()) for p in (Path(tmp) / "out" / "calibration").glob("*.json")]
+        method = factory(probes=probes, target=target, **{**cell.method.params, **chosen})
+        seeds = list(range(cfg["n"]))
+        method.start_cell(seeds)
+        adapter = ctx.adapter(cell)
+        start = time.perf_counter()
+        for i in range(0, len(seeds), cfg["batch"]):
+            adapter.generate(seeds[i:i + cfg["batch"]], steps=cfg["steps"], method=method)
+        generating = time.perf_counter() - start
+    ratio = calibrating / generating
+    return {"model": f"zoo:{ZOO_MODEL}", "method": "distribution_guidance", "attribute": ATTRIBUTE,
+            "setting": "uniform", "batch": cfg["batch"], "steps": cfg["steps"], "rule": calibration.RULE,
+            "calibration_seeds": n, "chosen": chosen, "calibration_images": record["images"],
+            "trials": {"full": [t["scale"] for t in record["tried"]], "coarse": [t["scale"] for t in record["coarse"]],
+                       "aims": len(record["aimed"])},
+            "calibration_seconds": round(calibrating, 1), "generated_images": cfg["n"],
+            "generation_seconds": round(generating, 1), "ratio": round(ratio, 4), "target": BARS["calibration"],
+            "passes": ratio <= BARS["calibration"], "progress_lines": len(lines)}
+
+
 # -- SD-1.5-sized throughput (a GPU) ---------------------------------------------------------------
 
 def sd_adapter(size: str, device: str, dtype: torch.dtype, workdir: Path):
@@ -286,7 +345,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="dtype of the SD-sized model")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (2 cores are shared here)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["guidance", "metrics", "scaling", "sd15"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["guidance", "metrics", "scaling", "calibration", "sd15"])
     parser.add_argument("--out", type=Path, default=HERE / "results" / "perf.json")
     parser.add_argument("--scaling-cell", type=int, help=argparse.SUPPRESS)  # child process of `scaling`
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -304,7 +364,9 @@ def main() -> None:
     cfg = CONFIGS[mode]
     command = "OMP_NUM_THREADS=1 python benchmarks/perf.py" + (" --quick" if args.quick else "") + \
         (f" --device {args.device}" if args.device != "cpu" else "") + \
-        (f" --threads {args.threads}" if args.threads != 1 else "")
+        (f" --threads {args.threads}" if args.threads != 1 else "") + \
+        (f" --skip {' '.join(args.skip)}" if args.skip else "") + \
+        (f" --out {args.out}" if args.out != HERE / "results" / "perf.json" else "")
     result: dict = {"mode": mode, "command": command, "device": args.device,
                     "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
@@ -319,6 +381,8 @@ def main() -> None:
         result["metrics"] = measure(cfg["metric_samples"], cfg["metric_repeats"])
     if "scaling" not in args.skip:
         result["scaling"] = scaling(cfg, args.threads)
+    if "calibration" not in args.skip:
+        result["calibration"] = calibration_cost(cfg["calibration"], args.device)
     if "sd15" not in args.skip:
         if args.device.startswith("cuda") or args.quick:  # quick: the tiny stand-in checks the code path
             result["sd15"] = sd_throughput(cfg["sd"], args.device, getattr(torch, args.dtype))

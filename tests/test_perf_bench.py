@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_perf_quick_writes_every_section(tmp_path):
     out = tmp_path / "perf.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # this checkout's audit
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--quick", "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -42,6 +42,11 @@ def test_perf_quick_writes_every_section(tmp_path):
     assert all(c["peak_rss_mb"] >= c["rss_before_mb"] > 0 for c in cells)
     for key in ("time_ratio", "memory_ratio", "marginal_seconds_per_1k", "passes"):
         assert key in scaling
+
+    calibration = result["calibration"]  # one cell calibrated from nothing, then its own images
+    assert calibration["calibration_images"] > 0 and calibration["generated_images"] == 16
+    assert calibration["calibration_seconds"] > 0 and calibration["generation_seconds"] > 0
+    assert calibration["trials"]["full"] and calibration["progress_lines"] > 0 and "passes" in calibration
 
     sd = result["sd15"]  # the tiny stand-in of the GPU path
     assert set(sd["images_per_s"]) == {"none", "distribution_guidance"} and sd["device"] == "cpu"

@@ -1,34 +1,45 @@
 """Automatic scale calibration for the probe-guided methods (`scale: auto`).
 
 On calibration seeds disjoint from every evaluation seed (64 per target class, at least 128),
-sampled in the cell's own batch size, a geometric grid of scales is walked upward until it
-passes the optimum or stops making progress (up to 64: attributes the model's h encodes weakly,
-skin tone on synthfaces-t2i, still improve at 16). Each batch's final images are labelled by the
-suite's probe labeler (the labeler the probes learnt from, never an evaluation labeler), and the
-chosen scale minimises the FD of the class shares interpolated between the tried scales
-(`interpolated_scale`), or, with the method param `auto_tolerance` (opt-in), is the smallest
-scale within that many times the FD's sampling noise of the best (`smallest_scale_within`).
+sampled in the cell's own batch size, the chosen scale minimises the FD of the class shares
+interpolated between the full trials next to the best one (`interpolated_scale`), or, with the
+method param `auto_tolerance` (opt-in), is the smallest scale within that many times the FD's
+sampling noise of the best (`smallest_scale_within`). Each trial's final images are labelled by
+the suite's probe labeler (the labeler the probes learnt from, never an evaluation labeler).
+
+The search (`search`) spends all the seeds only where the choice is made. A trial generates the
+seeds batch by batch, so its first batches are exactly the images its full version starts with:
+the earlier rules' walk (upward from 1 until it passes the optimum or stops making progress; up to
+64: attributes the model's h encodes weakly, skin tone on synthfaces-t2i, still improve at 16) runs
+on the first COARSE_SEEDS seeds in factors of 2, then the best walked scale and its sqrt(2)
+neighbours are completed to every seed (its walked batches are kept) and the search moves to a
+neighbour while one measures better. The choice thus comes from full trials around the optimum,
+as when the walk tried every scale on every seed, at about half the images.
+
 Where the chosen scale still misses the target by more than sampling noise explains, the aim is
-corrected next (`corrected_aim`): guidance aims at a distribution moved by
-the shrunk miss, kept only when it lands nearer on the same seeds. Aims are judged on AIM_SAMPLES
-times the walk's seeds: the joint skin tone x eyeglasses miss (FD ~0.15 on synthfaces-ddpm) read
-~0.09 on the walk's 256 seeds, the aim corrected by that estimate left FD 0.071 on 1,000 evaluation
-seeds, and a lucky 0.023 on the 256 stopped further correction. Judging images rather than the
-probe matters: at the last step the probe sees the h that guidance itself has just edited, so it
-always reports success. Records are
-cached per (model revision, method, setting, steps, batch size) in OUT/calibration/ and may be
-shipped with the zoo (`ship_calibrations`). A trial is deterministic, so when only the walk's rule
-changes, the trials of an earlier record of the same cell are reused rather than regenerated.
+corrected next (`corrected_aim`): guidance aims at a distribution moved by the shrunk miss, kept
+only when it lands nearer on the same seeds. Aims are judged on AIM_SAMPLES times the walk's
+seeds: the joint skin tone x eyeglasses miss (FD ~0.15 on synthfaces-ddpm) read ~0.09 on the
+walk's 256 seeds, the aim corrected by that estimate left FD 0.071 on 1,000 evaluation seeds,
+and a lucky 0.023 on the 256 stopped further correction. Judging images rather than the probe
+matters: at the last step the probe sees the h that guidance itself has just edited, so it
+always reports success.
+
+Records are cached per (model revision, method, setting, steps, batch size) in OUT/calibration/
+and may be shipped with the zoo (`ship_calibrations`). A trial is deterministic and records keep
+each trial's per-seed labels, so when only the search changes, an earlier record's trials (and
+their first batches) are reused rather than regenerated. Progress goes to the run's log once per
+batch: trials done, an estimate of those left and an ETA at this calibration's own pace.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from audit.files import atomic_write_json, inside
 from audit.registry import effective_params
@@ -36,13 +47,19 @@ from audit.spec import DEFAULT_PROMPT
 from audit.stages import reached
 
 CALIBRATION_SEED = 20_000_000
-GRID = (1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 16.0, 32.0, 64.0)  # walked upward; most calibrated scales fell in 2-7
-BELOW = (0.5, 0.25)  # tried only when the smallest grid scale is already the best
-PATIENCE = 3  # stop when this many larger scales brought no progress (guidance without effect)
+# Scales a trial may use, factors of sqrt(2) from 1/4 to 64 (rounded as the earlier grid was, so its
+# records' trials replay); the coarse pass uses every other one (factors of 2).
+GRID = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 11.3, 16.0, 22.6, 32.0, 45.3, 64.0)
+PATIENCE = 2  # coarse steps (factors of 2) without progress that end the coarse walk
+COARSE_SEEDS = 64  # a coarse trial's seeds (rounded up to whole batches): FD noise ~0.09 on 2 classes
 AIM_STEPS = 2  # aim corrections tried at the chosen scale
 AIM_SAMPLES = 4  # aims are judged on this many times the walk's seeds (sampling noise halved)
-# Bump RULE when the walk or the choice changes: records are keyed on it.
-RULE = f"images, interpolated, grid to 64, aim corrected on {AIM_SAMPLES}x seeds"
+# Bump RULE when the search or the choice changes: records are keyed on it.
+RULE = f"images, walk on {COARSE_SEEDS} seeds then full, interpolated, aim corrected on {AIM_SAMPLES}x seeds"
+# Records of these earlier rules stay valid for their cells: the full walk they made chose what
+# the coarse-to-fine search chooses within sampling noise (docs/methods.md), so the zoo's shipped
+# records keep serving until they are shipped again under RULE (then drop the rule from here).
+EARLIER_RULES = ("images, interpolated, grid to 64, aim corrected on 4x seeds",)
 
 
 def calibration_samples(k: int) -> int:
@@ -50,6 +67,70 @@ def calibration_samples(k: int) -> int:
     sampling noise stays near 0.06 (with 128 seeds it was 0.077 for 4 classes, and the
     4-class hair colour calibration chose 4.64 where 4.0 measured FD 0.062 and 4.64 0.081)."""
     return max(128, 64 * k)
+
+
+def coarse_samples(n: int, batch: int) -> int:
+    """A coarse trial's seeds: COARSE_SEEDS rounded up to whole batches (so they are the first
+    batches of the full trial), at most the n of a full trial."""
+    return min(n, -(-COARSE_SEEDS // batch) * batch)
+
+
+def most_images(n: int) -> int:
+    """The images a calibration on n seeds generates at most: every grid scale on every seed (a
+    coarse trial's batches count toward its full version) and the aim corrections. A bound for
+    the plan; a typical search makes a third to a half of the walk's part."""
+    return n * len(GRID) + AIM_SAMPLES * n * (1 + AIM_STEPS)
+
+
+def search(trial, coarse: int, full: int, noise: float, slack: float | None = None) -> list[dict]:
+    """The full trials to choose from, sorted by scale. `trial(scale, count)` measures a scale on
+    the first `count` seeds ({"fd", "p_hat", ...}). Coarse (count `coarse`, FD sampling noise
+    `noise`): the walk of every earlier rule in factors of 2, upward from 1 until it passes the
+    optimum (FD above the best by 2 noise) or PATIENCE steps bring no progress (guidance without
+    effect), below 1 when 1 is already the best. Full (count `full`): the best coarse scale and
+    its grid neighbours, moving to the best full trial until it is the best of its neighbours (the
+    smallest scale on ties). With `slack` (auto_tolerance), scales below are completed while they
+    stay within `slack` of the best, so that the smallest scale within it is bracketed."""
+    steps = GRID[::2]
+    fd: dict[float, float] = {}
+    for scale in steps[steps.index(1.0):]:
+        fd[scale] = trial(scale, coarse)["fd"]
+        walked = list(fd.values())
+        if walked[-1] > min(walked) + 2 * noise:  # past the optimum: larger scales only overshoot further
+            break
+        if len(walked) > PATIENCE and min(walked[-PATIENCE:]) > min(walked[:-PATIENCE]) - noise / 2:
+            break  # no progress: guidance barely moves this model's images
+    if min(sorted(fd), key=fd.get) == 1.0:
+        for scale in reversed(steps[:steps.index(1.0)]):  # already over-guided at 1
+            fd[scale] = trial(scale, coarse)["fd"]
+            if fd[scale] > min(fd.values()) + 2 * noise:
+                break
+
+    done: dict[float, dict] = {}
+
+    def complete(scale: float) -> dict:
+        if scale not in done:
+            done[scale] = trial(scale, full)
+        return done[scale]
+
+    best = min(sorted(fd), key=fd.get)  # the smallest scale on ties
+    while True:
+        complete(best)
+        k = GRID.index(best)
+        for j in (k - 1, k + 1):
+            if 0 <= j < len(GRID):
+                complete(GRID[j])
+        moved = min(sorted(done), key=lambda s: done[s]["fd"])  # the smallest scale on ties
+        if moved == best:
+            break
+        best = moved
+    if slack is not None:
+        bound = done[best]["fd"] + slack
+        low = min(done)
+        while GRID.index(low) > 0 and done[low]["fd"] <= bound:
+            low = GRID[GRID.index(low) - 1]
+            complete(low)
+    return [done[s] for s in sorted(done)]
 
 
 def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = None) -> dict:
@@ -63,9 +144,15 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
     record = record_name(config)
     cache = inside(ctx.store.out, Path("calibration") / f"{cell.model.name}-{record}")
     shipped = shipped_calibration(cell.model.source, record)
-    if not cache.exists() and shipped is not None and shipped.exists():
-        ctx.log(f"{cell.method.name} on {cell.model.name}/{cell.setting.key}: using the zoo's calibrated scale")
-        atomic_write_json(cache, json.loads(shipped.read_text()))
+    if not cache.exists():
+        for name in record_names(config):  # this rule's record first, then a valid earlier rule's
+            places = (shipped_calibration(cell.model.source, name), cache.parent / f"{cell.model.name}-{name}")
+            found = [p for p in places if p is not None and p != cache and p.exists()]
+            if found:
+                where = "the zoo's" if found[0].parent != cache.parent else "an earlier rule's"
+                ctx.log(f"{cell.method.name} on {cell.model.name}/{cell.setting.key}: using {where} calibrated scale")
+                atomic_write_json(cache, json.loads(found[0].read_text()))
+                break
     partial = inside(ctx.store.out, Path("calibration") / "partial" / cache.name)
     if cache.exists():
         record = json.loads(cache.read_text())
@@ -76,69 +163,87 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
     prompts = [cell.prompt or DEFAULT_PROMPT] * len(seeds) if adapter.conditional else None
     target = np.asarray(target, dtype=float)
     noise = float(np.sqrt((target * (1 - target)).sum() / n))  # FD's sampling spread at the target
-    tried = []
+    coarse = coarse_samples(n, cell.batch_size)
+    sizes = [len(judge.attributes[a]) for a in cell.setting.attributes]
     earlier = earlier_trials(config, [cache.parent, shipped.parent] if shipped is not None else [cache.parent])
-    finished = resumable_measurements(partial, config)  # of a calibration killed before its record
-
-    def measure(scale: float, aim: np.ndarray | None = None, count: int = n) -> dict:
-        aimed = {} if aim is None else {"aim": aim.tolist()}
-        key = measurement_key(scale, aimed.get("aim"), count)
-        if key in finished:
-            say(f"scale {scale:g}{' aimed' if aimed else ''} on {count} seeds: kept from an interrupted calibration")
-            return finished[key]
-        method = factory(probes=probes, target=target, **{**params, "scale": scale, **aimed})
-        method.start_cell(seeds[:count])
-        images, finite = [], []
-        for i in range(0, count, cell.batch_size):
-            end = min(i + cell.batch_size, count)
-            out = adapter.generate(seeds[i:end], prompts=None if prompts is None else prompts[i:end],
-                                   steps=cell.model.steps, guidance_scale=cell.model.guidance_scale, method=method,
-                                   eta=cell.model.eta)
-            images.append(out.images)
-            finite.append(out.finite)
-        images = torch.cat(images)
-        labels = judge.label(images)
-        flat = images.flatten(1)  # a non-finite (stored black) or flat image is no sample of any class
-        valid = labels.valid & torch.cat(finite).numpy() & (flat.amax(1) > flat.amin(1)).numpy()
-        joint, k = joint_labels([labels.hard(a)[valid] for a in cell.setting.attributes],
-                                [len(judge.attributes[a]) for a in cell.setting.attributes])
-        p_hat = np.bincount(joint, minlength=k) / max(1, len(joint))
-        result = {"scale": scale, **aimed, "n": count, "fd": float(np.linalg.norm(p_hat - target)),
-                  "p_hat": p_hat.round(4).tolist()}
-        finished[key] = result
-        atomic_write_json(partial, {"config": config, "measurements": list(finished.values())})
-        reached("calibration-trial")
-        return result
+    resumed = resumable_measurements(partial, config)  # of a calibration killed before its record
+    measured: dict[str, dict] = {}  # this calibration's measurements, by (scale, aim, seeds of the trial)
+    whole: dict[str, dict] = {}  # earlier records' trials without per-seed labels
+    views: list[dict] = []  # every answer the search got, in order
+    progress = Progress()
 
     def say(message: str) -> None:
         ctx.log(f"calibrating {cell.method.name} on {cell.model.name}/{cell.setting.key}: {message}")
 
-    def trial(scale: float) -> float:
-        result, source = earlier.get(scale), "an earlier record's trial"
-        if result is None:
-            result, source = measure(scale), f"judged by {judge.name}"
-        tried.append(result)
-        say(f"scale {scale:g} -> FD {result['fd']:.3f} ({source})")
-        return result["fd"]
+    def measure(scale: float, aim: np.ndarray | None = None, total: int = n, count: int | None = None) -> dict:
+        """The trial of `scale` (and `aim`) over `total` seeds, measured on its first `count`."""
+        count = count or total
+        aimed = {} if aim is None else {"aim": aim.tolist()}
+        key = measurement_key(scale, aimed.get("aim"), total)
+        what = f"scale {scale:g}{' aimed' if aimed else ''} on {count} of {total} seeds"
+        for source, store in (("kept from an interrupted calibration", resumed),
+                              ("an earlier record's trial", earlier)):
+            if key in store and "labels" not in store[key]:  # an earlier record's trial: stands only for itself
+                whole[key] = store.pop(key)
+            if key not in measured and key in store:
+                measured[key] = store.pop(key)
+                say(f"{what}: {source}")
+        if count == total and key in whole:
+            say(f"{what}: an earlier record's trial")
+            return answer(whole[key])
+        known = measured.get(key)
+        if known is not None and (known["n"] == count or (known["n"] > count and "labels" in known)):
+            return answer(prefix(known, count, target))
+        labels = list(known["labels"]) if known is not None and "labels" in known and known["n"] < count else []
+        method = factory(probes=probes, target=target, **{**params, "scale": scale, **aimed})
+        method.start_cell(seeds[:total])  # a first batch is the same whatever count the trial stops at
+        for i in range(len(labels), count, cell.batch_size):
+            started = time.perf_counter()
+            end = min(i + cell.batch_size, count)
+            out = adapter.generate(seeds[i:end], prompts=None if prompts is None else prompts[i:end],
+                                   steps=cell.model.steps, guidance_scale=cell.model.guidance_scale, method=method,
+                                   eta=cell.model.eta)
+            found = judge.label(out.images)
+            flat = out.images.flatten(1)  # a non-finite (stored black) or flat image is no sample of any class
+            valid = found.valid & out.finite.numpy() & (flat.amax(1) > flat.amin(1)).numpy()
+            joint, _ = joint_labels([found.hard(a) for a in cell.setting.attributes], sizes)
+            labels += np.where(valid, joint, -1).tolist()
+            measured[key] = summary(scale, aimed, total, labels, target)
+            atomic_write_json(partial, {"config": config, "measurements": list(measured.values())})
+            progress.batch(end - i, time.perf_counter() - started)
+            say(f"{what}: {end} generated; {progress.line(*outlook(total, count, end))}")
+            reached("calibration-trial")
+        return answer(measured[key])
 
-    for scale in GRID:
-        fd = trial(scale)
-        fds = [t["fd"] for t in tried]
-        if fd > min(fds) + 2 * noise:  # past the optimum: larger scales only overshoot further
-            break
-        if len(fds) > PATIENCE and min(fds[-PATIENCE:]) > min(fds[:-PATIENCE]) - noise / 2:
-            break  # no progress: guidance barely moves this model's images
-    if min(tried, key=lambda t: t["fd"])["scale"] == GRID[0]:
-        for scale in BELOW:  # already over-guided at the smallest grid scale
-            if trial(scale) > min(t["fd"] for t in tried) + 2 * noise:
-                break
+    def outlook(total: int, count: int, done: int) -> tuple[int, int, int]:
+        """(trials done, an estimate of the trials left and of their images) for a typical
+        search: three coarse trials, then one completed and two full ones; once the aim checks
+        have started, up to 1 + AIM_STEPS of them. The trial in hand is left until its last batch."""
+        if total > n:
+            later = [total] * (AIM_STEPS - sum(1 for v in views if max(v["n"], v.get("of", 0)) > n))
+        elif not any(m["n"] == n == m.get("of", n) for m in measured.values()):
+            later = [coarse] * max(0, 2 - len(views)) + [n - coarse, n, n]
+        else:
+            later = [n] * max(0, 3 - sum(1 for v in views if v["n"] == n))
+        rest = count - done
+        return len(views), bool(rest) + len(later), rest + sum(later)
+
+    def answer(result: dict) -> dict:
+        views.append(result)
+        say(f"scale {result['scale']:g}{' aimed' if 'aim' in result else ''} on {result['n']} seeds "
+            f"-> FD {result['fd']:.3f}")
+        return result
+
     tolerance = float(params.get("auto_tolerance") or 0.0)
+    coarse_noise = float(np.sqrt((target * (1 - target)).sum() / coarse))
+    tried = search(lambda scale, count: measure(scale, count=count), coarse, n, coarse_noise,
+                   tolerance * noise if tolerance else None)
     chosen = smallest_scale_within(tried, target, tolerance * noise) if tolerance else interpolated_scale(tried, target)
     aim, aimed = None, []
     if params.get("aim") is None and min(t["fd"] for t in tried) > noise:
         count = AIM_SAMPLES * n
         aim_noise = noise / np.sqrt(AIM_SAMPLES)
-        best = measure(chosen, count=count)
+        best = measure(chosen, total=count)
         say(f"chosen scale {chosen:g} -> FD {best['fd']:.3f} on {count} seeds (sampling noise {aim_noise:.3f})")
         aimed.append(best)
         for _ in range(AIM_STEPS):
@@ -146,17 +251,61 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
                                       aim_noise)
             if candidate is None:
                 break
-            aimed.append(measure(chosen, candidate, count=count))
+            aimed.append(measure(chosen, candidate, total=count))
             say(f"scale {chosen:g} aimed at {np.round(candidate, 3).tolist()} -> FD {aimed[-1]['fd']:.3f} "
                 f"(was {best['fd']:.3f})")
             if aimed[-1]["fd"] >= best["fd"]:
                 break
             best = aimed[-1]
         aim = best.get("aim")
-    atomic_write_json(cache, {"scale": chosen, "aim": aim, "noise": noise, "tried": tried, "aimed": aimed,
-                              "config": config})
+    coarse_only = [m for m in measured.values() if m["n"] < m.get("of", m["n"])]
+    atomic_write_json(cache, {"scale": chosen, "aim": aim, "noise": noise, "tried": tried, "coarse": coarse_only,
+                              "aimed": aimed, "images": progress.images, "config": config})
     partial.unlink(missing_ok=True)
+    say(f"chose scale {chosen:g}{' with a corrected aim' if aim is not None else ''} after {progress.summary()}")
     return {"scale": chosen, "aim": aim}
+
+
+def summary(scale: float, aimed: dict, total: int, labels: list[int], target: np.ndarray) -> dict:
+    """A measurement: the class shares among the valid labels (-1: no sample of any class)."""
+    joint = np.asarray([v for v in labels if v >= 0], dtype=int)
+    p_hat = np.bincount(joint, minlength=len(target)) / max(1, len(joint))
+    result = {"scale": scale, **aimed, "n": len(labels), "fd": float(np.linalg.norm(p_hat - target)),
+              "p_hat": p_hat.round(4).tolist(), "labels": labels}
+    return result if len(labels) == total else {**result, "of": total}
+
+
+def prefix(measurement: dict, count: int, target: np.ndarray) -> dict:
+    """The measurement on its first `count` seeds (itself when it has no more)."""
+    if measurement["n"] == count:
+        return measurement
+    aimed = {"aim": measurement["aim"]} if "aim" in measurement else {}
+    return summary(measurement["scale"], aimed, measurement.get("of", measurement["n"]),
+                   measurement["labels"][:count], target)
+
+
+class Progress:
+    """What this calibration generated and how fast, for the log's trial counts and ETA."""
+
+    def __init__(self):
+        self.images, self.seconds = 0, 0.0
+
+    def batch(self, images: int, seconds: float) -> None:
+        self.images += images
+        self.seconds += seconds
+
+    def line(self, trials_done: int, trials_left: int, images_left: int) -> str:
+        eta = images_left * self.seconds / max(1, self.images)
+        return f"{trials_done} trials done, about {trials_left} left, ETA {clock(eta)}"
+
+    def summary(self) -> str:
+        return f"{self.images} images in {clock(self.seconds)}"
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def measurement_key(scale: float, aim: list | None, count: int) -> str:
@@ -164,9 +313,10 @@ def measurement_key(scale: float, aim: list | None, count: int) -> str:
 
 
 def resumable_measurements(partial: Path, config: dict) -> dict[str, dict]:
-    """The measurements (walk trials and aims) a calibration of the same config finished before it
-    was killed or interrupted, by (scale, aim, seeds): each is deterministic (fixed seeds, weights,
-    params and judge), so the re-run continues from them and chooses what the run would have.
+    """The measurements (walk trials, or their first batches, and aims) a calibration of the same
+    config made before it was killed or interrupted, by (scale, aim, seeds of the trial): each is
+    deterministic (fixed seeds, weights, params and judge), so the re-run continues from them and
+    chooses what the run would have.
     Kept in OUT/calibration/partial/ (not beside the records: ship_calibrations and earlier_trials
     read those as finished) and removed once the record is written."""
     try:
@@ -176,7 +326,7 @@ def resumable_measurements(partial: Path, config: dict) -> dict[str, dict]:
     same = lambda c: json.dumps(c, sort_keys=True, default=str)  # noqa: E731  (NaN accuracies compare equal)
     if not isinstance(data, dict) or same(data.get("config")) != same(config):
         return {}
-    return {measurement_key(m["scale"], m.get("aim"), m["n"]): m for m in data.get("measurements", [])}
+    return {measurement_key(m["scale"], m.get("aim"), m.get("of", m["n"])): m for m in data.get("measurements", [])}
 
 
 def corrected_aim(aim: np.ndarray, p_hat: np.ndarray, target: np.ndarray, noise: float) -> np.ndarray | None:
@@ -207,23 +357,35 @@ def calibration_config(ctx, cell, factory, probes, target, params: dict, n: int)
             "judge": ctx.suite.probe_labeler, "n": n, "rule": RULE}
 
 
-def earlier_trials(config: dict, folders: list[Path]) -> dict[float, dict]:
-    """Trials of records that differ from `config` only in how the scale is chosen (the
-    calibration rule, `auto_tolerance`), by scale: the same seeds, weights, method params and
-    judge give the same images and FD."""
+def earlier_trials(config: dict, folders: list[Path]) -> dict[str, dict]:
+    """Measurements of records that differ from `config` only in how the scale is chosen (the
+    calibration rule, `auto_tolerance`), by (scale, aim, seeds of the trial), the most seeds
+    first: the same seeds, weights, method params and judge give the same images and FD. A
+    record's walk trials without per-seed labels (made before records kept them) stand only for
+    themselves, not for their first batches."""
     def walk(c: dict) -> dict:
         params = {k: v for k, v in (c.get("params") or {}).items() if k != "auto_tolerance"}
         return json.loads(json.dumps({**{k: v for k, v in c.items() if k != "rule"}, "params": params}, default=str))
 
     same = walk(config)
-    trials = {}
+    found: dict[str, dict] = {}
     for folder in folders:
         for path in sorted(Path(folder).glob("*.json")):
             data = json.loads(path.read_text())
             other = data.get("config", {})
-            if other != config and walk(other) == same:
-                trials.update({float(t["scale"]): t for t in data.get("tried", [])})
-    return trials
+            if other == config or walk(other) != same:
+                continue
+            for m in [*data.get("tried", []), *data.get("coarse", []), *data.get("aimed", [])]:
+                m = {"n": other.get("n"), **m}  # the oldest records' walk trials leave n to the config
+                key = measurement_key(m["scale"], m.get("aim"), m.get("of", m["n"]))
+                if key not in found or m["n"] > found[key]["n"]:
+                    found[key] = m
+    return found
+
+
+def record_names(config: dict) -> list[str]:
+    """The names a record of `config` may have: under RULE, then under each of EARLIER_RULES."""
+    return [record_name(config)] + [record_name({**config, "rule": rule}) for rule in EARLIER_RULES]
 
 
 def record_name(config: dict) -> str:
@@ -243,8 +405,9 @@ def shipped_calibration(source: str, record: str) -> Path | None:
 
 
 def usable(config: dict, revision: str) -> bool:
-    """Whether a record can still be used: made on these weights, by the current rule."""
-    return config.get("revision") == revision and config.get("rule") == RULE
+    """Whether a record can still be used: made on these weights, by the current rule or one of
+    the earlier rules that stay valid."""
+    return config.get("revision") == revision and config.get("rule") in (RULE, *EARLIER_RULES)
 
 
 def ship_calibrations(run_dir: Path, revisions: dict[str, str]) -> list[Path]:

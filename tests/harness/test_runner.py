@@ -321,7 +321,7 @@ def test_zoo_probes_are_used_only_for_the_weights_they_were_trained_on(tmp_path)
 
 
 def test_auto_scale_is_calibrated_on_images_judged_by_the_probe_labeler(tmp_path, tiny_model_dir):
-    from audit.methods.calibration import AIM_SAMPLES, BELOW, CALIBRATION_SEED, GRID, interpolated_scale
+    from audit.methods.calibration import AIM_SAMPLES, CALIBRATION_SEED, GRID, coarse_samples, interpolated_scale
 
     suite = tiny_suite(tmp_path, tiny_model_dir, samples=4,
                        settings=[{"attributes": ["skin_tone"], "target": "uniform"}],
@@ -330,9 +330,15 @@ def test_auto_scale_is_calibrated_on_images_judged_by_the_probe_labeler(tmp_path
     assert set(frame["status"]) == {"done"}
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "calibration").glob("*.json")]
     assert record["config"]["judge"] == "synthfaces-pseudo" and record["tried"]
+    # The full trials are a run of neighbouring grid scales around the best one; coarse ones stop
+    # at their first batches.
     scales = [t["scale"] for t in record["tried"]]
-    walked = [s for s in scales if s in GRID]
-    assert walked == list(GRID[:len(walked)]) and scales[len(walked):] == list(BELOW[:len(scales) - len(walked)])
+    first = GRID.index(scales[0])
+    assert scales == list(GRID[first:first + len(scales)]) and len(scales) >= 2
+    best = GRID.index(min(record["tried"], key=lambda t: t["fd"])["scale"])  # the smallest on ties
+    assert all(GRID[j] in scales for j in (best - 1, best + 1) if 0 <= j < len(GRID))
+    coarse = coarse_samples(record["config"]["n"], record["config"]["batch"])
+    assert all(t["n"] == coarse < t["of"] for t in record["coarse"])
     assert record["scale"] == interpolated_scale(record["tried"], [0.5, 0.5])
     cell = next((tmp_path / "out" / "cells").iterdir())
     method = json.loads((cell / "manifest.json").read_text())["method"]

@@ -86,7 +86,8 @@ def test_every_calibrated_quickstart_cell_has_a_shipped_record(tmp_path):
         n = calibration.calibration_samples(len(target))
         factory = resolve(METHODS, cell.method.name, "method")
         config = calibration.calibration_config(ctx, cell, factory, probes, target, dict(cell.method.params), n=n)
-        if not calibration.shipped_calibration(cell.model.source, calibration.record_name(config)).exists():
+        if not any(calibration.shipped_calibration(cell.model.source, name).exists()
+                   for name in calibration.record_names(config)):
             missing.append(cell.cell_id)
     assert not missing, f"run the quickstart, then `diffaudit zoo ship-calibrations runs/quickstart`: {missing}"
 
@@ -123,29 +124,37 @@ def test_a_changed_method_default_does_not_reuse_a_record(tmp_path):
     assert key(factory, {"scale": "auto"}) != key(factory, {"scale": "auto", "auto_tolerance": 0.25})
 
 
-def walk_record(config: dict, fds: dict[float, float]) -> dict:
-    """A record of a two-class calibration whose trials measured `fds` (scale -> FD)."""
-    tried = [{"scale": s, "fd": fd, "p_hat": [0.5 + fd / 2 ** 0.5, 0.5 - fd / 2 ** 0.5]} for s, fd in fds.items()]
-    return {"scale": 1.0, "tried": tried, "config": config}
+def walk_record(config: dict, fds: dict[float, float], n: int = 128) -> dict:
+    """A record of a two-class calibration whose trials measured `fds` (scale -> FD) on n seeds,
+    with per-seed labels spread evenly, so that a trial's first batches read about the same."""
+    def trial(scale: float, fd: float) -> dict:
+        first = round(n * (0.5 + fd / 2 ** 0.5))
+        labels = [0 if (i + 1) * first // n > i * first // n else 1 for i in range(n)]
+        p_hat = [first / n, 1 - first / n]
+        return {"scale": scale, "n": n, "fd": float(np.linalg.norm(np.subtract(p_hat, 0.5))), "p_hat": p_hat,
+                "labels": labels}
+    return {"scale": 1.0, "tried": [trial(s, fd) for s, fd in fds.items()], "config": config}
 
 
 def test_a_new_calibration_rule_reuses_an_earlier_records_trials(tmp_path, zoo_weights):
-    """Trials are deterministic: a changed walk replays the earlier rule's trials and generates
-    only the scales they lack (here 32, past the old grid's top, where FD still fell)."""
+    """Trials are deterministic and records keep their per-seed labels: a changed search replays
+    the earlier rule's trials, their first batches included, and generates only what they lack
+    (here 32, past the old record's top, where FD still fell)."""
     ctx, cell = quickstart_cell(tmp_path)
     probes, target = get_probes(ctx, cell), cell.setting.target_vector()
     params = {**cell.method.params, "scale": "auto"}
     config = calibration.calibration_config(ctx, cell, never_called, probes, target, params, n=128)
     old_rule = {**config, "rule": "images, interpolated"}
     (tmp_path / "out" / "calibration").mkdir(parents=True)
-    early = {1.0: 0.30, 1.4: 0.20, 2.0: 0.08, 2.8: 0.02, 4.0: 0.25}  # passes the optimum at 4.0
+    early = {1.0: 0.30, 1.4: 0.20, 2.0: 0.08, 2.8: 0.02, 4.0: 0.25, 8.0: 0.40}  # the optimum near 2.8
     (tmp_path / "out" / "calibration" / "synthfaces-ddpm-old.json").write_text(
         json.dumps(walk_record(old_rule, early)))
     scale = calibration.calibrate(ctx, cell, never_called, probes, target, params)["scale"]
     record = json.loads((tmp_path / "out" / "calibration" / f"synthfaces-ddpm-{calibration.record_name(config)}")
                         .read_text())
-    assert record["config"]["rule"] == calibration.RULE and scale == record["scale"]
-    assert [t["scale"] for t in record["tried"]] == list(early)
+    assert record["config"]["rule"] == calibration.RULE and scale == record["scale"] and record["images"] == 0
+    # 1.0 and 8.0 were read on their replayed trials' first batch only: no coarse trial of its own
+    assert [t["scale"] for t in record["tried"]] == [1.4, 2.0, 2.8, 4.0] and record["coarse"] == []
     assert 2.0 < scale < 4.0
 
     # Shipped with the zoo, a record whose FD was still falling at 16 is extended upward.
@@ -161,6 +170,24 @@ def test_a_new_calibration_rule_reuses_an_earlier_records_trials(tmp_path, zoo_w
     assert not (zoo_weights / "synthfaces-ddpm" / "old.json").exists()
 
 
+def test_trials_of_records_without_labels_stand_only_for_themselves(tmp_path, zoo_weights):
+    """A record made before records kept per-seed labels cannot tell a trial's first batch: that
+    is generated, the full trial is replayed."""
+    ctx, cell = quickstart_cell(tmp_path)
+    probes, target = get_probes(ctx, cell), cell.setting.target_vector()
+    params = {**cell.method.params, "scale": "auto"}
+    config = calibration.calibration_config(ctx, cell, never_called, probes, target, params, n=128)
+    old = walk_record({**config, "rule": "images, interpolated"}, {4.0: 0.1, 8.0: 0.2})
+    for trial in old["tried"]:
+        del trial["labels"]
+    (tmp_path / "out" / "calibration").mkdir(parents=True)
+    (tmp_path / "out" / "calibration" / "synthfaces-ddpm-old.json").write_text(json.dumps(old))
+    found = calibration.earlier_trials(config, [tmp_path / "out" / "calibration"])
+    assert set(found) == {calibration.measurement_key(s, None, 128) for s in (4.0, 8.0)}
+    with pytest.raises(AssertionError, match="generated images"):  # the coarse pass's first batch at 4
+        calibration.calibrate(ctx, cell, never_called, probes, target, params)
+
+
 def test_auto_tolerance_picks_a_smaller_scale_from_the_same_trials(tmp_path, zoo_weights):
     """`auto_tolerance` changes only which tried scale is chosen: its record replays the trials of
     the plain record of the same cell (no images generated) and chooses the smallest scale whose
@@ -169,7 +196,7 @@ def test_auto_tolerance_picks_a_smaller_scale_from_the_same_trials(tmp_path, zoo
     probes, target = get_probes(ctx, cell), cell.setting.target_vector()
     params = {**cell.method.params, "scale": "auto"}
     plain = calibration.calibration_config(ctx, cell, never_called, probes, target, params, n=128)
-    walked = {1.0: 0.30, 1.4: 0.20, 2.0: 0.08, 2.8: 0.02, 4.0: 0.25}  # passes the optimum at 4.0
+    walked = {1.0: 0.30, 1.4: 0.20, 2.0: 0.08, 2.8: 0.02, 4.0: 0.25, 8.0: 0.40}  # the optimum near 2.8
     (tmp_path / "out" / "calibration").mkdir(parents=True)
     (tmp_path / "out" / "calibration" / "synthfaces-ddpm-plain.json").write_text(
         json.dumps(walk_record(plain, walked)))
@@ -179,7 +206,8 @@ def test_auto_tolerance_picks_a_smaller_scale_from_the_same_trials(tmp_path, zoo
     record = json.loads((tmp_path / "out" / "calibration" / f"synthfaces-ddpm-{calibration.record_name(config)}")
                         .read_text())
     assert config["params"]["auto_tolerance"] == 0.5 and config["rule"] == plain["rule"]
-    assert [t["scale"] for t in record["tried"]] == list(walked) and record["aimed"] == []
+    assert [t["scale"] for t in record["tried"]] == [1.4, 2.0, 2.8, 4.0] and record["aimed"] == []
+    assert record["images"] == 0
     noise = record["noise"]  # 0.0625: two classes, 128 seeds
     assert scale == calibration.smallest_scale_within(record["tried"], target, 0.5 * noise)
     assert 2.0 < scale < calibration.interpolated_scale(record["tried"], target) <= 2.8
