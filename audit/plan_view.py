@@ -149,11 +149,11 @@ def _print_groups(suite: Suite, cells, costs, console) -> None:
 
 
 def _calibration_config(cell, n: int) -> dict | None:
-    """The calibration config (audit.methods.calibration.calibration_config) of a `scale: auto`
+    """The calibration config (audit.run.calibration.calibration_config) of a `scale: auto`
     cell, less the model revision and probe accuracies that only loading tells: None when the
     cell's method does not calibrate."""
-    from audit.methods.calibration import RULE, calibration_samples
     from audit.registry import METHODS, effective_params, resolve
+    from audit.run.calibration import RULE, calibration_samples
 
     factory = resolve(METHODS, cell.method.name, "method")
     if not factory.calibrates_scale:
@@ -174,7 +174,7 @@ def _calibration_config(cell, n: int) -> dict | None:
 def _known_calibrations(cell, suite: Suite, out: Path | None) -> list[dict]:
     """Configs of the calibration records a run of this cell's model could use: the zoo's
     shipped ones and those cached in OUT/calibration."""
-    from audit.methods.calibration import shipped_calibration
+    from audit.run.calibration import shipped_calibration
 
     folders = []
     shipped = shipped_calibration(cell.model.source, "x.json")
@@ -198,7 +198,7 @@ def calibration_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list
     print). A `scale: auto` cell costs nothing when a shipped or cached record of the same config
     exists (its revision and probes are checked when the run loads the model); otherwise up to
     the most a search may generate (every grid scale plus the aim corrections)."""
-    from audit.methods.calibration import EARLIER_RULES, RULE, calibration_samples, most_images
+    from audit.run.calibration import EARLIER_RULES, RULE, calibration_samples, most_images
 
     auto, costs, seen, known = 0, [], set(), {}
     for cell in cells:

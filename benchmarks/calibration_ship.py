@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from audit.methods import calibration
-from audit.registry import METHODS, resolve
 from audit.runner import RunContext, get_probes, plan
+
+from audit.registry import METHODS, resolve
+from audit.run import calibration
 from audit.spec import load_suite
 from audit.store import RunStore
 

@@ -224,9 +224,10 @@ def calibration_cost(cfg: dict, device: str) -> dict:
     """Seconds to calibrate one cell from nothing and to generate its images at the chosen scale."""
     from unittest import mock
 
-    from audit.methods import calibration
-    from audit.registry import METHODS, resolve
     from audit.runner import RunContext, get_probes
+
+    from audit.registry import METHODS, resolve
+    from audit.run import calibration
     from audit.spec import Suite, plan
     from audit.store import RunStore
 

@@ -409,7 +409,7 @@ def test_per_sample_loss_still_pushes_a_confidently_wrong_sample():
 
 
 def test_corrected_aim_moves_only_by_the_systematic_part_of_a_miss():
-    from audit.methods.calibration import corrected_aim
+    from audit.run.calibration import corrected_aim
 
     target = np.array([0.5, 0.5])
     assert corrected_aim(target, np.array([0.47, 0.53]), target, noise=0.05) is None  # within the noise
@@ -439,7 +439,7 @@ def test_a_calibrated_aim_replaces_the_target_where_guidance_steers():
 
 
 def test_interpolated_scale_finds_the_crossing_between_grid_points():
-    from audit.methods.calibration import interpolated_scale
+    from audit.run.calibration import interpolated_scale
 
     # The dark share rises linearly in log2(scale) from 0.2 (scale 1) to 0.6 (scale 4): it
     # crosses the 0.5 target at log2(scale) = 1.5, between the tried scales 2 and 4.

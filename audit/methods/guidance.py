@@ -166,7 +166,7 @@ def proportions(values, k: int, name: str, meaning: str) -> np.ndarray:
 
 
 def tolerance_value(value) -> float:
-    """`auto_tolerance` (see audit.methods.calibration.smallest_scale_within) as a float, or a
+    """`auto_tolerance` (see audit.run.calibration.smallest_scale_within) as a float, or a
     ValueError that says what it may be."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 4:
         raise ValueError(f"auto_tolerance must be a number from 0 to 4 (FD sampling-noise units the calibration "
@@ -199,7 +199,7 @@ class ProbeGuidance:
 
     supplied = ("probes", "target")
     needs_probe = True
-    calibrates_scale = True  # `scale: auto` (audit.methods.calibration)
+    calibrates_scale = True  # `scale: auto` (audit.run.calibration)
     relative_cost = 1.05  # h path: the probe's linear head is all that back-propagates
 
     @classmethod

@@ -64,7 +64,7 @@ def build_method(ctx: RunContext, cell: Cell):
     spec, params, factory = cell.method, dict(cell.method.params), cell.method_class
     supplied = supplied_arguments(ctx, cell, factory, params)
     if factory.calibrates_scale and params.get("scale", "auto") == "auto":
-        from audit.methods.calibration import calibrate
+        from audit.run.calibration import calibrate
 
         _construct(factory, spec, {**supplied, **params, "scale": 1.0})  # fail fast
         calibrated = _calibration_of_started_cell(ctx, cell) or calibrate(ctx, cell, factory, supplied["probes"],

@@ -93,7 +93,7 @@ def zoo_list():
 def zoo_ship_calibrations(run_dir: Path = typer.Argument(..., help="A run directory with calibration/ records.")):
     """Ship a run's `scale: auto` calibrations of zoo models with the zoo, so suites on the
     zoo (the quickstart) start calibrated. Only records of the zoo's current weights are kept."""
-    from audit.methods.calibration import ship_calibrations
+    from audit.run.calibration import ship_calibrations
     from audit.zoo import is_trained, zoo_path
     from audit.zoo.recipes import RECIPES
     from audit.zoo.source import zoo_revision

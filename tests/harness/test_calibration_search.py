@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from audit.methods import calibration
-from audit.methods.calibration import GRID, interpolated_scale, search, smallest_scale_within
+from audit.run import calibration
+from audit.run.calibration import GRID, interpolated_scale, search, smallest_scale_within
 
 NOISE = 0.5 ** 0.5 / 8  # FD's sampling noise at a two-class uniform target on 64 seeds
 
@@ -92,8 +92,9 @@ def test_ties_go_to_the_smaller_scale_as_in_the_exhaustive_choice():
 def test_progress_lines_count_trials_and_give_an_eta(tmp_path, tiny_model_dir):
     """Every generated batch logs the trial in hand, trials done, an estimate of those left and
     an ETA; coarse trials stop after their first batches and the full ones keep them."""
-    from audit.registry import METHODS, resolve
     from audit.runner import RunContext, get_probes
+
+    from audit.registry import METHODS, resolve
     from audit.spec import Suite, plan
     from audit.store import RunStore
 

@@ -70,7 +70,7 @@ def test_stopped_at_every_stage_the_rerun_matches_an_uninterrupted_run(tmp_path,
 CALIBRATE = textwrap.dedent("""
     import json, sys
     import torch
-    from audit.methods.calibration import calibrate
+    from audit.run.calibration import calibrate
     from audit.registry import METHODS, resolve
     from audit.run.context import RunContext
     from audit.run.probes import get_probes

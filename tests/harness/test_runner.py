@@ -321,7 +321,7 @@ def test_zoo_probes_are_used_only_for_the_weights_they_were_trained_on(tmp_path)
 
 
 def test_auto_scale_is_calibrated_on_images_judged_by_the_probe_labeler(tmp_path, tiny_model_dir):
-    from audit.methods.calibration import AIM_SAMPLES, CALIBRATION_SEED, GRID, coarse_samples, interpolated_scale
+    from audit.run.calibration import AIM_SAMPLES, CALIBRATION_SEED, GRID, coarse_samples, interpolated_scale
 
     suite = tiny_suite(tmp_path, tiny_model_dir, samples=4,
                        settings=[{"attributes": ["skin_tone"], "target": "uniform"}],

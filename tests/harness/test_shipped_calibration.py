@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from audit.methods import calibration
 from audit.methods.guidance import DEFAULT_STOP
 from audit.registry import METHODS, effective_params, resolve
+from audit.run import calibration
 from audit.run.context import RunContext
 from audit.run.probes import get_probes
 from audit.spec import load_suite, plan

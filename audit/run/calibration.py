@@ -10,7 +10,7 @@ the suite's probe labeler (the labeler the probes learnt from, never an evaluati
 The search (`search`) spends all the seeds only where the choice is made. A trial generates the
 seeds batch by batch, so its first batches are exactly the images its full version starts with:
 the earlier rules' walk (upward from 1 until it passes the optimum or stops making progress; up to
-64: attributes the model's h encodes weakly, skin tone on synthfaces-t2i, still improve at 16) runs
+64: attributes a model's h encodes weakly still improve at 16, see docs/methods.md) runs
 on the first COARSE_SEEDS seeds in factors of 2, then the best walked scale and its sqrt(2)
 neighbours are completed to every seed (its walked batches are kept) and the search moves to a
 neighbour while one measures better. The choice thus comes from full trials around the optimum,
@@ -19,14 +19,13 @@ as when the walk tried every scale on every seed, at about half the images.
 Where the chosen scale still misses the target by more than sampling noise explains, the aim is
 corrected next (`corrected_aim`): guidance aims at a distribution moved by the shrunk miss, kept
 only when it lands nearer on the same seeds. Aims are judged on AIM_SAMPLES times the walk's
-seeds: the joint skin tone x eyeglasses miss (FD ~0.15 on synthfaces-ddpm) read ~0.09 on the
-walk's 256 seeds, the aim corrected by that estimate left FD 0.071 on 1,000 evaluation seeds,
-and a lucky 0.023 on the 256 stopped further correction. Judging images rather than the probe
+seeds: a miss estimated on the walk's seeds alone was too noisy to correct by (measured in
+docs/methods.md). Judging images rather than the probe
 matters: at the last step the probe sees the h that guidance itself has just edited, so it
 always reports success.
 
 Records are cached per (model revision, method, setting, steps, batch size) in OUT/calibration/
-and may be shipped with the zoo (`ship_calibrations`). A trial is deterministic and records keep
+and may be shipped by a model's source (`ship_calibrations`). A trial is deterministic and records keep
 each trial's per-seed labels, so when only the search changes, an earlier record's trials (and
 their first batches) are reused rather than regenerated. Progress goes to the run's log once per
 batch: trials done, an estimate of those left and an ETA at this calibration's own pace.
@@ -414,7 +413,7 @@ def ship_calibrations(run_dir: Path, revisions: dict[str, str]) -> list[Path]:
     """Copy a run's calibration records of models whose source ships calibrations (the zoo's) to
     where it ships them, so suites on those models (the quickstart) start calibrated; records of
     other revisions of those models, or of an earlier calibration rule, are removed (they can never
-    be used again). `revisions` maps model sources (`zoo:NAME`) to their current revision;
+    be used again). `revisions` maps model sources (`PREFIX:NAME`) to their current revision;
     returns the files written."""
     written = []
     for path in sorted((Path(run_dir) / "calibration").glob("*.json")):
