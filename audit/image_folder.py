@@ -167,15 +167,17 @@ def load_image(path: Path):
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
 
 
-def summary(source: str, samples: int, prompts: list[str] | None = None) -> str:
-    """One line for the dry run: the folder, its images per prompt, and how many a cell uses."""
+def summary(source: str, samples: int | None, prompts: list[str] | None = None) -> str:
+    """One line for the dry run: the folder, its images per prompt, and how many a cell of
+    `samples` uses (None: not said)."""
     folder = read_folder(source)
     chosen = prompts or folder.prompts()
     counts = [len(folder.of_prompt(p)) for p in chosen]
-    shown = "; ".join(f"{p!r}: {c}" + (f" (a cell uses the first {samples})" if c > samples else "")
+    limit = samples or max(counts)  # None: every image, no note
+    shown = "; ".join(f"{p!r}: {c}" + (f" (a cell uses the first {limit})" if c > limit else "")
                       for p, c in zip(chosen[:8], counts, strict=False))
     more = f"; and {len(chosen) - 8} more prompts" if len(chosen) > 8 else ""
-    short = sum(c < samples for c in counts)
+    short = sum(c < limit for c in counts) if samples else 0
     note = f"; {short} of {len(chosen)} prompts have fewer than samples = {samples}: their cells use all they have" \
         if short else ""
     return (f"finished images in {source[len(PREFIX):]}, no generation: {sum(counts)} images for {len(chosen)} "

@@ -280,7 +280,7 @@ def probe_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list, list
     return costs, lines
 
 
-def weights_status(model, samples: int = 0) -> str:
+def weights_status(model, samples: int | None = None) -> str:
     """Where a model's weights are, or why they are missing (a dry run never loads them)."""
     from audit.models.loading import PickledWeights, check_weight_format, resolve_weights
     from audit.sources import ModelNotAvailable
