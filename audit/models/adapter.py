@@ -65,7 +65,8 @@ class ModelAdapter:
     def from_directory(cls, path: str | Path, model_id: str | None = None, device: str = "cpu",
                        dtype: torch.dtype = torch.float32, scheduler: str | None = None,
                        variant: str | None = None, memory: Sequence[str] = (),
-                       allow_pickle: bool = False, hspace: str | None = None) -> ModelAdapter:
+                       allow_pickle: bool = False, hspace: str | None = None,
+                       hspace_pool: int | None = None) -> ModelAdapter:
         """Load a diffusers-format model directory; its family is chosen from model_index.json.
 
         scheduler: a diffusers scheduler class name built from the model's scheduler config
@@ -73,7 +74,8 @@ class ModelAdapter:
         for transformer families). variant: weight-file variant ("fp16"). memory: MEMORY_OPTIONS
         to enable (for small GPUs). allow_pickle: also load pickled weights (.bin) where a part has
         no .safetensors; unpickling can run code, so off by default. hspace: module path of h in
-        the denoiser (e.g. "transformer_blocks.12"; default the family's middle block)."""
+        the denoiser (e.g. "transformer_blocks.12"; default the family's middle block);
+        hspace_pool: a transformer's h pooled to at most this many cells per side (default 8)."""
         path = Path(path)
         index_file = path / "model_index.json"
         if not index_file.exists():
@@ -84,13 +86,16 @@ class ModelAdapter:
         name = scheduler or family.default_scheduler
         if name is not None or "scheduler" not in parts:
             parts["scheduler"] = load_scheduler(path / "scheduler", name)
-        adapter = cls(model_id=model_id or str(path), device=device, dtype=dtype, hspace_module=hspace, **parts)
+        adapter = cls(model_id=model_id or str(path), device=device, dtype=dtype, hspace_module=hspace,
+                      hspace_pool=hspace_pool or POOL, **parts)
         adapter.info.update({"pipeline": index.get("_class_name"), **adapter.family.info(),
                              "variant": variant, "memory": adapter.enable_memory_options(memory)})
         if adapter.unet is not None:
             adapter.info["unet"] = type(adapter.unet).__name__
         if hspace:
             adapter.info["hspace"] = hspace
+        if hspace_pool:
+            adapter.info["hspace_pool"] = hspace_pool
         return adapter
 
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:

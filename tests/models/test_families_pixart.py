@@ -42,3 +42,18 @@ def test_pixart_h_is_the_middle_blocks_tokens(pixart):
 
 def test_pixart_distribution_guidance_moves_a_probes_reading(pixart):
     assert_distribution_guidance_moves_the_reading(pixart, guidance_scale=2.0)
+
+
+def test_another_pipeline_on_the_same_transformer_is_refused_in_one_line(pixart_dir, tmp_path):
+    import json
+    import shutil
+
+    from audit.models.loading import load_model
+    from audit.spec import ModelSpec, SuiteError
+
+    alpha = tmp_path / "alpha"
+    shutil.copytree(pixart_dir, alpha)
+    index = json.loads((alpha / "model_index.json").read_text())
+    (alpha / "model_index.json").write_text(json.dumps({**index, "_class_name": "PixArtAlphaPipeline"}))
+    with pytest.raises(SuiteError, match="PixArtAlphaPipeline is not a supported pipeline; supported: .*PixArtSigma"):
+        load_model(ModelSpec(name="alpha", source=str(alpha)))

@@ -53,6 +53,8 @@ def test_sd3_h_is_the_middle_blocks_image_stream_pooled_to_8x8(sd3, sd3_dir):
     first = other.generate([0, 1], prompts=PROMPTS, steps=2, guidance_scale=2.0, record_h=True)
     assert other.info["hspace"] == "transformer_blocks.0" and not torch.allclose(first.h[0], out.h[0])
     torch.testing.assert_close(first.images, out.images, atol=0, rtol=0)  # recording changes nothing
+    coarse = ModelAdapter.from_directory(sd3_dir, hspace_pool=2)
+    assert coarse.generate([0, 1], prompts=PROMPTS, steps=2, guidance_scale=2.0, record_h=True).h[0].shape == (2, 64)
     with pytest.raises(ValueError, match="no module 'blocks.9'"):
         ModelAdapter.from_directory(sd3_dir, hspace="blocks.9").hspace()
 

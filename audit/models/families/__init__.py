@@ -10,19 +10,25 @@ from audit.models.families.sd import SDFamily
 from audit.models.families.sd3 import SD3Family
 from audit.models.families.sdxl import SDXLFamily
 from audit.models.families.unet2d import UNet2DFamily
+from audit.spec import SuiteError
 
 # Tried in this order: the most specific first (an SDXL index also has SD's parts).
 FAMILIES: tuple[type[Family], ...] = (SD3Family, FluxFamily, PixArtFamily, SDXLFamily, SDFamily, UNet2DFamily)
 
 
+class UnsupportedPipeline(SuiteError):
+    """A diffusers directory of a pipeline no family serves: one line, exit 2."""
+
+
 def family_for(index: dict, where: str = "") -> type[Family]:
-    """The family serving a model_index.json, or a ValueError naming what is supported."""
+    """The family serving a model_index.json, or UnsupportedPipeline naming what is supported."""
     for family in FAMILIES:
         if family.matches(index):
             return family
     served = ", ".join(p for f in FAMILIES for p in f.pipelines)
-    raise ValueError(f"{where or 'model'}: {index.get('_class_name')!r} is not a supported pipeline (no unet or "
-                     f"supported transformer); supported: {served}")
+    raise UnsupportedPipeline(f"{where or 'model'}: {index.get('_class_name')} is not a supported pipeline; "
+                              f"supported: {served}, and any pipeline with a UNet (or register a ModelAdapter "
+                              "factory and use source: custom:NAME)")
 
 
 def family_of_parts(adapter) -> Family:
@@ -41,4 +47,5 @@ def download_hint(repo: str) -> str | None:
     return None
 
 
-__all__ = ["FAMILIES", "Conditioning", "Family", "download_hint", "family_for", "family_of_parts"]
+__all__ = ["FAMILIES", "Conditioning", "Family", "UnsupportedPipeline", "download_hint", "family_for",
+           "family_of_parts"]

@@ -159,9 +159,6 @@ class Family:
         """(rows, columns) of the image tokens of a transformer's h; None for a UNet's [C, h, w]."""
         return None
 
-    def hspace_description(self) -> str:
-        return f"{type(self.denoiser).__name__}.{self.adapter.hspace_module or self.hspace_default()}"
-
 
 def timestep_batch(t, n: int, device) -> torch.Tensor:
     """t (an int, a float or a 0-d tensor from the scheduler) as one value per row, in the dtype

@@ -18,7 +18,6 @@ class FluxFamily(TransformerFamily):
     name = "flux"
     pipelines = ("FluxPipeline",)
     pipeline_class = "FluxPipeline"
-    transformer_class = "FluxTransformer2DModel"
     downloads = {
         "black-forest-labs/FLUX.1-schnell": "about 34 GB (Apache-2.0; 4 steps; dtype: bfloat16)",
         "black-forest-labs/FLUX.1-dev": "gated: accept its licence on the model page and `hf auth login` first; "

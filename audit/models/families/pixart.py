@@ -19,7 +19,6 @@ class PixArtFamily(TransformerFamily):
     name = "pixart"
     pipelines = ("PixArtSigmaPipeline",)
     pipeline_class = "PixArtSigmaPipeline"
-    transformer_class = "PixArtTransformer2DModel"
     downloads = {
         "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS": "about 22 GB with the T5-XXL encoder (dtype: float16 halves the "
         "memory)",

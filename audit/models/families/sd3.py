@@ -15,7 +15,6 @@ class SD3Family(TransformerFamily):
     name = "sd3"
     pipelines = ("StableDiffusion3Pipeline",)
     pipeline_class = "StableDiffusion3Pipeline"
-    transformer_class = "SD3Transformer2DModel"
     downloads = {
         "stabilityai/stable-diffusion-3.5-medium": "gated: accept its licence on the model page and `hf auth login` "
         "first; about 25 GB with the T5-XXL encoder (bfloat16 in use: dtype: bfloat16)",

@@ -15,17 +15,12 @@ from audit.models.families.base import Family
 
 class TransformerFamily(Family):
     default_scheduler = None
+    # The diffusers pipeline it loads as. Recognised by model_index.json's `_class_name` only: other
+    # pipelines on the same transformer (PixArt-Alpha, Flux Kontext) encode prompts differently.
     pipeline_class: ClassVar[str] = ""
 
     def __init__(self, pipe):
         self.pipe = pipe
-
-    @classmethod
-    def matches(cls, index: dict) -> bool:
-        return index.get("_class_name") in cls.pipelines or (
-            index.get("transformer") or [None, None])[1] == cls.transformer_class
-
-    transformer_class: ClassVar[str] = ""
 
     @classmethod
     def load(cls, path: Path, index: dict, device: str, dtype: torch.dtype, variant: str | None,
