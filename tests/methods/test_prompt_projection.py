@@ -96,3 +96,11 @@ def test_bad_params_are_one_line_errors_at_suite_load(params, message):
 def test_identical_phrases_are_refused():
     with pytest.raises(ValueError, match="two different group phrases"):
         PromptProjection(["x", "x"])
+
+
+def test_an_image_does_not_depend_on_its_batch(tiny_text_adapter):
+    method = PromptProjection(PHRASES, noise=0.5)
+    together = tiny_text_adapter.generate([0, 1, 2], prompts=[PROMPT] * 3, steps=3, guidance_scale=3.0,
+                                          method=method).images
+    alone = tiny_text_adapter.generate([2], prompts=[PROMPT], steps=3, guidance_scale=3.0, method=method).images
+    assert torch.equal(together[2], alone[0])
