@@ -87,3 +87,32 @@ def test_bad_params_are_one_line_errors_at_suite_load(params, message):
     with pytest.raises(ValueError) as error:
         check_params(SelfDebias, params, "params")
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_through_the_runner_the_manifest_says_what_the_clusters_capture(tmp_path, tiny_model_dir):
+    """The runner supplies the unguided samples; the clusters are fitted once for both settings
+    with two classes, described by the suite's evaluation labeler, and recorded in the manifest."""
+    import json
+
+    import yaml
+
+    from audit.run.suite import run_suite
+    from audit.spec import load_suite
+
+    suite = {"name": "tiny", "models": [{"name": "tiny", "source": str(tiny_model_dir), "steps": 3}],
+             "methods": [{"name": "self_debias", "params": {"n": 16}}],
+             "settings": [{"attributes": ["skin_tone"], "target": "uniform"},
+                          {"attributes": ["eyeglasses"], "target": "uniform"}],
+             "samples": 6, "batch_size": 3, "labelers": ["synthfaces-eval"], "probe": {"n": 16, "batch_size": 8},
+             "metrics": ["fairness"]}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    frame = run_suite(load_suite(path), tmp_path / "out")
+    assert set(frame["status"]) == {"done"}
+    fitted = list((tmp_path / "out" / "unguided").rglob("clusters.json"))
+    assert len(fitted) == 1  # k=2 for both settings: one clustering
+    for cell in (tmp_path / "out" / "cells").iterdir():
+        clusters = json.loads((cell / "manifest.json").read_text())["method"]["clusters"]
+        assert sum(clusters["sizes"]) == 16
+        by_cluster = clusters["labelers"]["synthfaces-eval"]["skin_tone"]
+        assert set(by_cluster) == {"cluster 0", "cluster 1"} and set(by_cluster["cluster 0"]) == {"light", "dark"}
