@@ -28,6 +28,9 @@ METHODS: dict[str, str | Callable] = {
     "sample_guidance": "audit.methods.sample_guidance:SampleGuidance",
     "universal_guidance": "audit.methods.universal_guidance:UniversalGuidance",
     "distribution_guidance": "audit.methods.distribution_guidance:DistributionGuidance",
+    "self_debias": "audit.methods.self_debias:SelfDebias",
+    "prompt_projection": "audit.methods.prompt_projection:PromptProjection",
+    "semantic_guidance": "audit.methods.semantic_guidance:SemanticGuidance",
 }
 
 

@@ -3,8 +3,11 @@ at scale, and how a cell's time and memory scale with its size.
 
 - guidance overhead: wall time of each method / `none` on zoo:synthfaces-ddpm, same seeds and
   batch, runs interleaved (none, DG, SG, ...) so drifting machine load hits all alike; ratio of
-  medians. Bars: distribution and sample guidance (h path) <= 1.10; the x path and universal
-  guidance (a UNet backward per step) are reported.
+  medians. Bars: distribution and sample guidance (h path) <= 1.10; the x path, universal
+  guidance (a UNet backward per step) and unsupervised h-space balancing (self_debias, its
+  clusters fitted before timing) are reported.
+- text-method overhead: the same on zoo:synthfaces-t2i (classifier-free guidance 2.0) for the
+  methods that apply to text models only: prompt-embedding projection and semantic guidance.
 - loop overhead: ModelAdapter.generate with no method vs the bare UNet forward passes it makes
   (same batch, same timesteps): what the scheduler, hooks and bookkeeping add. Bar <= 1.05.
 - metrics: benchmarks/metrics_speed.py (100,000 samples x 3 attributes, 1,000 resamples).
@@ -99,7 +102,9 @@ def zoo_probes(adapter, labeler, cfg: dict, device: str) -> tuple[list, str]:
 def guidance_and_loop(cfg: dict, device: str) -> dict:
     from audit.methods.distribution_guidance import DistributionGuidance
     from audit.methods.sample_guidance import SampleGuidance
+    from audit.methods.self_debias import SelfDebias
     from audit.methods.universal_guidance import UniversalGuidance
+    from audit.run.build import UnguidedSamples
     from audit.zoo import load_adapter
     from audit.zoo.labelers import SynthFacesLabeler
 
@@ -115,9 +120,12 @@ def guidance_and_loop(cfg: dict, device: str) -> dict:
         "distribution_guidance_x": DistributionGuidance(probes, target, scale=1.0, path="x"),
         "universal_guidance": UniversalGuidance(labeler, [ATTRIBUTE], target, scale=1.0),
     }
-    for method in methods.values():
-        if method is not None:
-            method.start_cell(seeds)
+    with tempfile.TemporaryDirectory() as cache:
+        unguided = UnguidedSamples(adapter, None, steps, 1.0, cfg["batch"], Path(cache), [])
+        methods["self_debias"] = SelfDebias(target, unguided, n=max(16, cfg["probe_n"]))
+        for method in methods.values():
+            if method is not None:
+                method.start_cell(seeds)  # self_debias fits its clusters here, before the timing
     runs = {name: (lambda m=m: adapter.generate(seeds, steps=steps, method=m)) for name, m in methods.items()}
     times = interleaved(runs, cfg["repeats"], device)
     base = statistics.median(times["none"])
@@ -140,6 +148,30 @@ def guidance_and_loop(cfg: dict, device: str) -> dict:
     loop = {"model": f"zoo:{ZOO_MODEL}", "batch": len(seeds), "steps": steps, "seconds": loop_times,
             "ratio": round(ratio, 4), "target": BARS["loop"], "passes": ratio <= BARS["loop"]}
     return {"guidance_overhead": guidance, "loop_overhead": loop}
+
+
+def text_methods(cfg: dict, device: str) -> dict:
+    """Wall time of the text-only methods / `none` on the zoo's text model, interleaved as above."""
+    from audit.methods.prompt_projection import PromptProjection
+    from audit.methods.semantic_guidance import SemanticGuidance
+    from audit.zoo import load_adapter
+
+    adapter = load_adapter("synthfaces-t2i", device=device)
+    phrases, target = ["with light skin", "with dark skin"], [0.5, 0.5]
+    seeds, steps, prompt, guidance_scale = list(range(cfg["batch"])), cfg["steps"], "a photo of a person", 2.0
+    methods = {"none": None, "prompt_projection": PromptProjection(phrases, noise=1.0),
+               "semantic_guidance": SemanticGuidance(phrases, target)}
+    for method in methods.values():
+        if method is not None:
+            method.start_cell(seeds)
+    runs = {name: (lambda m=m: adapter.generate(seeds, prompts=[prompt] * len(seeds), steps=steps,
+                                                guidance_scale=guidance_scale, method=m))
+            for name, m in methods.items()}
+    times = interleaved(runs, cfg["repeats"], device)
+    base = statistics.median(times["none"])
+    return {"model": "zoo:synthfaces-t2i", "guidance_scale": guidance_scale, "batch": len(seeds), "steps": steps,
+            "repeats": cfg["repeats"], "seconds": times,
+            "ratio_to_none": {name: round(statistics.median(t) / base, 4) for name, t in times.items()}}
 
 
 # -- scaling of a cell through the runner ----------------------------------------------------------
@@ -375,6 +407,7 @@ def main() -> None:
     started = time.perf_counter()
     if "guidance" not in args.skip:
         result.update(guidance_and_loop(cfg, args.device))
+        result["text_method_overhead"] = text_methods(cfg, args.device)
     if "metrics" not in args.skip:
         sys.path.insert(0, str(HERE))
         from metrics_speed import measure

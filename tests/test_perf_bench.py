@@ -22,11 +22,17 @@ def test_perf_quick_writes_every_section(tmp_path):
     assert result["mode"] == "quick" and result["machine"]["torch_threads"] == 1
 
     guidance = result["guidance_overhead"]
-    methods = {"none", "distribution_guidance", "sample_guidance", "distribution_guidance_x", "universal_guidance"}
+    methods = {"none", "distribution_guidance", "sample_guidance", "distribution_guidance_x", "universal_guidance",
+               "self_debias"}
     assert set(guidance["ratio_to_none"]) == methods and guidance["ratio_to_none"]["none"] == 1.0
     assert all(len(t) == 1 and t[0] > 0 for t in guidance["seconds"].values())
     # a UNet backward per step: universal guidance must cost more than the h-path edit
     assert guidance["ratio_to_none"]["universal_guidance"] > guidance["ratio_to_none"]["distribution_guidance"]
+
+    text = result["text_method_overhead"]
+    assert set(text["ratio_to_none"]) == {"none", "prompt_projection", "semantic_guidance"}
+    # two more UNet evaluations per guided step: semantic guidance must cost more than the projection
+    assert text["ratio_to_none"]["semantic_guidance"] > text["ratio_to_none"]["prompt_projection"]
 
     loop = result["loop_overhead"]
     assert set(loop["seconds"]) == {"generate", "bare_unet"} and loop["ratio"] > 0 and "passes" in loop

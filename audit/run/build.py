@@ -3,11 +3,16 @@ with `scale: auto` calibrated first for the methods that calibrate."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
 
+from audit.files import inside
 from audit.run.context import RunContext
 from audit.run.probes import get_probes
-from audit.spec import Cell, SuiteError
+from audit.spec import DEFAULT_PROMPT, Cell, SuiteError, prompt_slug
 
 
 def _calibration_of_started_cell(ctx: RunContext, cell: Cell) -> dict | None:
@@ -26,14 +31,56 @@ def _calibration_of_started_cell(ctx: RunContext, cell: Cell) -> dict | None:
 
 # What the runner can supply to a method's constructor: a method lists the names it takes in its
 # `supplied` (audit.methods.base.Method); everything else it takes is a suite param.
-SUPPLIED_ARGUMENTS = ("target", "attributes", "phrases", "attribute_names", "probes", "labeler")
+SUPPLIED_ARGUMENTS = ("target", "attributes", "phrases", "attribute_names", "probes", "labeler", "unguided")
+
+
+@dataclass
+class UnguidedSamples:
+    """The cell's model sampled without guidance, for a method that learns from it itself (instead
+    of from probes trained on a labeler): `collect(n)` samples n images on seeds disjoint from every
+    evaluation seed and records h at every step; `cache` is a folder in OUT keyed on the model, its
+    revision, steps, guidance scale and prompt, where the method may keep what it derived; `labelers`
+    are the suite's evaluation labelers, for describing what the method found (never for guiding)."""
+
+    adapter: object
+    prompt: str | None
+    steps: int
+    guidance_scale: float
+    batch_size: int
+    cache: Path
+    labelers: list
+
+    SEED_OFFSET = 10_000_000  # the probes' seeds: never an evaluation seed
+
+    def collect(self, n: int, progress=None):
+        """(H [steps, n, D], images [n, 3, H, W] in [0, 1], timesteps) of n unguided samples."""
+        from audit.probes.train import collect
+
+        prompts = [self.prompt or DEFAULT_PROMPT] * n if self.adapter.conditional else None
+        return collect(self.adapter, list(range(self.SEED_OFFSET, self.SEED_OFFSET + n)), self.steps,
+                       self.batch_size, prompts, self.guidance_scale, progress)
+
+
+def unguided_samples(ctx: RunContext, cell: Cell) -> UnguidedSamples:
+    model, adapter = cell.model, ctx.adapter(cell)
+    key = f"{model.name}/steps{model.steps}-cfg{model.guidance_scale:g}"
+    if adapter.revision:
+        key += f"-rev-{re.sub(r'[^A-Za-z0-9._-]+', '-', adapter.revision)[:40]}"
+    if cell.prompt is not None:
+        digest = hashlib.sha256(cell.prompt.encode()).hexdigest()[:8]
+        key += f"/prompt-{prompt_slug(cell.prompt)[:32].strip('-')}-{digest}"
+    return UnguidedSamples(adapter=adapter, prompt=cell.prompt, steps=model.steps,
+                           guidance_scale=model.guidance_scale, batch_size=ctx.suite.probe.batch_size,
+                           cache=inside(ctx.store.out, Path("unguided") / key),
+                           labelers=[ctx.labeler(name) for name in ctx.suite.labelers])
 
 
 def supplied_arguments(ctx: RunContext, cell: Cell, factory, params: dict) -> dict:
     """The constructor arguments the method declares in `supplied`, made from the cell: the target
     vector, the attributes, one prompt phrase per joint class (and the attributes named in words),
-    h-space probes of the cell's attributes, or a labeler (the method's `labeler` param, default
-    the suite's probe_labeler; the param is consumed)."""
+    h-space probes of the cell's attributes, a labeler (the method's `labeler` param, default
+    the suite's probe_labeler; the param is consumed), or the model to sample unguided
+    (UnguidedSamples)."""
     setting, wanted = cell.setting, tuple(getattr(factory, "supplied", ()))
     unknown = [name for name in wanted if name not in SUPPLIED_ARGUMENTS]
     if unknown:
@@ -54,6 +101,8 @@ def supplied_arguments(ctx: RunContext, cell: Cell, factory, params: dict) -> di
         args["probes"] = get_probes(ctx, cell)
     if "labeler" in wanted:
         args["labeler"] = ctx.labeler(params.pop("labeler", None) or ctx.suite.probe_labeler)
+    if "unguided" in wanted:
+        args["unguided"] = unguided_samples(ctx, cell)
     return args
 
 

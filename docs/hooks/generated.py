@@ -61,7 +61,8 @@ FIELD_NOTES = {
                               "added to `prompts`.",
     "ModelSpec.dtype": "Weights' precision; a VAE whose config asks for it decodes in float32.",
     "MethodSpec.name": "A registered method: `none`, `prompt`, `sample_guidance`, `universal_guidance`, "
-                       "`distribution_guidance`, or one you register.",
+                       "`distribution_guidance`, `self_debias`, `prompt_projection`, `semantic_guidance`, or one "
+                       "you register.",
     "MethodSpec.params": "The method's options: see [Methods](../methods.md#options-at-a-glance).",
     "SettingSpec.attributes": "One attribute, or up to four guided and judged jointly over their product space.",
     "SettingSpec.target": "`uniform`, a list of proportions over the (joint) classes in order, or "
@@ -75,7 +76,7 @@ FIELD_NOTES = {
 SOURCE_DEFAULTS = {"Suite.labelers", "FidSpec.extractor", "FidSpec.reference"}
 
 # Method parameters the runner fills in from the suite; a suite never sets them in `params`.
-RUNNER_SUPPLIED = {"self", "probes", "target", "phrases", "attribute_names", "attributes"}
+RUNNER_SUPPLIED = {"self", "probes", "target", "phrases", "attribute_names", "attributes", "unguided"}
 # Options a suite names that the method receives resolved (a labeler name becomes a labeler).
 OPTION_DEFAULTS = {"labeler": "the suite's `probe_labeler`"}
 
