@@ -658,7 +658,7 @@ def load_suite(path: str | Path, samples: int | None = None) -> Suite:
             allowed = ", ".join(model.model_fields) if model else ""
             message = f"unknown key {err['loc'][-1]!r}" + (f"; allowed: {allowed}" if allowed else "")
         elif err["type"] == "missing":
-            message = _missing_message(err["loc"])
+            message = _missing_message(err["loc"]) or message
         elif err["type"] == "literal_error":
             message = f"{message} (got {err.get('input')!r})"
         loc = err["loc"]
@@ -697,15 +697,16 @@ def load_suite(path: str | Path, samples: int | None = None) -> Suite:
     return suite
 
 
-def _missing_message(loc: tuple) -> str:
-    """What to write for a required key the suite left out."""
+def _missing_message(loc: tuple) -> str | None:
+    """What to write for a required key the suite left out that a model's source could have named
+    (None: pydantic's own words)."""
     if loc == ("labelers",):
         return (f"required: name the evaluation labelers (no model's source names default ones); registered: "
                 f"{', '.join(sorted(LABELERS))}")
     if loc[:1] == ("fid",) and loc[-1] in ("extractor", "reference"):
         return (f"required (no model's source names an FID for its world): give {loc[-1]} "
                 f"({FidSpec.model_fields[loc[-1]].description.split(';')[0]})")
-    return "required"
+    return None
 
 
 def _union_error(errors: list[dict]) -> dict:
