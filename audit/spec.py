@@ -94,6 +94,12 @@ class ModelSpec(Strict):
         "DDIM's stochasticity: 0 the deterministic sampler, 1 ancestral sampling (each image's step noise "
         "from its own seed); needs a scheduler whose step takes eta. Unset: the one the model's source "
         "names (the zoo's unconditional model: 1), else 0"))
+    hspace: str | None = Field(None, description=(
+        "the module whose output is h for probes and h-path guidance, as a module path (e.g. "
+        "transformer_blocks.12); unset: the UNet's mid_block, or a transformer's middle block"))
+    hspace_pool: int | None = Field(None, ge=1, le=64, description=(
+        "a transformer's h is average-pooled to at most this many cells per side (unset: 8); see "
+        "docs/real-models.md"))
 
     @field_validator("name")
     @classmethod
@@ -123,7 +129,8 @@ class ModelSpec(Strict):
             data["eta"] = None
         return {k: v for k, v in data.items() if not (k in self.ADDED_OPTIONS and v is None)}
 
-    ADDED_OPTIONS: ClassVar[tuple[str, ...]] = ("scheduler", "variant", "eta")  # as methods' (audit.registry)
+    # as methods' (audit.registry)
+    ADDED_OPTIONS: ClassVar[tuple[str, ...]] = ("scheduler", "variant", "eta", "hspace", "hspace_pool")
 
     @model_validator(mode="after")
     def _resolve_eta(self):

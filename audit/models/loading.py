@@ -88,8 +88,8 @@ def load_model(spec, device: str = "cpu") -> ModelAdapter:
     try:
         adapter = ModelAdapter.from_directory(path, model_id=model_id, device=device, dtype=DTYPES[spec.dtype],
                                               scheduler=spec.scheduler, variant=spec.variant, memory=spec.memory,
-                                              allow_pickle=spec.allow_pickle, hspace=getattr(spec, "hspace", None),
-                                              hspace_pool=getattr(spec, "hspace_pool", None))
+                                              allow_pickle=spec.allow_pickle, hspace=spec.hspace,
+                                              hspace_pool=spec.hspace_pool)
     except OSError as error:
         detail = " ".join(str(error).split())[:200]
         variant = f" (variant {spec.variant!r}: are its *.{spec.variant}.* weight files there?)" if spec.variant else ""
