@@ -33,6 +33,8 @@ def probe_dir(ctx: RunContext, cell: Cell, attribute: str) -> Path:
     key = f"{model.name}/{labeler}/steps{model.steps}-cfg{model.guidance_scale:g}"
     if revision:
         key += f"-rev-{re.sub(r'[^A-Za-z0-9._-]+', '-', revision)[:40]}"
+    if model.hspace or model.hspace_pool:  # probes read h where, and as, they were trained
+        key += f"-h-{re.sub(r'[^A-Za-z0-9._-]+', '-', model.hspace or 'default')[:40]}-pool{model.hspace_pool or 0}"
     if cell.prompt is not None:  # h depends on the prompt: one probe set per prompt
         digest = hashlib.sha256(cell.prompt.encode()).hexdigest()[:8]
         key += f"/prompt-{prompt_slug(cell.prompt)[:32].strip('-')}-{digest}"
