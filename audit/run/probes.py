@@ -20,7 +20,7 @@ def probe_dir(ctx: RunContext, cell: Cell, attribute: str) -> Path:
 
     model, labeler = cell.model, ctx.suite.probe_labeler
     revision = ctx.adapter(cell).revision
-    folder = model.shipped_probes(labeler, cell.prompt)
+    folder = None if (model.hspace or model.hspace_pool) else model.shipped_probes(labeler, cell.prompt)
     shipped = None if folder is None else folder / attribute
     if shipped is not None and Probe.saved(shipped):
         meta = Probe.load(shipped).meta  # a damaged shipped probe is a one-line ProbeError
