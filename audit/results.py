@@ -26,7 +26,8 @@ class SchemaMismatch(ValueError):
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # NaN stays NaN (an undefined statistic, e.g. kappa of constant labels), as json.dumps wrote it
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="constants")
 
 
 class LabelerResult(Record):
@@ -38,8 +39,9 @@ class LabelerResult(Record):
     invalid_reasons: dict[str, int] = Field(default_factory=dict)
     classes: list[str]
     target: list[float]
-    counts: list[int]
-    p_hat: list[float | None]
+    # absent when no image was valid (nothing to count)
+    counts: list[int] | None = Field(None, exclude_if=lambda v: v is None)
+    p_hat: list[float | None] | None = Field(None, exclude_if=lambda v: v is None)
     fd: float | None
     fd_lo: float | None = None
     fd_hi: float | None = None

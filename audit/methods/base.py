@@ -189,3 +189,13 @@ def allocate(target: np.ndarray, seeds: list[int]) -> np.ndarray:
     labels = np.repeat(np.arange(len(target)), counts)
     rng = np.random.default_rng([int(s) for s in seeds])
     return rng.permutation(labels)
+
+
+def cross_attention_only(method: Method, adapter) -> str | None:
+    """Why a method that edits a text context tensor (a UNet's cross-attention input) cannot run on
+    this model: transformer families condition through a structure of several encoders' outputs."""
+    if isinstance(adapter.encode_prompts([""]), torch.Tensor):
+        return None
+    family = adapter.info.get("family") or type(adapter.family).__name__
+    return (f"{method.title or method.name} edits a UNet's text context; {family} models condition "
+            "otherwise (not supported yet)")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from audit.methods.base import BatchContext, Method
+from audit.methods.base import BatchContext, Method, cross_attention_only
 
 Energy = Annotated[float, Field(gt=0, le=1)]
 Noise = Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)]
@@ -49,14 +49,14 @@ class PromptProjection(Method):
         self._projections: dict[tuple[str, ...], dict] = {}
 
     def not_applicable(self, adapter) -> str | None:
-        return self.not_applicable_to(adapter.conditional)
+        return self.not_applicable_to(adapter.conditional) or cross_attention_only(self, adapter)
 
     def projection(self, adapter, prompt: str) -> dict:
         """{"basis": [r, D] orthonormal rows removed, "spread": [r] the group prompts' spread along
         each}, for `prompt` (computed once per prompt)."""
         if prompt not in self._projections:
             groups = [f"{prompt} {phrase}".strip() for phrase in self.phrases]
-            embeddings = adapter.text_embeddings(groups)[0].double()  # [K, T, D]
+            embeddings = adapter.encode_prompts(groups).double()  # [K, T, D]
             deviations = (embeddings - embeddings.mean(0)).flatten(0, 1)  # [K*T, D]
             basis = removed_directions(deviations, self.energy)
             spread = (deviations @ basis.T).pow(2).mean(0).sqrt() * np.sqrt(len(groups) / max(1, len(groups) - 1))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from audit.methods.base import AllocatingMethod, BatchContext
+from audit.methods.base import AllocatingMethod, BatchContext, cross_attention_only
 from audit.methods.guidance import Fraction, Scale
 
 Quantile = Annotated[float, Field(ge=0, lt=1)]
@@ -56,7 +56,7 @@ class SemanticGuidance(AllocatingMethod):
                              f"stop={stop:g}")
 
     def not_applicable(self, adapter) -> str | None:
-        return self.not_applicable_to(adapter.conditional)
+        return self.not_applicable_to(adapter.conditional) or cross_attention_only(self, adapter)
 
     def start_batch(self, batch: BatchContext) -> None:
         """The text contexts the edit compares: the prompt's (the batch's own) and the prompt with
@@ -65,7 +65,7 @@ class SemanticGuidance(AllocatingMethod):
         classes = batch.state["allocated"].tolist()
         edited = [f"{p} {self.phrases[c]}".strip() for p, c in zip(batch.prompts, classes, strict=True)]
         n = len(batch.seeds)
-        batch.state["_contexts"] = torch.cat([batch.context[-n:], batch.adapter.text_embeddings(edited)[0]])
+        batch.state["_contexts"] = torch.cat([batch.context[-n:], batch.adapter.encode_prompts(edited)])
         batch.state["edited_steps"] = 0
 
     def active(self, batch: BatchContext) -> bool:

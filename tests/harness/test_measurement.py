@@ -397,7 +397,7 @@ def test_fid_records_the_reference_count_it_used(tmp_path, tiny_model_dir):
 def test_reference_statistics_are_written_under_a_unique_temporary_name(tmp_path):
     """Parallel Ray tasks computing the same reference used to share one fixed temporary file;
     here another writer's temporary file sits at that name."""
-    from audit.metrics.fid import reference_state
+    from audit.run.measure import reference_state
 
     out = tmp_path / "out"
     (out / "fid" / "synthfaces__synthfaces_biased__n40.tmp").mkdir(parents=True)

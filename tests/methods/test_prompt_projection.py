@@ -13,7 +13,7 @@ PROMPT = "a photo of a person"
 
 
 def group_embeddings(adapter):
-    return adapter.text_embeddings([f"{PROMPT} {p}" for p in PHRASES])[0]
+    return adapter.encode_prompts([f"{PROMPT} {p}" for p in PHRASES])
 
 
 def test_a_linear_probe_on_the_projected_embedding_loses_the_group_direction(tiny_text_adapter):
@@ -25,7 +25,7 @@ def test_a_linear_probe_on_the_projected_embedding_loses_the_group_direction(tin
     projected = method.project(raw, [PROMPT] * 2, [0, 1], tiny_text_adapter)
     assert float(probe @ (raw[0] - raw[1]).flatten()) > 0.1
     assert abs(float(probe @ (projected[0] - projected[1]).flatten())) < 1e-4 * float(probe @ probe)
-    base = tiny_text_adapter.text_embeddings([PROMPT])[0]
+    base = tiny_text_adapter.encode_prompts([PROMPT])
     kept = method.project(base, [PROMPT], [0], tiny_text_adapter)
     assert float((kept - base).norm()) < float(base.norm())  # removes a subspace, not the prompt
     assert 1 <= len(method.projection(tiny_text_adapter, PROMPT)["basis"]) <= raw.shape[-1]
@@ -65,7 +65,7 @@ def test_the_unet_reads_the_projected_prompt_and_the_negative_prompt_is_left_alo
 def test_noise_moves_each_image_along_the_removed_directions_by_its_own_seed(tiny_text_adapter):
     method = PromptProjection(PHRASES, energy=1.0, noise=1.0)
     quiet = PromptProjection(PHRASES, energy=1.0)
-    base = tiny_text_adapter.text_embeddings([PROMPT] * 3)[0]
+    base = tiny_text_adapter.encode_prompts([PROMPT] * 3)
     noisy = method.project(base, [PROMPT] * 3, [7, 8, 9], tiny_text_adapter)
     clean = quiet.project(base, [PROMPT] * 3, [7, 8, 9], tiny_text_adapter)
     basis = method.projection(tiny_text_adapter, PROMPT)["basis"].float()

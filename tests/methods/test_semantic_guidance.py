@@ -17,7 +17,7 @@ PROMPT = "a photo of a person"
 def batch_at(adapter, method, seeds, progress=0.5, steps=4):
     scheduler = type(adapter.scheduler).from_config(adapter.scheduler.config)
     scheduler.set_timesteps(steps)
-    context, _ = adapter.text_embeddings([PROMPT] * len(seeds))
+    context = adapter.encode_prompts([PROMPT] * len(seeds))
     batch = BatchContext(adapter=adapter, scheduler=scheduler, seeds=seeds, prompts=[PROMPT] * len(seeds),
                          context=context, guidance_scale=1.0, steps=steps)
     batch.step_index = int(progress * steps)
@@ -28,7 +28,7 @@ def batch_at(adapter, method, seeds, progress=0.5, steps=4):
 
 
 def prediction(adapter, batch, x, phrases):
-    context, _ = adapter.text_embeddings([f"{PROMPT} {p}".strip() for p in phrases])
+    context = adapter.encode_prompts([f"{PROMPT} {p}".strip() for p in phrases])
     with torch.no_grad():
         return adapter.unet_output(batch.scheduler.scale_model_input(x, batch.t), batch.t, context, 1.0)
 
