@@ -613,8 +613,9 @@ class Report:
                                              "revision": model.get("revision"), "dtype": model.get("dtype"),
                                              "samplers": set(), "steps": set(), "guidance_scale": set()})
             entry["samplers"].add(sampler)
-            entry["steps"].add(str(m.get("steps")))
-            entry["guidance_scale"].add(str(m.get("guidance_scale")))
+            # finished images (images:DIR) have no sampler: their steps and guidance are null
+            entry["steps"].add("—" if m.get("steps") is None else str(m.get("steps")))
+            entry["guidance_scale"].add("—" if m.get("guidance_scale") is None else str(m.get("guidance_scale")))
             samplers.add(sampler)
             s = m.get("seeds") if isinstance(m.get("seeds"), dict) else {}
             seeds.add(f"{s.get('rule', '—')} (first seed {s.get('first', '—')}, {s.get('count', '—')} images per "
