@@ -153,7 +153,7 @@ def _calibration_config(cell, n: int) -> dict | None:
     cell, less the model revision and probe accuracies that only loading tells: None when the
     cell's method does not calibrate."""
     from audit.registry import METHODS, effective_params, resolve
-    from audit.run.calibration import RULE, calibration_samples
+    from audit.run.calibration import RULE, calibrated_model, calibration_samples
 
     factory = resolve(METHODS, cell.method.name, "method")
     if not factory.calibrates_scale:
@@ -164,8 +164,8 @@ def _calibration_config(cell, n: int) -> dict | None:
     if params.get("aim") is None:
         params.pop("aim", None)
     target = cell.setting.target_vector()
-    model = cell.model.model_dump(exclude={"name", "allow_pickle"} | (set() if cell.model.eta else {"eta"}))
-    config = {"model": model, "method": cell.method.name, "params": params, "attributes": cell.setting.attributes,
+    config = {"model": calibrated_model(cell.model), "method": cell.method.name, "params": params,
+              "attributes": cell.setting.attributes,
               "target": [float(v) for v in target], "batch": cell.batch_size, "prompt": cell.prompt,
               "judge": None, "n": n or calibration_samples(len(target)), "rule": RULE}
     return json.loads(json.dumps(config, default=str))

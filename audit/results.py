@@ -91,11 +91,13 @@ class CellResult(Record):
     schema_version: Literal[2] = SCHEMA_VERSION
     status: Literal["done"] = "done"
     labelers: dict[str, LabelerResult]
-    labelers_skipped: dict[str, str] = Field(default_factory=dict)
-    agreement: dict | None = None
-    fid: FidResult | None = None
-    fid_extra: dict[str, FidResult] = Field(default_factory=dict)
-    clip_score: ClipScore | None = None
+    # sections a cell has only when measured (a metric the suite names, several labelers) are left
+    # out of metrics.json otherwise, as they always were
+    labelers_skipped: dict[str, str] = Field(default_factory=dict, exclude_if=lambda v: not v)
+    agreement: dict | None = Field(None, exclude_if=lambda v: v is None)
+    fid: FidResult | None = Field(None, exclude_if=lambda v: v is None)
+    fid_extra: dict[str, FidResult] = Field(default_factory=dict, exclude_if=lambda v: not v)
+    clip_score: ClipScore | None = Field(None, exclude_if=lambda v: v is None)
     cost: Cost
     guidance: dict[str, int] = Field(default_factory=dict)
     images: dict = Field(default_factory=dict)

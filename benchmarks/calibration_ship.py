@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 import torch
-from audit.runner import RunContext, get_probes, plan
 
 from audit.registry import METHODS, resolve
 from audit.run import calibration
-from audit.spec import load_suite
+from audit.run.context import RunContext
+from audit.run.probes import get_probes
+from audit.spec import load_suite, plan
 from audit.store import RunStore
 
 

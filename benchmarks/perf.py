@@ -256,10 +256,10 @@ def calibration_cost(cfg: dict, device: str) -> dict:
     """Seconds to calibrate one cell from nothing and to generate its images at the chosen scale."""
     from unittest import mock
 
-    from audit.runner import RunContext, get_probes
-
     from audit.registry import METHODS, resolve
     from audit.run import calibration
+    from audit.run.context import RunContext
+    from audit.run.probes import get_probes
     from audit.spec import Suite, plan
     from audit.store import RunStore
 

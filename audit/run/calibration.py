@@ -341,6 +341,13 @@ def corrected_aim(aim: np.ndarray, p_hat: np.ndarray, target: np.ndarray, noise:
     return moved / moved.sum()
 
 
+def calibrated_model(model) -> dict:
+    """The model entry as calibration records key it: everything but its name and the weight-format
+    opt-in, with options added later left out while unset (so earlier records keep their keys)."""
+    unset = {key for key in ("eta", "hspace", "hspace_pool") if not getattr(model, key)}
+    return model.model_dump(exclude={"name", "allow_pickle"} | unset)
+
+
 def calibration_config(ctx, cell, factory, probes, target, params: dict, n: int) -> dict:
     """Everything a calibrated scale depends on (the model's weights by revision, not its name;
     the method's params with its defaults filled in)."""
@@ -348,8 +355,7 @@ def calibration_config(ctx, cell, factory, probes, target, params: dict, n: int)
     if params.get("aim") is None:
         params.pop("aim", None)  # aimed at the target itself, as every record before aims existed
     # eta 0 = unset; allow_pickle only says which weight files may load (the revision names the weights)
-    model = cell.model.model_dump(exclude={"name", "allow_pickle"} | (set() if cell.model.eta else {"eta"}))
-    return {"model": model, "revision": ctx.adapter(cell).revision,
+    return {"model": calibrated_model(cell.model), "revision": ctx.adapter(cell).revision,
             "method": cell.method.name, "params": params,
             "attributes": cell.setting.attributes, "target": [float(v) for v in target], "batch": cell.batch_size,
             "probes": [p.meta.get("val_accuracy", [])[:3] for p in probes], "prompt": cell.prompt,

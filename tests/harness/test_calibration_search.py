@@ -92,9 +92,9 @@ def test_ties_go_to_the_smaller_scale_as_in_the_exhaustive_choice():
 def test_progress_lines_count_trials_and_give_an_eta(tmp_path, tiny_model_dir):
     """Every generated batch logs the trial in hand, trials done, an estimate of those left and
     an ETA; coarse trials stop after their first batches and the full ones keep them."""
-    from audit.runner import RunContext, get_probes
-
     from audit.registry import METHODS, resolve
+    from audit.run.context import RunContext
+    from audit.run.probes import get_probes
     from audit.spec import Suite, plan
     from audit.store import RunStore
 
