@@ -124,7 +124,7 @@ def test_committed_clip_labels_fresh_ground_truth_zero_shot():
 
 
 def test_zoo_cells_default_to_the_zoo_clip():
-    from audit.metrics.clip import cell_clip_model
+    from audit.run.measure import cell_clip_model
 
     zoo = SimpleNamespace(model=SimpleNamespace(source="zoo:synthfaces-t2i"))
     local = SimpleNamespace(model=SimpleNamespace(source="/models/sd15"))

@@ -76,7 +76,7 @@ def is_trained_classifier(name: str) -> bool:
 
 
 def label_probabilities(images01: torch.Tensor, labeler: str = "synthfaces-eval") -> dict[str, np.ndarray]:
-    from audit.labelers.synthfaces import SynthFacesLabeler
+    from audit.zoo.labelers import SynthFacesLabeler
 
     return SynthFacesLabeler(labeler).label(images01).probs
 

@@ -183,7 +183,7 @@ def measure(directory: Path, n: int = HELDOUT_N, seed: int = HELDOUT_SEED, group
     retrieval image->text: the image's own attribute combination is the top-1 among the 64
     canonical full captions. text->image: in groups of `group` images, the image ranked first
     for each image's own caption (random phrasing, all attributes) has exactly its attributes."""
-    from audit.labelers.synthfaces_clip import SynthFacesClipLabeler
+    from audit.zoo.labelers import SynthFacesClipLabeler
 
     labeler = SynthFacesClipLabeler(model_path=directory)
     batch = generate(n, UNIFORM_WORLD, seed=seed)

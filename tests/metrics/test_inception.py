@@ -93,7 +93,7 @@ def test_fid_with_named_inception_extractor(weights_file):
     from audit.spec import FidSpec
 
     path, _ = weights_file
-    spec = FidSpec(extractor="inception", weights=str(path))
+    spec = FidSpec(extractor="inception", reference="synthfaces:biased", weights=str(path))
     torch.manual_seed(1)
     a, b = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32) * 0.5   # darker: far apart in feature space
     value = fid_between(a, b, spec.extractor, weights=spec.weights)  # each FID costs a 2048x2048 eigensolve

@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from scipy import stats
 
 from audit.files import atomic_write_json
+from audit.results import CellResult, Manifest
 from audit.run.suite import RESULT_COLUMNS
 from audit.store import RunStore
 
@@ -262,7 +263,7 @@ def _write_cell(store, base, model, method, setting, labelers, target, prompt, s
                                                                             "reason": "unconditional model"})
     results["cost"] = {"seconds": seconds, "images": samples, "images_per_s": samples / seconds}
     results["guidance"] = {"clipped_steps": 3 if method["name"].endswith("guidance") else 0, "skipped_nonfinite": 0}
-    atomic_write_json(cell_dir / "metrics.json", results)
+    atomic_write_json(cell_dir / "metrics.json", CellResult.model_validate(results).model_dump(mode="json"))
     method_config = {"name": method["name"], **method.get("params", {})}
     if method["name"].endswith("guidance"):
         # as the runner records them: a joint cell's calibration moved the aim off the target
@@ -286,7 +287,7 @@ def _write_cell(store, base, model, method, setting, labelers, target, prompt, s
         "versions": {"diffaudit": "0.1.0", "torch": "2.13.0", "diffusers": "0.35.0", "transformers": "5.0.0",
                      "python": "3.11.7", "platform": "Linux"},
     }
-    atomic_write_json(cell_dir / "manifest.json", manifest)
+    atomic_write_json(cell_dir / "manifest.json", Manifest.model_validate(manifest).model_dump(mode="json"))
     store.index_cell({**base, "suite": suite_name, "status": "done", "reason": None, "seconds": seconds,
                       "images_per_s": samples / seconds},
                      [(name, "fd", m["fd"], m["fd_lo"], m["fd_hi"]) for name, m in results["labelers"].items()])
