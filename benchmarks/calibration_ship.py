@@ -27,8 +27,9 @@ from audit.store import RunStore
 
 
 def shipped_records(source: str) -> list[dict]:
-    folder = calibration.shipped_dir() / source[4:]
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    record = calibration.shipped_calibration(source, "x.json")
+    folder = None if record is None else record.parent
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder is not None else []
 
 
 def from_scratch(record: dict) -> int:

@@ -148,7 +148,7 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
             places = (shipped_calibration(cell.model.source, name), cache.parent / f"{cell.model.name}-{name}")
             found = [p for p in places if p is not None and p != cache and p.exists()]
             if found:
-                where = "the zoo's" if found[0].parent != cache.parent else "an earlier rule's"
+                where = "a shipped" if found[0].parent != cache.parent else "an earlier rule's"
                 ctx.log(f"{cell.method.name} on {cell.model.name}/{cell.setting.key}: using {where} calibrated scale")
                 atomic_write_json(cache, json.loads(found[0].read_text()))
                 break
