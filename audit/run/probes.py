@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from pathlib import Path
 
 from audit.files import inside
+from audit.run.calibration import clock
 from audit.run.context import RunContext
 from audit.spec import DEFAULT_PROMPT, Cell, prompt_slug
 from audit.stages import reached
@@ -62,7 +64,8 @@ def get_probes(ctx: RunContext, cell: Cell) -> list:
             prompts = [cell.prompt or DEFAULT_PROMPT] * ctx.suite.probe.n
         trained = train_probes(adapter, labeler, missing, n=ctx.suite.probe.n, steps=cell.model.steps,
                                batch_size=ctx.suite.probe.batch_size, prompts=prompts,
-                               guidance_scale=cell.model.guidance_scale)
+                               guidance_scale=cell.model.guidance_scale,
+                               progress=progress_lines(ctx.log, ctx.suite.probe.n, f"probes for {cell.model.name}"))
         for a, probe in trained.items():
             probe.save(dirs[a])
             reached("probes")
@@ -116,3 +119,22 @@ def probe_labeler_gap(ctx: RunContext, cell: Cell) -> str | None:
         return (f"probe labeler {labeler.name} does not label {', '.join(missing)}: set probe_labeler "
                 f"to one that does")
     return None
+
+
+def progress_lines(log, total: int, what: str, every: float = 0.1):
+    """A progress callback (called with the samples just drawn) that logs, each `every` of
+    `total`, how many are done and an ETA at this run's own pace: probe training draws and labels
+    probe.n samples before any cell generates, minutes on a CPU."""
+    start, state = time.perf_counter(), {"done": 0, "next": max(1, round(total * every))}
+
+    def advance(k: int) -> None:
+        state["done"] += int(k)
+        done = state["done"]
+        if done < state["next"] and done < total:
+            return
+        elapsed = time.perf_counter() - start
+        log(f"{what}: {done}/{total} samples drawn and labelled, {clock(elapsed)} elapsed, "
+            f"ETA {clock(elapsed / done * max(0, total - done))}")
+        state["next"] = done + max(1, round(total * every))
+
+    return advance

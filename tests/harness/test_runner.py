@@ -445,3 +445,22 @@ def test_half_written_files_of_a_killed_batch_are_removed_on_resume(tmp_path, ti
     (cell / "images" / ".00000004.png.abc123.tmp").write_bytes(b"half")  # killed inside write_batch
     run_suite(suite, out)
     assert not list(out.rglob("*.tmp"))
+
+
+def test_probe_training_logs_its_progress_with_an_eta(tmp_path, tiny_model_dir):
+    """Probes are drawn and labelled before any cell generates (minutes on a CPU): the run's log
+    says how many samples are done and when it will finish, at every tenth of probe.n."""
+    from audit.run.context import RunContext
+    from audit.run.probes import get_probes
+    from audit.spec import plan
+    from audit.store import RunStore
+
+    suite = tiny_suite(tmp_path, tiny_model_dir)  # probe: 16 samples in batches of 8
+    lines: list[str] = []
+    ctx = RunContext(suite=suite, store=RunStore(tmp_path / "out"), log=lines.append)
+    cell = next(c for c in plan(suite) if c.method.name == "distribution_guidance")
+    get_probes(ctx, cell)
+    progress = [ln for ln in lines if "samples drawn and labelled" in ln]
+    assert [ln.split(": ")[1].split()[0] for ln in progress] == ["8/16", "16/16"], lines
+    assert all("ETA" in ln and ln.startswith("probes for tiny") for ln in progress)
+    assert progress[-1].endswith("ETA 0:00")
