@@ -22,7 +22,12 @@ SCHEMA_VERSION = 2
 
 
 class SchemaMismatch(ValueError):
-    """A stored record of another schema version, or not a record at all; one line for the user."""
+    """A stored record of another schema version (`version`), or not a record at all (`version`
+    None); one line for the user."""
+
+    def __init__(self, message: str, version: int | None = None):
+        super().__init__(message)
+        self.version = version
 
 
 class Record(BaseModel):
@@ -141,16 +146,6 @@ class Manifest(Record):
     versions: dict
 
 
-def stored_version(path: Path) -> int | None:
-    """The schema_version of the record at `path` (1: written before records had one), None when
-    it is not a readable JSON mapping."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return data.get("schema_version", 1) if isinstance(data, dict) else None
-
-
 def upgrade_run(out: Path) -> tuple[int, list[str]]:
     """Stamp a run directory's schema-1 records (metrics.json, manifest.json of every cell) as the
     current schema where they validate as such: schema 2 only added the version and the typed
@@ -161,9 +156,9 @@ def upgrade_run(out: Path) -> tuple[int, list[str]]:
     upgraded, problems = 0, []
     for path in sorted(Path(out).glob("cells/*/*.json")):
         model = {"metrics.json": CellResult, "manifest.json": Manifest}.get(path.name)
-        if model is None or stored_version(path) != 1:
+        data = _read_json(path) if model is not None else None
+        if not isinstance(data, dict) or data.get("schema_version", 1) != 1:
             continue
-        data = json.loads(path.read_text())
         if path.name == "metrics.json" and data.get("status") != "done":
             continue
         try:
@@ -180,19 +175,26 @@ def upgrade_run(out: Path) -> tuple[int, list[str]]:
 def read_record(path: Path, model: type[Record]) -> Record:
     """The record at `path`; SchemaMismatch (one line) when it is unreadable, of another schema
     version, or not such a record."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise SchemaMismatch(f"{path}: unreadable ({type(error).__name__})") from None
+    data = _read_json(path)
+    if data is None:
+        raise SchemaMismatch(f"{path}: unreadable")
     if not isinstance(data, dict):
         raise SchemaMismatch(f"{path}: not a {model.__name__} record")
     version = data.get("schema_version", 1)
     if version != SCHEMA_VERSION:
         raise SchemaMismatch(f"{path}: written with results schema {version}, this diffaudit reads schema "
-                             f"{SCHEMA_VERSION}")
+                             f"{SCHEMA_VERSION}", version=version)
     try:
         return model.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise SchemaMismatch(f"{path}: not a {model.__name__} record ({where}: {first['msg']})") from None
+
+
+def _read_json(path: Path):
+    """The JSON document at `path`, or None when it cannot be read or parsed (a torn write)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from audit.files import UnsafePathError, inside
-from audit.results import SCHEMA_VERSION, CellResult, Manifest, SchemaMismatch, read_record, stored_version
+from audit.results import SCHEMA_VERSION, CellResult, Manifest, SchemaMismatch, read_record
 
 
 class ReportError(ValueError):
@@ -182,14 +182,13 @@ def _load_cell(out: Path, cell_id: str) -> CellData:
         path = folder / f"{name}.json"
         if not path.is_file():
             continue
-        version = stored_version(path)
-        if version is not None and version != SCHEMA_VERSION:
-            raise ReportError(f"{path}: written with results schema {version}, this diffaudit reads schema "
-                              f"{SCHEMA_VERSION}: run `diffaudit upgrade {out}` (or re-measure with `diffaudit run "
-                              f"SUITE -o {out} --measure-only`)")
         try:
             setattr(cell, name, read_record(path, model).model_dump(mode="json"))
-        except SchemaMismatch:
+        except SchemaMismatch as error:
+            if error.version is not None:  # a whole run of another schema: say how to upgrade it
+                raise ReportError(f"{path}: written with results schema {error.version}, this diffaudit reads "
+                                  f"schema {SCHEMA_VERSION}: run `diffaudit upgrade {out}` (or re-measure with "
+                                  f"`diffaudit run SUITE -o {out} --measure-only`)") from None
             cell.problem = f"{name}.json is unreadable or not a {model.__name__} record"
     return cell
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from audit.report.load import number
+
 # How the built-in methods read in a sentence; a method the suite gave its own label keeps it.
 METHOD_WORDS = {"none": "no debiasing", "prompt": "prompt debiasing", "sample_guidance": "sample guidance",
                 "distribution_guidance": "distribution guidance", "universal_guidance": "universal guidance"}
@@ -26,23 +28,13 @@ LISTED_CLASSES = 4  # a distribution with more classes is summarised by its two 
 TIE = 1e-9
 
 
-def _finite(x) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def pct(x) -> str:
-    x = _finite(x)
+    x = number(x)
     return "—" if x is None else f"{100 * x:.0f}%"
 
 
 def num(x, digits: int = 3) -> str:
-    x = _finite(x)
+    x = number(x)
     return "—" if x is None else f"{x:.{digits}f}"
 
 
@@ -51,7 +43,7 @@ def interval(lo, hi, digits: int = 3) -> str:
 
 
 def count(x) -> str:
-    x = _finite(x)
+    x = number(x)
     return "—" if x is None else f"{int(round(x)):,}"
 
 
@@ -69,16 +61,16 @@ def _capital(s: str) -> str:
 def distribution(classes: list[dict]) -> str:
     """'light 86% [77%, 92%], dark 14% [8%, 23%] against 50% / 50%' (every class up to
     LISTED_CLASSES classes; beyond, the two classes farthest from their target)."""
-    shown = [c for c in classes if _finite(c.get("p")) is not None]
+    shown = [c for c in classes if number(c.get("p")) is not None]
     if not shown:
         return ""
     if len(shown) > LISTED_CLASSES:
-        far = sorted(shown, key=lambda c: -abs(_finite(c["p"]) - (_finite(c.get("target")) or 0)))[:2]
+        far = sorted(shown, key=lambda c: -abs(number(c["p"]) - (number(c.get("target")) or 0)))[:2]
         parts = [f"{c['cls']} {pct(c['p'])} [{pct(c.get('lo'))}, {pct(c.get('hi'))}] (target {pct(c.get('target'))})"
                  for c in far]
         return f"of {len(shown)} classes the farthest from target are " + " and ".join(parts)
     parts = [f"{c['cls']} {pct(c['p'])} [{pct(c.get('lo'))}, {pct(c.get('hi'))}]" for c in shown]
-    targets = [_finite(c.get("target")) for c in shown]
+    targets = [number(c.get("target")) for c in shown]
     if all(t is not None for t in targets) and max(targets) - min(targets) < 1e-9:
         against = f"a uniform target ({pct(targets[0])} each)"
     else:
@@ -94,24 +86,24 @@ def verdict_words(row: dict) -> str:
     if state == "off_target":
         return "off target"
     n = count(row.get("n_valid"))
-    needed = _finite(row.get("samples_needed"))
+    needed = number(row.get("samples_needed"))
     tail = f" (about {count(needed)} samples would decide)" if needed is not None else ""
     return f"inconclusive at n={n}{tail}"
 
 
 def _quality(row: dict, to_target: bool) -> float | None:
-    return _finite(row.get("fid_target") if to_target else row.get("fid"))
+    return number(row.get("fid_target") if to_target else row.get("fid"))
 
 
 def _invalid(row: dict) -> str:
-    n, valid = _finite(row.get("n")), _finite(row.get("n_valid"))
+    n, valid = number(row.get("n")), number(row.get("n_valid"))
     if n is None or valid is None or valid >= n:
         return ""
     return f", {count(n - valid)} of {count(n)} samples invalid"
 
 
 def _change(before, after, digits: int) -> str:
-    b, a = _finite(before), _finite(after)
+    b, a = number(before), number(after)
     if a is None:
         return "—"
     if b is None:
@@ -121,12 +113,12 @@ def _change(before, after, digits: int) -> str:
 
 def _key(r: dict, to_target: bool) -> tuple[float, float]:
     q = _quality(r, to_target)
-    return _finite(r["fd"]), math.inf if q is None else q
+    return number(r["fd"]), math.inf if q is None else q
 
 
 def ranked(rows: list[dict], to_target: bool) -> list[dict]:
     """The measured rows by FD, ties broken by quality (lower first)."""
-    return sorted((r for r in rows if r.get("status") == "done" and _finite(r.get("fd")) is not None),
+    return sorted((r for r in rows if r.get("status") == "done" and number(r.get("fd")) is not None),
                   key=lambda r: _key(r, to_target))
 
 
@@ -144,11 +136,11 @@ def ranking(rows: list[dict], words: dict[str, str], to_target: bool) -> str:
     name, other = words[best["method"]], words[second["method"]]
     if best.get("_baseline"):
         return f"No method reached a lower FD than {name} ({num(best['fd'])})."
-    tie = abs(_finite(best["fd"]) - _finite(second["fd"])) < TIE
+    tie = abs(number(best["fd"]) - number(second["fd"])) < TIE
     lead = f"Best: {name}, FD {num(best['fd'])} {interval(best.get('fd_lo'), best.get('fd_hi'))}"
     if tie:
         lead += f", tied on FD with {other}" + (" and ahead on quality" if key(best) != key(second) else "")
-    hi, lo = _finite(best.get("fd_hi")), _finite(second.get("fd_lo"))
+    hi, lo = number(best.get("fd_hi")), number(second.get("fd_lo"))
     if hi is None or lo is None:
         return f"{lead}; without FD intervals the ranking's confidence is unknown."
     if hi < lo:
@@ -169,7 +161,7 @@ def group_sentences(rows: list[dict], classes: dict, methods: dict[str, str], to
     baseline = next((r for r in rows if methods.get(r["method"], r["method"]) == "none"), None)
     done = [r for r in rows if r.get("status") == "done"]
     sentences: list[str] = []
-    if baseline is not None and baseline.get("status") == "done" and _finite(baseline.get("fd")) is not None:
+    if baseline is not None and baseline.get("status") == "done" and number(baseline.get("fd")) is not None:
         shares = distribution(classes.get((baseline.get("cell_id"), baseline.get("labeler")), []))
         sentences.append(f"Without debiasing: {shares + '; ' if shares else ''}{verdict_words(baseline)}, "
                          f"FD {num(baseline['fd'])} {interval(baseline.get('fd_lo'), baseline.get('fd_hi'))}"
@@ -183,14 +175,14 @@ def group_sentences(rows: list[dict], classes: dict, methods: dict[str, str], to
         if r.get("status") != "done":
             sentences.append(f"{name}: {_why(r)}.")
             continue
-        if _finite(r.get("fd")) is None:
+        if number(r.get("fd")) is None:
             sentences.append(f"{name}: nothing measured ({_why(r)}).")
             continue
         parts = [f"FD {_change((baseline or {}).get('fd'), r['fd'], 3)} {interval(r.get('fd_lo'), r.get('fd_hi'))}"
                  f"{_noise(r)}, {verdict_words(r)}{_invalid(r)}"]
         if _quality(r, to_target) is not None:
             parts.append(f"{quality_name} {_change(_quality(baseline or {}, to_target), _quality(r, to_target), 1)}")
-        if _finite(r.get("clip_score")) is not None:
+        if number(r.get("clip_score")) is not None:
             parts.append(f"CLIP score {_change((baseline or {}).get('clip_score'), r['clip_score'], 1)}")
         sentences.append(f"{name}: " + "; ".join(parts) + ".")
     for r in done:
@@ -204,7 +196,7 @@ def group_sentences(rows: list[dict], classes: dict, methods: dict[str, str], to
 
 
 def _noise(row: dict) -> str:
-    fd, floor = _finite(row.get("fd")), _finite(row.get("fd_floor"))
+    fd, floor = number(row.get("fd")), number(row.get("fd_floor"))
     if fd is None or floor is None or fd > floor:
         return ""
     return f" (within the noise floor, {num(floor)} at this n)"
@@ -281,7 +273,7 @@ def headline(groups: list[tuple[list[dict], str]], methods: dict[str, str], to_t
         order = ranked(rows, to_target)
         if len(order) >= 2 and methods.get(order[0]["method"], order[0]["method"]) != "none":
             best[method_words(order[0]["method"], methods.get(order[0]["method"]))].append(name)
-            hi, lo = _finite(order[0].get("fd_hi")), _finite(order[1].get("fd_lo"))
+            hi, lo = number(order[0].get("fd_hi")), number(order[1].get("fd_lo"))
             settled += hi is not None and lo is not None and hi < lo
     parts = []
     if states:
