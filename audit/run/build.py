@@ -3,16 +3,14 @@ with `scale: auto` calibrated first for the methods that calibrate."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from audit.files import inside
 from audit.run.context import RunContext
-from audit.run.probes import get_probes
-from audit.spec import DEFAULT_PROMPT, Cell, SuiteError, prompt_slug
+from audit.run.probes import get_probes, sampling_key
+from audit.spec import DEFAULT_PROMPT, Cell, SuiteError
 
 
 def _calibration_of_started_cell(ctx: RunContext, cell: Cell) -> dict | None:
@@ -63,12 +61,7 @@ class UnguidedSamples:
 
 def unguided_samples(ctx: RunContext, cell: Cell) -> UnguidedSamples:
     model, adapter = cell.model, ctx.adapter(cell)
-    key = f"{model.name}/steps{model.steps}-cfg{model.guidance_scale:g}"
-    if adapter.revision:
-        key += f"-rev-{re.sub(r'[^A-Za-z0-9._-]+', '-', adapter.revision)[:40]}"
-    if cell.prompt is not None:
-        digest = hashlib.sha256(cell.prompt.encode()).hexdigest()[:8]
-        key += f"/prompt-{prompt_slug(cell.prompt)[:32].strip('-')}-{digest}"
+    key = Path(model.name) / sampling_key(model, adapter.revision, cell.prompt)
     return UnguidedSamples(adapter=adapter, prompt=cell.prompt, steps=model.steps,
                            guidance_scale=model.guidance_scale, batch_size=ctx.suite.probe.batch_size,
                            cache=inside(ctx.store.out, Path("unguided") / key),

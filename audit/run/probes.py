@@ -32,15 +32,23 @@ def probe_dir(ctx: RunContext, cell: Cell, attribute: str) -> Path:
         ctx.log(f"the shipped {attribute} probe was trained on {model.source} revision {trained_on[0]} with "
                 f"guidance scale {trained_on[1]:g}, not {revision} with {model.guidance_scale:g}: "
                 "training one for this setting")
-    key = f"{model.name}/{labeler}/steps{model.steps}-cfg{model.guidance_scale:g}"
+    return inside(ctx.store.out, Path("probes") / model.name / labeler / sampling_key(model, revision, cell.prompt)
+                  / attribute)
+
+
+def sampling_key(model, revision: str | None, prompt: str | None) -> str:
+    """The folder key of what was learnt from a model's own samples and their h (probes, unguided
+    samples' clusters): its steps and guidance scale, the weights' revision, the h-space block when
+    one is named, and the prompt (h depends on it)."""
+    key = f"steps{model.steps}-cfg{model.guidance_scale:g}"
     if revision:
         key += f"-rev-{re.sub(r'[^A-Za-z0-9._-]+', '-', revision)[:40]}"
-    if model.hspace or model.hspace_pool:  # probes read h where, and as, they were trained
+    if model.hspace or model.hspace_pool:  # read h where, and as, it was recorded
         key += f"-h-{re.sub(r'[^A-Za-z0-9._-]+', '-', model.hspace or 'default')[:40]}-pool{model.hspace_pool or 0}"
-    if cell.prompt is not None:  # h depends on the prompt: one probe set per prompt
-        digest = hashlib.sha256(cell.prompt.encode()).hexdigest()[:8]
-        key += f"/prompt-{prompt_slug(cell.prompt)[:32].strip('-')}-{digest}"
-    return inside(ctx.store.out, Path("probes") / key / attribute)
+    if prompt is not None:
+        digest = hashlib.sha256(prompt.encode()).hexdigest()[:8]
+        key += f"/prompt-{prompt_slug(prompt)[:32].strip('-')}-{digest}"
+    return key
 
 
 def get_probes(ctx: RunContext, cell: Cell) -> list:
