@@ -140,23 +140,29 @@ def test_registered_labeler_and_clip_score_through_the_runner(tmp_path):
     from audit.run.suite import run_suite
     from audit.spec import load_suite
 
+    long = "a photo of a person with dark skin, " + "seen in soft daylight from a little distance, " * 6
+
     suite = {
         "name": "clip", "samples": 6, "batch_size": 6, "seed": 3, "metrics": ["fairness", "clip"],
         "models": [{"name": "t2i", "source": "zoo:synthfaces-t2i", "steps": 2, "guidance_scale": 2.0,
-                    "prompts": ["a photo of a person with dark skin"]}],
+                    "prompts": ["a photo of a person with dark skin", long]}],
         "methods": [{"name": "none"}], "settings": [{"attributes": ["skin_tone"], "target": "uniform"}],
         "labelers": ["synthfaces-eval", "synthfaces-clip"],
     }
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
     frame = run_suite(load_suite(tmp_path / "suite.yaml"), tmp_path / "out")
-    assert sorted(frame["labeler"]) == ["synthfaces-clip", "synthfaces-eval"] and (frame["status"] == "done").all()
-    assert frame["clip_score"].notna().all()
-    cell = next((tmp_path / "out" / "cells").iterdir())
+    assert sorted(frame["labeler"]) == ["synthfaces-clip"] * 2 + ["synthfaces-eval"] * 2
+    assert (frame["status"] == "done").all() and frame["clip_score"].notna().all()
+    [long_cell] = (tmp_path / "out" / "cells").glob("*seen*")  # cell folders name their prompt
+    [cell] = set((tmp_path / "out" / "cells").iterdir()) - {long_cell}
+    truncated = json.loads((long_cell / "metrics.json").read_text())["clip_score"]["truncated"]
+    assert truncated == 6 and "6 of 6 prompts are longer than the CLIP's 32 tokens" in (tmp_path / "out" / "events.log").read_text()
     labels = pd.read_parquet(cell / "labels-synthfaces-clip.parquet")
     probs = labels[["p:skin_tone:light", "p:skin_tone:dark"]].to_numpy()
     assert len(labels) == 6 and np.allclose(probs.sum(1), 1, atol=1e-5)
     metrics = json.loads((cell / "metrics.json").read_text())
     assert metrics["clip_score"]["model"] == "zoo:synthfaces-clip" and metrics["clip_score"]["value"] >= 0
+    assert metrics["clip_score"]["truncated"] == 0
     assert "error_aware" in metrics["labelers"]["synthfaces-clip"]  # its measured confusion is used
     assert "synthfaces-clip|synthfaces-eval" in metrics["agreement"]["skin_tone"] or \
         "synthfaces-eval|synthfaces-clip" in metrics["agreement"]["skin_tone"]

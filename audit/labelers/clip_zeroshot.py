@@ -129,12 +129,26 @@ class ClipZeroShotLabeler(Labeler):
 
     # -- embeddings ------------------------------------------------------------------------------
 
+    @property
+    def max_tokens(self) -> int:
+        """Tokens the text encoder reads (77 for CLIP): the tokenizer's limit, never more than the
+        model's position embeddings (a scratch tokenizer may claim a huge default)."""
+        return min(int(self.tokenizer.model_max_length), int(self.model.config.text_config.max_position_embeddings))
+
+    def truncated(self, texts: list[str]) -> int:
+        """How many of the texts are longer than max_tokens. encode_texts keeps their first tokens
+        and the end-of-text token, which CLIP pools (as OpenAI's clip.tokenize(truncate=True));
+        torchmetrics' CLIPScore slices the ids instead, dropping it."""
+        lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=False)["input_ids"]]
+        return sum(length > self.max_tokens for length in lengths)
+
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """L2-normalized text embeddings [T, D]."""
+        """L2-normalized text embeddings [T, D] (texts longer than max_tokens are truncated)."""
         chunks = []
         for i in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True, return_tensors="pt")
+            tokens = self.tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True,
+                                    max_length=self.max_tokens, return_tensors="pt")
             tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
             chunks.append(_features(self.model.get_text_features(**tokens)).float())
         if not chunks:

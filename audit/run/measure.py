@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from audit.files import atomic_path, inside
-from audit.metrics.clip import clip_scores
+from audit.metrics.clip import clip_score, clip_scores, truncated_prompts
 from audit.metrics.fid import (
     batches,
     extractor_tag,
@@ -51,7 +51,7 @@ def measurement_keys(ctx: RunContext, cell: Cell) -> dict:
 
         clip = cell_clip_model(ctx.suite, cell)
         weights = directory_digest(Path(clip[0])) if clip and Path(clip[0]).exists() else None
-        keys["clip"] = digest({**images, "clip": clip, "weights": weights})
+        keys["clip"] = digest({**images, "clip": clip, "weights": weights, "score": CLIP_SCORE_RULE})
     return keys
 
 
@@ -233,6 +233,9 @@ def cell_fids(ctx, cell, specs=None) -> list[dict]:
             for i, spec in enumerate(specs)]
 
 
+CLIP_SCORE_RULE = "mean-clamped"  # part of the CLIP key: cells scored by an earlier rule are scored again
+
+
 def cell_clip_model(suite, cell) -> tuple[str, str] | None:
     """(path to load, name to report) of the CLIP that scores the cell, or None."""
     if suite.clip_model:
@@ -255,7 +258,11 @@ def cell_clip_score(ctx, cell) -> dict:
         chunk = samples.iloc[i:i + 256]
         images = ctx.store.load_images(cell.cell_id, chunk["seed"].tolist())
         scores.append(clip_scores(images, chunk["prompt"].tolist(), clip[0]))
-    values = np.concatenate(scores)
-    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return {"value": float(values.mean()), "lo": float(values.mean() - half), "hi": float(values.mean() + half),
-            "model": clip[1]}
+    prompts = samples["prompt"].tolist()
+    truncated, limit = truncated_prompts(prompts, clip[0])
+    if truncated:
+        message = (f"CLIP score of {cell.cell_id}: {truncated} of {len(prompts)} prompts are longer than the CLIP's "
+                   f"{limit} tokens and were truncated (end-of-text token kept): the score reads only their start")
+        ctx.log(message)
+        ctx.store.log_event(message)
+    return {**clip_score(np.concatenate(scores)), "model": clip[1], "truncated": truncated}
