@@ -149,7 +149,10 @@ def run(
         if dry_run:
             from audit.plan_view import print_plan
 
-            print_plan(suite, console, verbose=verbose, out=out)
+            not_ready = print_plan(suite, console, verbose=verbose, out=out)
+            if not_ready:  # the plan is printed; a script that checks the dry run sees it cannot run
+                fail(f"not ready to run: the weights of {', '.join(not_ready)} are missing or refused "
+                     "(see the model lines above for what to download)")
             return
         import torch
 

@@ -26,9 +26,10 @@ def cell_cost(cell) -> tuple[float, float | None]:
     return nfe, (nfe * per if per else None)
 
 
-def print_plan(suite: Suite, console, verbose: bool = False, out: Path | None = None) -> None:
+def print_plan(suite: Suite, console, verbose: bool = False, out: Path | None = None) -> list[str]:
     """The dry run: a summary per model and method (the per-cell table with `verbose`), the
-    estimated total including calibration and probe training, and where each model's weights are."""
+    estimated total including calibration and probe training, and where each model's weights are.
+    Returns the names of the models a real run could not load (weights missing or refused)."""
     cells = plan(suite)
     costs = _cell_costs(cells)
     if verbose:
@@ -59,9 +60,14 @@ def print_plan(suite: Suite, console, verbose: bool = False, out: Path | None = 
     else:
         console.print("estimated total unknown (no speed measurement for these models)" if run_unknown and not run_s
                       else f"estimated total {estimate} on 2 CPU cores, plus labeling")
+    not_ready = []
     for model in suite.models:
+        status, ready = weights_status(model, suite.samples)
         # One line each, never wrapped by rich (a path or an error to copy; the terminal wraps it)
-        console.print(f"model {model.name}: {weights_status(model, suite.samples)}", soft_wrap=True)
+        console.print(f"model {model.name}: {status}", soft_wrap=True)
+        if not ready:
+            not_ready.append(model.name)
+    return not_ready
 
 
 def _cell_costs(cells) -> dict[int, tuple[float, float | None]]:
@@ -280,26 +286,27 @@ def probe_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list, list
     return costs, lines
 
 
-def weights_status(model, samples: int | None = None) -> str:
-    """Where a model's weights are, or why they are missing (a dry run never loads them)."""
+def weights_status(model, samples: int | None = None) -> tuple[str, bool]:
+    """Where a model's weights are, or why they are missing, and whether a run could load them (a
+    dry run never loads them)."""
     from audit.models.loading import PickledWeights, check_weight_format, resolve_weights
     from audit.sources import ModelNotAvailable
 
     if model.source.startswith("custom:"):
-        return "a custom model registered in this process (loaded by its factory)"
+        return "a custom model registered in this process (loaded by its factory)", True
     if model.finished_images:
         from audit.image_folder import summary
 
-        return summary(model.source, samples, model.prompts)
+        return summary(model.source, samples, model.prompts), True
     try:
         path, _ = resolve_weights(model.source, model.revision)
     except ModelNotAvailable as missing:
-        return f"weights missing: {missing}"
+        return f"weights missing: {missing}", False
     try:
         check_weight_format(model, path)
     except PickledWeights as pickled:
-        return f"weights found at {_short(path)} but refused: {pickled}"
-    return f"weights found at {_short(path)}"
+        return f"weights found at {_short(path)} but refused: {pickled}", False
+    return f"weights found at {_short(path)}", True
 
 
 def _short(path) -> str:

@@ -23,12 +23,16 @@ def empty_hf_cache(tmp_path, monkeypatch):
 @pytest.mark.parametrize("suite", SUITES, ids=[str(s.relative_to(BENCH).with_suffix("")) for s in SUITES])
 def test_example_suite_dry_runs(suite, empty_hf_cache):
     result = CliRunner().invoke(app, ["run", str(suite), "--dry-run"], terminal_width=200)
-    assert result.exit_code == 0, result.output
     assert "cells to run" in result.output
-    for model in load_suite(suite).models:
+    models = load_suite(suite).models
+    for model in models:
         status = "weights missing" if model.source.startswith("hf:") else \
             "finished images in" if model.source.startswith("images:") else "weights found"
         assert f"model {model.name}: {status}" in result.output
+    missing = [m.name for m in models if m.source.startswith("hf:")]
+    assert result.exit_code == (2 if missing else 0), result.output  # the plan, then: it cannot run yet
+    if missing:
+        assert f"not ready to run: the weights of {', '.join(missing)} are missing" in result.output
 
 
 def test_occupation_suites_plan_one_cell_per_prompt_method_and_setting(empty_hf_cache):
