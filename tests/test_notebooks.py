@@ -9,9 +9,9 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_three_walkthroughs():
+def test_there_are_four_walkthroughs():
     assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_distribution_guidance.ipynb",
-                                           "03_your_own_model.ipynb"]
+                                           "03_your_own_model.ipynb", "04_images_from_anywhere.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
