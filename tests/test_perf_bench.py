@@ -56,3 +56,19 @@ def test_perf_quick_writes_every_section(tmp_path):
 
     sd = result["sd15"]  # the tiny stand-in of the GPU path
     assert set(sd["images_per_s"]) == {"none", "distribution_guidance"} and sd["device"] == "cpu"
+
+
+def test_transformer_speed_tiny_runs_both_families(tmp_path):
+    """The GPU benchmark's code path at test size on the CPU: the adapter and the family's own
+    pipeline make the same images from the same latents, and every ratio is written."""
+    out = tmp_path / "ts.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transformer_speed.py"), "--size", "tiny",
+                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["families"]) == {"sd3", "flux"}
+    for family in result["families"].values():
+        assert family["max_pixel_difference"] < 1e-5
+        assert set(family["images_per_s"]) == {"pipeline", "adapter", "distribution_guidance"}
+        assert family["adapter_vs_pipeline"] > 0 and family["guided_vs_none"] > 0 and family["h_dim"] > 0

@@ -156,7 +156,8 @@ def test_registered_labeler_and_clip_score_through_the_runner(tmp_path):
     [long_cell] = (tmp_path / "out" / "cells").glob("*seen*")  # cell folders name their prompt
     [cell] = set((tmp_path / "out" / "cells").iterdir()) - {long_cell}
     truncated = json.loads((long_cell / "metrics.json").read_text())["clip_score"]["truncated"]
-    assert truncated == 6 and "6 of 6 prompts are longer than the CLIP's 32 tokens" in (tmp_path / "out" / "events.log").read_text()
+    events = (tmp_path / "out" / "events.log").read_text()
+    assert truncated == 6 and "6 of 6 prompts are longer than the CLIP's 32 tokens" in events
     labels = pd.read_parquet(cell / "labels-synthfaces-clip.parquet")
     probs = labels[["p:skin_tone:light", "p:skin_tone:dark"]].to_numpy()
     assert len(labels) == 6 and np.allclose(probs.sum(1), 1, atol=1e-5)

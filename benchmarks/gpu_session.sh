@@ -2,8 +2,9 @@
 # What to run on a briefly lent GPU machine (an H200 so far), in one call, in priority order;
 # each phase has a deadline so a slow one cannot starve the rest, and what finished comes back
 # under $OUT (run directories without their images, perf JSON, the log).
-#   device run: bash benchmarks/research/gpu_session.sh   (carry: .whl, the wheels the machine lacks)
-# Locally, with a CUDA torch: OUT=/tmp/out bash benchmarks/research/gpu_session.sh
+#   bash benchmarks/gpu_wheels.sh      # here, once: the wheels the GPU image lacks, into .whl/
+#   device run: bash benchmarks/gpu_session.sh   (carry: .whl; timeout_s 600)
+# Locally, with a CUDA torch: OUT=/tmp/out bash benchmarks/gpu_session.sh
 set -u
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -27,8 +28,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__,
 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
 
-# Continue the archived tables (finished cells are skipped by id; calibration records reused).
+# The transformer families at their released sizes (random weights, 1024 px, bf16): the adapter
+# against the family's own pipeline, distribution guidance against none.
+for family in sd3 flux; do
+  phase "speed-$family" 150 python3 benchmarks/transformer_speed.py --size full --families "$family" --device cuda \
+    --dtype bfloat16 --out "$OUT/transformer_speed_${family}_cuda.json"
+done
+# The training-free methods' efficacy bar on the text model (hours on a CPU): skin tone uniform first.
 mkdir -p /tmp/runs
+phase training-free-t2i 240 python3 -m audit.cli run benchmarks/training_free_efficacy_t2i.yaml \
+  -o /tmp/runs/training-free-t2i --device cuda --threads 16
+# Continue the archived tables (finished cells are skipped by id; calibration records reused).
 cp -r benchmarks/results/efficacy_eta1_run /tmp/runs/efficacy
 phase efficacy 330 python3 -m audit.cli run benchmarks/efficacy.yaml -o /tmp/runs/efficacy --device cuda --threads 16
 phase batch-ablation 150 python3 benchmarks/batch_ablation.py --suite benchmarks/efficacy.yaml \
