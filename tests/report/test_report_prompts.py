@@ -111,7 +111,7 @@ def test_prompt_verdict_follows_the_holm_adjusted_tests():
 
 def test_prompt_page_verdicts_are_the_adjusted_ones(prompts_report):
     table = pd.read_csv(prompts_report.parent / "prompts.csv").drop_duplicates(["method", "prompt"])
-    for method, group in table.groupby("method"):
+    for _, group in table.groupby("method"):
         np.testing.assert_allclose(group.off_target_p_holm, multipletests(group.off_target_p, method="holm")[1])
     expected = np.where(table.off_target_p_holm < 0.05, "off_target",
                         np.where(table.tost_p_holm < 0.05, "on_target", "inconclusive"))
