@@ -169,6 +169,7 @@ def write(prefix: str, rows: list[dict], args, seconds: float) -> None:
         lines.append(f"| {r['scenario']} | {r['n']:,} | {r['true FD']:.3f} | {r['per class']:.3f} | "
                      f"{r['worst class']:.3f} | {cell_of(r['all at once'], r['all at once before'])} | "
                      f"{cell_of(r['FD'], r['FD before'])} | {found} |")
+    lines.append("\nHow to read the rows below 93%: docs/metrics.md, section Coverage.")
     Path(f"{prefix}.md").write_text("\n".join(lines) + "\n")
 
 
