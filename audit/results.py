@@ -5,7 +5,7 @@ The runner builds these and writes them; results.csv, results.json and the index
 them; the report reads them back through the same models. A record written by another schema
 version is not guessed at: the run re-measures it (the images stay), and the report says which
 version it found and what to run. Fields the report and the tables rely on are declared; the
-rest of a labeler's statistics (literature metrics, per-attribute counts, error-aware details)
+rest of a labeler's statistics (per-attribute counts, error-aware details)
 travel as extra fields, kept as measured.
 """
 
@@ -61,6 +61,8 @@ class LabelerResult(Record):
     verdict: Literal["on_target", "off_target", "inconclusive"] | None = None
     samples_needed: int | None = None
     error_aware: dict | None = None
+    # heim_imbalance, deviation_ratio, normalized_entropy, soft_fd (audit.metrics.cell)
+    literature: dict[str, float | None] | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class FidResult(Record):

@@ -154,6 +154,7 @@ def multinomial_gof(counts: np.ndarray, target: np.ndarray, min_expected: float 
     (probability ordering, as R's EMT::multinomial.test), summed over all outcomes when there are
     at most max_outcomes of them ("exact"), else estimated from mc_draws simulated audits with
     scipy.stats.monte_carlo_test ("monte_carlo": a valid p-value, (1 + hits) / (1 + draws)).
+    The exact branch is ours: neither scipy nor statsmodels has an exact multinomial test.
 
     Zero-target classes as in chi_square_gof (any sample in one is a violation: p = 0, which is
     exact). Returns {"statistic": Pearson's chi-square, "p_value", "method": "asymptotic" |
@@ -316,6 +317,7 @@ def bootstrap_fd_interval(labels: np.ndarray, k: int, target: np.ndarray, n_resa
     alpha tail of the noise, hi is never below s, and off target (FD > 2 s) the interval is the
     equal-tailed one. [lo, hi] always contains FD_hat. Like any multinomial bootstrap it sees no
     noise in a class with zero count, so tiny n gives too-narrow intervals.
+    Ours: scipy.stats.bootstrap offers percentile, basic and BCa intervals, none a test inversion.
     """
     labels = _valid_subset(np.asarray(labels).astype(int, copy=False), valid)
     counts = np.bincount(labels, minlength=k) if labels.size else np.zeros(k)
@@ -624,7 +626,8 @@ def _lsq_simplex(q: np.ndarray, C: np.ndarray) -> np.ndarray:
 
 def _em_unfold(q: np.ndarray, C: np.ndarray, max_iter: int = 5000, tol: float = 1e-10) -> np.ndarray:
     """EM / iterative Bayesian unfolding: the multinomial MLE of p given observed
-    prediction frequencies q and a known confusion. Works on a batch q [..., k]."""
+    prediction frequencies q and a known confusion. Works on a batch q [..., k]. Ours: no
+    dependency computes it (pyunfold does, for one q at a time, as a new dependency)."""
     p = np.full(q.shape, 1.0 / C.shape[-1])
     for _ in range(max_iter):
         predicted = np.einsum("...i,...ij->...j", p, C)          # C^T p
@@ -716,6 +719,8 @@ def error_aware_interval(pred_labels: np.ndarray, confusion_counts, k: int,
     with a target also fd = ||p - target|| and fd_lo/fd_hi, fd_interval_from_noise on the
     resampled p* - p (the bias-aware inversion of bootstrap_fd_interval, not the percentile
     interval, which misses small FDs).
+    The bootstrap is ours: scipy.stats.bootstrap resamples observations, and the confusion rows
+    are redrawn from their labelled counts, which are not observations of this cell.
     """
     pred = _valid_subset(np.asarray(pred_labels).astype(int, copy=False), valid)
     factors = _confusion_factors(confusion_counts)

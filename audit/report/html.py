@@ -102,6 +102,15 @@ def tost(counts, target, tolerance: float) -> tuple[float | None, bool | None]:
 
 # -- the report ------------------------------------------------------------------------------------
 
+LITERATURE = ("heim_imbalance", "deviation_ratio", "normalized_entropy", "soft_fd")
+
+
+def literature_rows(verdicts: list[dict]) -> list[dict]:
+    """The verdict rows that carry the literature's definitions (results measured before they were
+    columns have none), for the "comparable with the literature" table."""
+    return [v for v in verdicts if v["status"] == "done" and any(v.get(k) is not None for k in LITERATURE)]
+
+
 def _setting_label(attributes: str | None, target: str | None) -> str:
     return f"{attributes or '—'} ({target or '—'})"
 
@@ -178,7 +187,7 @@ class Report:
             "suite": self.suite_facts(), "verdicts": verdicts, "findings": findings,
             "quality_name": self.quality_name(), "cells": cells, "tradeoff": tradeoff, "cost": cost,
             "methodology": self.methodology(), "downloads": self.downloads() + exports,
-            "per_prompt": per_prompt,
+            "per_prompt": per_prompt, "literature": literature_rows(verdicts),
             "tolerance": self.tolerance, "overridden": self.overridden, "root": "",
             "has_prompts": any(r["prompt"] for r in self.run.rows),
             "counts": {"done": len(self.run.cells),
@@ -326,15 +335,17 @@ class Report:
         tost_p, equivalent = row["tost_p"], row["equivalent"]
         stored_tol = number((m or {}).get("tolerance")) or number(self.run.suite.get("tolerance"))
         state, samples_needed = (m or {}).get("verdict"), number((m or {}).get("samples_needed"))
+        off_target_p = number((m or {}).get("off_target_p"))
         retest = stored_tol is None or not math.isclose(stored_tol, self.tolerance, rel_tol=1e-9)
         if retest:
-            tost_p, equivalent = None, None
+            tost_p, equivalent, off_target_p = None, None, None
             if m and m.get("counts") and m.get("target"):
                 tost_p, equivalent = tost(m["counts"], m["target"], self.tolerance)
         if (retest or state is None) and m and m.get("counts") and m.get("target"):
             decided = verdict_at(m["counts"], m["target"], self.tolerance)
             if decided is not None:
                 state, n_needed = decided["verdict"], decided["n_needed"]
+                off_target_p = number(decided["off_target_p"])
                 n, n_valid = number(m.get("n")), number(m.get("n_valid"))
                 if n_needed is not None and n_valid:
                     samples_needed = math.ceil(n_needed * (n or n_valid) / n_valid)
@@ -351,6 +362,7 @@ class Report:
                 error_aware.append({"cls": c, "p": p, "lo": _at(ea.get("lo"), i), "hi": _at(ea.get("hi"), i)})
         key = self.keys.get(row["cell_id"] or "")
         return {**row, "tost_p": tost_p, "equivalent": equivalent, "verdict": state, "samples_needed": samples_needed,
+                "off_target_p": off_target_p,
                 "error_aware_fd": row["error_aware_fd"] if row["error_aware_fd"] is not None else number(ea.get("fd")),
                 "error_aware": error_aware, "href": f"cells/{key}.html" if key else None,
                 "reason": self.run.reasons.get(row["cell_id"] or "") or _nothing_measured(row, m),

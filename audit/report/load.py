@@ -24,7 +24,8 @@ class ReportError(ValueError):
 
 
 NUMERIC = ["n", "n_valid", "fd", "fd_lo", "fd_hi", "fd_floor", "fd_corrected", "fd_soft", "kl", "chi2_p", "tost_p",
-           "samples_needed", "error_aware_fd", "error_aware_fd_lo", "error_aware_fd_hi", "fid",
+           "samples_needed", "error_aware_fd", "error_aware_fd_lo", "error_aware_fd_hi", "heim_imbalance",
+           "deviation_ratio", "normalized_entropy", "soft_fd", "fid",
            "fid_target", "clip_score", "seconds", "images_per_s"]
 TEXT = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "fid_extractor", "cell_id",
         "invalid_reasons", "verdict", "chi2_method"]

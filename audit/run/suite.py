@@ -25,10 +25,12 @@ from audit.run.context import RunContext
 from audit.spec import Cell, Suite, SuiteError, plan
 from audit.store import RunStore
 
+# definitions other work reports (audit.metrics.cell: distances from uniform, whatever the target)
+LITERATURE_COLUMNS = ["heim_imbalance", "deviation_ratio", "normalized_entropy", "soft_fd"]
 RESULT_COLUMNS = ["model", "method", "attributes", "target", "prompt", "labeler", "status", "n", "n_valid",
                   "invalid_reasons", "fd", "fd_lo", "fd_hi", "fd_floor", "fd_corrected", "fd_soft", "kl", "chi2_p",
                   "chi2_method", "tost_p", "equivalent", "verdict", "samples_needed",
-                  "error_aware_fd", "error_aware_fd_lo", "error_aware_fd_hi",
+                  "error_aware_fd", "error_aware_fd_lo", "error_aware_fd_hi", *LITERATURE_COLUMNS,
                   "fid", "fid_target", "fid_extractor", "clip_score", "seconds", "images_per_s",
                   "cell_id"]
 
@@ -75,6 +77,7 @@ def result_rows(cell: Cell, results: CellResult | CellOutcome) -> list[dict]:
                      "verdict": m.verdict or "inconclusive", "samples_needed": m.samples_needed,
                      "error_aware_fd": error_aware.get("fd"), "error_aware_fd_lo": error_aware.get("fd_lo"),
                      "error_aware_fd_hi": error_aware.get("fd_hi"),
+                     **{c: (m.literature or {}).get(c) for c in LITERATURE_COLUMNS},
                      "fid": fid.value if fid else None, "fid_target": fid.target_value if fid else None,
                      "fid_extractor": fid.extractor if fid else None, **extra,
                      "clip_score": results.clip_score.value if results.clip_score else None,

@@ -44,6 +44,10 @@ def test_a_run_stores_typed_versioned_records_and_derives_its_table_from_them(fi
                                                                        labeler.verdict)
     assert manifest.seeds == {"first": 0, "count": 6, "rule": "image i uses seed first+i"}
     assert pd.read_csv(out / "results.csv")["fd"].tolist() == pytest.approx([labeler.fd])
+    stored = pd.read_csv(out / "results.csv").iloc[0]      # the literature's definitions are columns
+    assert set(labeler.literature) == {"heim_imbalance", "deviation_ratio", "normalized_entropy", "soft_fd"}
+    for key, value in labeler.literature.items():
+        assert stored[key] == pytest.approx(value)
 
 
 def _make_schema_1(cell_dir) -> dict:

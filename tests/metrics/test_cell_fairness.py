@@ -71,3 +71,16 @@ def test_error_aware_keys_for_a_joint_setting():
     assert np.all(np.asarray(ea["lo_simultaneous"]) <= np.asarray(ea["p"]) + 1e-12)
     assert ea["fd_lo"] <= ea["fd"] <= ea["fd_hi"]
     json.dumps(m)
+
+
+def test_literature_metrics_of_a_known_cell():
+    """700 / 300 hard labels (one-hot probabilities): HEIM |0.3 - 0.5|, deviation 0.2 / 0.5, H(0.7, 0.3) / log 2,
+    soft FD to uniform = the hard FD to uniform; all relative to uniform even for a 0.7 / 0.3 target."""
+    labels = table({"eyeglasses": np.repeat([0, 1], [700, 300])})
+    setting = SettingSpec(attributes=["eyeglasses"], target=[0.7, 0.3])
+    m = fairness_metrics(labels, Labeler(), setting, 0.05)
+    assert m["fd"] == pytest.approx(0.0)
+    lit = m["literature"]
+    assert lit["heim_imbalance"] == pytest.approx(0.2) and lit["deviation_ratio"] == pytest.approx(0.4)
+    assert lit["normalized_entropy"] == pytest.approx(-(0.7 * np.log(0.7) + 0.3 * np.log(0.3)) / np.log(2))
+    assert lit["soft_fd"] == pytest.approx(0.2 * np.sqrt(2))

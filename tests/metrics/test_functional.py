@@ -367,6 +367,38 @@ def test_tost_matches_statsmodels_binom_tost_inside_the_unit_interval():
     np.testing.assert_allclose(ours, theirs)
 
 
+def test_minimum_effect_holm_shortcut_is_statsmodels_holm():
+    """The family p-value (the smallest Holm-adjusted class p, computed directly) equals multipletests'."""
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(21)
+    for counts in rng.multinomial(200, [0.4, 0.3, 0.2, 0.1], size=20):
+        result = F.minimum_effect_test(counts, UNIFORM4, 0.05)
+        assert result["p_value"] == pytest.approx(multipletests(result["p_values"], method="holm")[1].min())
+
+
+@pytest.mark.parametrize("p", [0.5, 0.52, 0.47])
+def test_samples_needed_inside_the_band_has_the_planned_power_by_statsmodels(p):
+    """At the n it names, statsmodels' exact TOST power (power_binom_tost) is the planned 80%, up to
+    the saw-tooth of the exact test."""
+    from statsmodels.stats.proportion import power_binom_tost
+
+    n = F.sample_size_to_decide(np.array([p, 1 - p]), UNIFORM2, 0.05)
+    assert 0.75 <= power_binom_tost(0.45, 0.55, n, p_alt=p, alpha=0.05) <= 0.85
+
+
+def test_error_aware_interval_of_a_perfect_labeler_is_scipys_percentile_bootstrap():
+    """With an error-free labeler (identity confusion) the error-aware intervals are the percentile
+    bootstrap of the class shares: scipy.stats.bootstrap's, up to Monte Carlo error."""
+    labels = np.repeat(np.arange(3), [500, 300, 200])
+    ours = F.error_aware_interval(labels, np.diag([10**6] * 3), 3, n_resamples=4000, seed=3)
+    for c in range(3):
+        theirs = stats.bootstrap((labels == c,), np.mean, n_resamples=4000, method="percentile",
+                                 rng=np.random.default_rng(4)).confidence_interval
+        assert ours["lo"][c] == pytest.approx(theirs.low, abs=0.006)
+        assert ours["hi"][c] == pytest.approx(theirs.high, abs=0.006)
+
+
 # --------------------------------------------------------------------------------------------
 # Goodness of fit with a small-sample guard
 # --------------------------------------------------------------------------------------------

@@ -110,6 +110,12 @@ def _metrics_for(labels: pd.DataFrame, attributes: list[str], target: list[float
         soft = (soft[:, :, None] * p[:, None, :]).reshape(len(soft), -1)
     p_soft = soft.mean(0)
     reasons = labels.loc[~valid, "reason"].value_counts().to_dict()
+    uniform = 1 / k
+    nonzero = p_hat[p_hat > 0]
+    literature = {"heim_imbalance": float(np.abs(p_hat - uniform).mean()),
+                  "deviation_ratio": float(np.abs(p_hat - uniform).max() / (1 - uniform)),
+                  "normalized_entropy": float(-(nonzero * np.log(nonzero)).sum() / np.log(k)),
+                  "soft_fd": float(np.sqrt(((p_soft - uniform) ** 2).sum()))}
     result = {
         "n": len(labels), "n_valid": n_valid, "invalid_rate": 1 - n_valid / len(labels),
         "classes": _joint_names(attributes), "target": list(target), "invalid_reasons": reasons,
@@ -117,7 +123,7 @@ def _metrics_for(labels: pd.DataFrame, attributes: list[str], target: list[float
         "p_intervals": [_wilson(int(c), n_valid) for c in counts],
         "fd": fd, "fd_lo": float(min(fd, np.percentile(fds, 2.5))), "fd_hi": float(max(fd, np.percentile(fds, 97.5))),
         "fd_soft": float(np.sqrt(((p_soft - t) ** 2).sum())), "kl": kl, "kl_reverse": kl * 1.1,
-        "chi2": float(chi2), "chi2_p": float(chi2_p), "tost_p": float(per_class.max()),
+        "literature": literature, "chi2": float(chi2), "chi2_p": float(chi2_p), "tost_p": float(per_class.max()),
         "equivalent": bool(per_class.max() < 0.05), "tost_per_class": per_class.tolist(), "tolerance": tolerance,
         "per_attribute": {a: np.bincount(h, minlength=kk).tolist() for a, h, kk in zip(attributes, hard, ks,
                                                                                          strict=True)},
@@ -296,7 +302,7 @@ def _write_cell(store, base, model, method, setting, labelers, target, prompt, s
         rows.append({**base, "labeler": labeler, "status": "done", "n_valid": m["n_valid"], "fd": m["fd"],
                      "fd_lo": m["fd_lo"], "fd_hi": m["fd_hi"], "fd_soft": m["fd_soft"], "kl": m["kl"],
                      "chi2_p": m["chi2_p"], "tost_p": m["tost_p"], "equivalent": m["equivalent"],
-                     "error_aware_fd": (m.get("error_aware") or {}).get("fd"),
+                     "error_aware_fd": (m.get("error_aware") or {}).get("fd"), **m["literature"],
                      "fid": fid_value if with_fid else None, "fid_target": fid_target if with_fid else None,
                      "fid_extractor": "synthfaces" if with_fid else None,
                      "clip_score": results["clip_score"]["value"], "seconds": seconds,

@@ -83,3 +83,52 @@ def test_exports_hold_the_stored_numbers(fixture_run, fixture_report):
     index = fixture_report.read_text()
     for name in ("results.parquet", "classes.csv", "classes.parquet", "summary.txt"):
         assert f'href="{name}"' in index
+
+
+def _prompt_row(prompt: str, verdict: str, off_target_p: float, tost_p: float) -> dict:
+    return {"status": "done", "prompt": prompt, "labeler": "eval", "model": "t2i", "attributes": "gender",
+            "setting": "gender", "target": "uniform", "method": "none", "cell_id": prompt, "n_valid": 100,
+            "fd": 0.1, "fd_lo": 0.0, "fd_hi": 0.2, "chi2_p": off_target_p, "tost_p": tost_p,
+            "off_target_p": off_target_p, "verdict": verdict, "samples_needed": None}
+
+
+def test_prompt_verdict_follows_the_holm_adjusted_tests():
+    from audit.report.prompts import table
+
+    rows = [_prompt_row("a nurse", "off_target", 0.03, 0.9),       # Holm: 0.03 x 3 = 0.09 -> inconclusive
+            _prompt_row("a CEO", "off_target", 0.001, 0.9),        # 0.001 x 4: still off target
+            _prompt_row("a doctor", "on_target", 0.8, 0.01),       # TOST 0.01 x 4 = 0.04: still on target
+            _prompt_row("a pilot", "inconclusive", 0.7, 0.9)]
+    (group,) = table(rows, [], "eval")
+    by_prompt = {e["prompt"]: e for e in group["rows"]}
+    assert by_prompt["a nurse"]["off_holm"] == pytest.approx(0.09)
+    assert [by_prompt[p]["verdict_holm"] for p in ("a nurse", "a CEO", "a doctor", "a pilot")] == \
+        ["inconclusive", "off_target", "on_target", "inconclusive"]
+    # BH is less strict: 0.03 x 4 / 2 = 0.06 still misses, 0.001 x 4 = 0.004 does not
+    assert by_prompt["a nurse"]["verdict_bh"] == "inconclusive" and by_prompt["a CEO"]["verdict_bh"] == "off_target"
+    assert [e["verdict"] for e in group["rows"]] == ["off_target", "off_target", "on_target", "inconclusive"]
+
+
+def test_prompt_page_verdicts_are_the_adjusted_ones(prompts_report):
+    table = pd.read_csv(prompts_report.parent / "prompts.csv").drop_duplicates(["method", "prompt"])
+    for _, group in table.groupby("method"):
+        np.testing.assert_allclose(group.off_target_p_holm, multipletests(group.off_target_p, method="holm")[1])
+    expected = np.where(table.off_target_p_holm < 0.05, "off_target",
+                        np.where(table.tost_p_holm < 0.05, "on_target", "inconclusive"))
+    assert list(table.verdict_holm) == list(expected)
+    html = (prompts_report.parent / "prompts.html").read_text()
+    assert "Verdict<span class=\"dir\">Holm across prompts</span>" in html
+    assert html.count('class="badge ') >= len(table)
+
+
+def test_literature_table_shows_the_stored_definitions(fixture_run, fixture_report):
+    index = fixture_report.read_text()
+    section = index.split('id="literature-table"', 1)[1].split("</table>", 1)[0]
+    stored = pd.read_csv(fixture_run / "results.csv")
+    done = stored[stored.status == "done"]
+    assert section.count("<tr>") == len(done) + 1          # the header and one row per labeler row
+    for column in ("heim_imbalance", "deviation_ratio", "normalized_entropy", "soft_fd"):
+        assert done[column].notna().all()
+        for value in done[column]:
+            assert f">{value:.3f}<" in section, (column, value)
+    assert 'href="#literature"' in index and "uniform</b> distribution" in index
