@@ -54,14 +54,16 @@ def kid_subset_size(n_a: int, n_b: int) -> int:
     return max(2, min(1000, min(n_a, n_b) // 2))
 
 
-def make_kid(extractor: str, n_a: int, n_b: int, weights: str | None = None, subsets: int = 100):
+def make_kid(extractor: str, n_a: int, n_b: int, weights: str | None = None, subsets: int = 100,
+             subset_size: int | None = None):
     """A torchmetrics KernelInceptionDistance over the named extractor; compute() gives the mean
     and standard deviation of the unbiased MMD^2 (cubic polynomial kernel) over `subsets` random
-    subsets of kid_subset_size(n_a, n_b) images from each set."""
+    subsets of `subset_size` (default kid_subset_size(n_a, n_b)) images from each set. One subset
+    of all n images (n_a == n_b == subset_size) is the closed-form unbiased MMD^2 of the two sets."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
     return KernelInceptionDistance(feature=make_feature(extractor, weights), subsets=subsets,
-                                   subset_size=kid_subset_size(n_a, n_b), normalize=True)
+                                   subset_size=subset_size or kid_subset_size(n_a, n_b), normalize=True)
 
 
 def batches(images, batch: int = 500):

@@ -1,5 +1,6 @@
 """FID[inception]: the pure-torch FID InceptionV3 loads a weights file laid out like the standard
-pt_inception-2015-12-05 file (random weights here: the real file cannot be downloaded)."""
+pt_inception-2015-12-05 file (random weights here, from the `inception_weights` fixture: the real
+file cannot be downloaded)."""
 
 from __future__ import annotations
 
@@ -29,21 +30,6 @@ EXPECTED_SHAPES = {
 N_CONVS = 94  # every conv is conv + bn (weight, bias, running_mean, running_var, num_batches_tracked)
 
 
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    """A random FID Inception state dict saved like the real file, BatchNorm statistics randomised
-    so that loading them (or not) changes the features."""
-    torch.manual_seed(0)
-    model = FIDInceptionV3().eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.1, 0.2)  # keeps random activations near unit scale
-    path = tmp_path_factory.mktemp("inception") / "pt_inception-2015-12-05-6726825d.pth"
-    torch.save(model.state_dict(), path)
-    return path, model
-
-
 def test_state_dict_has_the_standard_layout():
     state = FIDInceptionV3().state_dict()
     for key, shape in EXPECTED_SHAPES.items():
@@ -53,8 +39,8 @@ def test_state_dict_has_the_standard_layout():
     assert sum(p.numel() for p in FIDInceptionV3().parameters()) == 23_850_960
 
 
-def test_weights_load_strictly_and_give_2048_d_features(weights_file):
-    path, saved = weights_file
+def test_weights_load_strictly_and_give_2048_d_features(inception_weights):
+    path, saved = inception_weights
     features = InceptionFeatures(path)
     images = torch.rand(2, 3, 32, 32)
     out = features(images)
@@ -67,8 +53,8 @@ def test_weights_load_strictly_and_give_2048_d_features(weights_file):
     assert features(torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)).shape == (1, 2048)
 
 
-def test_older_files_without_batch_counters_load(weights_file, tmp_path):
-    path, saved = weights_file
+def test_older_files_without_batch_counters_load(inception_weights, tmp_path):
+    path, saved = inception_weights
     state = {k: v for k, v in torch.load(path, weights_only=True).items() if not k.endswith("num_batches_tracked")}
     assert len(state) == N_CONVS * 5 + 2
     torch.save(state, tmp_path / "old.pth")
@@ -88,11 +74,11 @@ def test_missing_or_wrong_weights_fail_in_one_line(tmp_path):
     assert "\n" not in str(wrong.value)
 
 
-def test_fid_with_named_inception_extractor(weights_file):
+def test_fid_with_named_inception_extractor(inception_weights):
     from audit.metrics.fid import extractor_tag, fid_between, make_fid
     from audit.spec import FidSpec
 
-    path, _ = weights_file
+    path, _ = inception_weights
     spec = FidSpec(extractor="inception", reference="synthfaces:biased", weights=str(path))
     torch.manual_seed(1)
     a, b = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32) * 0.5   # darker: far apart in feature space
