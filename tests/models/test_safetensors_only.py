@@ -45,7 +45,9 @@ def test_pickled_weights_are_refused_in_one_line_naming_the_model_the_file_and_t
     assert lines[0].endswith("set allow_pickle: true on model old in the suite")
     assert not (tmp_path / "out").exists()  # refused before the run started
     dry = CliRunner().invoke(app, ["run", str(suite_file(tmp_path, pickled_dir)), "--dry-run"], terminal_width=400)
-    assert dry.exit_code == 0 and "weights found at" in dry.output and "but refused: model old:" in dry.output
+    assert dry.exit_code == 2 and "weights found at" in dry.output and "but refused: model old:" in dry.output
+    assert dry.stderr.strip() == "error: not ready to run: the weights of old are missing or refused (see the model " \
+        "lines above for what to download)"
 
 
 def test_loading_refuses_pickles_even_past_the_check(pickled_dir):
