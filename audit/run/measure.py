@@ -32,18 +32,24 @@ from audit.spec import Cell, SuiteError
 from audit.stages import reached
 from audit.store import UnreadableImageError, image_problem
 
+CLIP_SCORE_RULE = "mean-clamped"  # part of the CLIP key: cells scored by an earlier rule are scored again
+# Part of the fairness key: a change to how the statistics are computed (here: error-aware intervals
+# from 4,000 bootstrap resamples, literature metrics as columns) measures finished cells again.
+STATISTICS_RULE = 2
+
 
 def measurement_keys(ctx: RunContext, cell: Cell) -> dict:
     """Digests of everything each part of a cell's metrics depends on besides the cell's identity:
-    the images (model revision, seeds), and for fairness the evaluation labelers' label keys and
-    the tolerance; for each FID its extractor (and weights), reference and n; for the CLIP score
+    the images (model revision, seeds), and for fairness the evaluation labelers' label keys, the
+    tolerance and the statistics rule; for each FID its extractor (and weights), reference and n; for the CLIP score
     its CLIP. The metrics list is the set of parts. A finished cell is reused only under the same
     keys, and only the parts whose key changed are measured again."""
     from audit.metrics.fid import fid_identity
 
     images = {"revision": ctx.revision(cell), "seeds": [cell.seed, cell.samples]}
     labelers = {name: ctx.label_key(name) for name in ctx.suite.labelers}
-    keys = {"fairness": digest({**images, "labelers": labelers, "tolerance": ctx.suite.tolerance})}
+    keys = {"fairness": digest({**images, "labelers": labelers, "tolerance": ctx.suite.tolerance,
+                                "statistics": STATISTICS_RULE})}
     if "fid" in ctx.suite.metrics:
         keys["fid"] = [digest({**images, **fid_identity(spec)}) for spec in ctx.suite.fid]
     if "clip" in ctx.suite.metrics:
@@ -231,9 +237,6 @@ def cell_fids(ctx, cell, specs=None) -> list[dict]:
              "feature_dim": feature_dim(spec.extractor),
              **{key: float(metric.compute()) for (j, key), metric in metrics.items() if j == i}}
             for i, spec in enumerate(specs)]
-
-
-CLIP_SCORE_RULE = "mean-clamped"  # part of the CLIP key: cells scored by an earlier rule are scored again
 
 
 def cell_clip_model(suite, cell) -> tuple[str, str] | None:
