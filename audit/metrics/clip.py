@@ -4,7 +4,8 @@ torchmetrics' CLIPScore rejects local paths, so the score is computed here with 
 the clip_zeroshot labeler uses, by torchmetrics' definition: 100 * the mean over images of the
 cosine between image i and prompt i, clamped at 0 (torchmetrics clamps the mean, not each image;
 clamping each would lift a cell whose images are unrelated to their prompts above 0). Prompts
-longer than CLIP's 77 tokens are truncated, and the cell says how many were. When the suite names
+longer than the CLIP's text encoder reads (77 tokens for OpenAI's CLIP) are truncated, and the
+cell says how many were. When the suite names
 no clip_model, a model's source may name the CLIP that suits its world (the zoo's own)."""
 
 from __future__ import annotations
