@@ -43,16 +43,9 @@ PROMPT = "a photo of a doctor"
 
 def tokenizers(workdir: Path):
     """A CLIP tokenizer padding to 77 and a T5 tokenizer with T5's 512, as the released models'."""
-    from transformers import CLIPTokenizer, T5Tokenizer
+    from audit.zoo.tokenizer import save_tokenizer, t5_tokenizer
 
-    from audit.zoo.tokenizer import caption_words, save_tokenizer
-
-    save_tokenizer(workdir / "clip", max_length=77)
-    words = sorted(set(caption_words()))
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0 - 0.01 * i)
-                                                               for i, w in enumerate(words)]
-    vocab += [(c, -10.0) for c in "abcdefghijklmnopqrstuvwxyz\u2581,.'-"]
-    return CLIPTokenizer.from_pretrained(workdir / "clip"), T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+    return save_tokenizer(workdir / "clip", max_length=77), t5_tokenizer()
 
 
 def clip_encoder(tokenizer, hidden: int, projection: int | None):

@@ -1,4 +1,5 @@
-"""A CLIP-format BPE tokenizer for the SynthFaces caption vocabulary.
+"""A CLIP-format BPE tokenizer for the SynthFaces caption vocabulary (and a T5-format one, for
+tiny random transformer pipelines in tests and benchmarks).
 
 The zoo's text models are saved in the standard transformers layout (vocab.json + merges.txt),
 so the loading code that serves a real CLIP/Stable Diffusion tokenizer serves them too. The
@@ -85,3 +86,15 @@ def save_tokenizer(directory: str | Path, max_length: int = 24):
     (directory / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}, indent=2))
     return CLIPTokenizer.from_pretrained(directory)
+
+
+def t5_tokenizer(max_length: int = 512):
+    """A Unigram T5Tokenizer over the caption words (<pad>=0, </s>=1, <unk>=2, as T5's), padding to
+    T5's 512 by default: the transformer families' prompt encoding depends on that length."""
+    from transformers import T5Tokenizer
+
+    words = sorted(set(caption_words()))
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + w, -1.0 - 0.01 * i) for i, w in enumerate(words)]
+    vocab += [(c, -10.0) for c in "abcdefghijklmnopqrstuvwxyz\u2581,.'-"]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)

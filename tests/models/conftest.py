@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from audit.zoo.tokenizer import t5_tokenizer
+
 
 def text_encoder(tokenizer, with_projection: bool = False, hidden: int = 16):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -104,19 +106,6 @@ def clip77_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("clip77-tokenizer")
     save_tokenizer(path, max_length=77)
     return path
-
-
-def t5_tokenizer():
-    """A Unigram T5 tokenizer over the caption words (<pad>=0, </s>=1, <unk>=2, as T5's)."""
-    from transformers import T5Tokenizer
-
-    from audit.zoo.tokenizer import caption_words
-
-    words = sorted(set(caption_words()))
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    vocab += [("\u2581" + w, -1.0 - 0.01 * i) for i, w in enumerate(words)]
-    vocab += [(c, -10.0) for c in "abcdefghijklmnopqrstuvwxyz\u2581,.'-"]
-    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
 def t5_encoder(tokenizer, width: int = 32):
