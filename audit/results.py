@@ -82,7 +82,7 @@ class ClipScore(Record):
     lo: float | None = None
     hi: float | None = None
     model: str | None = None
-    truncated: int | None = None  # prompts longer than the CLIP reads (77 tokens), scored on their start
+    truncated: int | None = None  # prompts longer than the CLIP's token limit, scored on their start
     reason: str | None = None
     key: str | None = None
 

@@ -5,16 +5,15 @@ the clip_zeroshot labeler uses, by torchmetrics' definition: 100 * the mean over
 cosine between image i and prompt i, clamped at 0 (torchmetrics clamps the mean, not each image;
 clamping each would lift a cell whose images are unrelated to their prompts above 0). Prompts
 longer than the CLIP's text encoder reads (77 tokens for OpenAI's CLIP) are truncated, and the
-cell says how many were. When the suite names
-no clip_model, a model's source may name the CLIP that suits its world (the zoo's own)."""
+cell says how many were. When the suite names no clip_model, a model's source may name the CLIP
+that suits its world (the zoo's own)."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
 import numpy as np
-
-Z95 = 1.959963984540054
+from scipy import stats
 
 
 @lru_cache(maxsize=2)
@@ -42,5 +41,5 @@ def clip_score(scores: np.ndarray) -> dict:
     of the mean whose ends are clamped the same way."""
     scores = np.asarray(scores, dtype=float)
     mean = float(scores.mean())
-    half = Z95 * scores.std(ddof=1) / np.sqrt(len(scores)) if len(scores) > 1 else float("nan")
+    half = stats.norm.ppf(0.975) * scores.std(ddof=1) / np.sqrt(len(scores)) if len(scores) > 1 else float("nan")
     return {"value": max(mean, 0.0), "lo": max(mean - half, 0.0), "hi": max(mean + half, 0.0)}

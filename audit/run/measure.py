@@ -41,9 +41,10 @@ STATISTICS_RULE = 2
 def measurement_keys(ctx: RunContext, cell: Cell) -> dict:
     """Digests of everything each part of a cell's metrics depends on besides the cell's identity:
     the images (model revision, seeds), and for fairness the evaluation labelers' label keys, the
-    tolerance and the statistics rule; for each FID its extractor (and weights), reference and n; for the CLIP score
-    its CLIP. The metrics list is the set of parts. A finished cell is reused only under the same
-    keys, and only the parts whose key changed are measured again."""
+    tolerance and the statistics rule; for each FID its extractor (and weights), reference and n;
+    for the CLIP score its CLIP and the scoring rule. The metrics list is the set of parts. A
+    finished cell is reused only under the same keys, and only the parts whose key changed are
+    measured again."""
     from audit.metrics.fid import fid_identity
 
     images = {"revision": ctx.revision(cell), "seeds": [cell.seed, cell.samples]}
