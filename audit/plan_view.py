@@ -72,7 +72,7 @@ def print_plan(suite: Suite, console, verbose: bool = False, out: Path | None = 
 
 def _cell_costs(cells) -> dict[int, tuple[float, float | None]]:
     """Cost of each cell that generates images, by index: cells that do not apply, and cells
-    whose images another setting already generates (see runner._twin_cells), cost nothing."""
+    whose images another setting already generates (see audit.run.generate.twin_cells), cost nothing."""
     costs, shared_seen = {}, set()
     for i, cell in enumerate(cells):
         if cell.skip_reason:

@@ -552,16 +552,22 @@ class Cell(BaseModel):
         return resolve(METHODS, self.method.name, "method")
 
     @property
+    def images_setting(self) -> object:
+        """What of the attribute setting the method's images depend on (Method.images_setting)."""
+        return self.method_class.images_setting(method_params(self.method.name, self.method.params), self.setting)
+
+    @property
     def shares_images(self) -> bool:
-        """Whether the method ignores the attribute setting (unguided sampling), so cells that
-        differ only in their setting share one set of generated images."""
-        return not self.method_class.uses_setting
+        """Whether the images depend on less than the whole attribute setting (unguided sampling
+        on none of it), so cells that differ only in the rest share one set of generated images."""
+        return self.images_setting != self.setting.model_dump()
 
     @property
     def image_key(self) -> str:
-        """Everything but the setting that decides the images of a setting-independent cell."""
+        """Everything that decides the images of a cell that shares them: all but its setting,
+        and of the setting what the method reads."""
         return json.dumps([self.model.identity(), self.method.model_dump(), self.prompt, self.samples,
-                           self.batch_size, self.seed], sort_keys=True)
+                           self.batch_size, self.seed, self.images_setting], sort_keys=True)
 
     @property
     def seeds(self) -> list[int]:

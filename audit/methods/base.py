@@ -84,6 +84,14 @@ class Method:
         return cls.needs_probe
 
     @classmethod
+    def images_setting(cls, values: dict, setting) -> object:
+        """The part of a cell's attribute setting (audit.spec.SettingSpec) that its images depend
+        on, given the method's checked params, as JSON-able data: cells of a suite that differ in
+        nothing else make the same images, which are generated once and copied to the others.
+        The whole setting when the method reads it, nothing when it does not."""
+        return setting.model_dump() if cls.uses_setting else None
+
+    @classmethod
     def cost(cls, values: dict) -> float:
         """UNet evaluations per image and step relative to plain sampling, with these params."""
         return cls.relative_cost

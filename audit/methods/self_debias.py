@@ -70,6 +70,12 @@ class SelfDebias(ProbeGuidance, Method):
         self.start, self.stop, self.normalize, self.grad_tau = start, stop, normalize, float(grad_tau)
 
     @classmethod
+    def images_setting(cls, values: dict, setting) -> object:
+        """Only the number of classes reaches the images, as the default k: settings with as many
+        classes (skin tone uniform and 0.1/0.9) balance the same clusters, so share their images."""
+        return None if values.get("k") is not None else len(setting.joint_classes())
+
+    @classmethod
     def check_params(cls, values: dict) -> None:
         check_window(values)
         k, shares = values.get("k"), values.get("shares")

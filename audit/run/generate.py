@@ -142,7 +142,8 @@ def _smaller_batch(ctx: RunContext, cell: Cell, size: int) -> int:
 
 
 def twin_cells(ctx: RunContext, cell: Cell) -> list[Cell]:
-    """Cells of the suite that differ from `cell` only in their attribute setting."""
+    """Cells of the suite that make the same images as `cell`: they differ only in the part of
+    their attribute setting the method does not read (Method.images_setting)."""
     return [c for c in plan(ctx.suite) if c.cell_id != cell.cell_id and c.image_key == cell.image_key]
 
 

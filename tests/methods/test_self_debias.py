@@ -111,8 +111,37 @@ def test_through_the_runner_the_manifest_says_what_the_clusters_capture(tmp_path
     assert set(frame["status"]) == {"done"}
     fitted = list((tmp_path / "out" / "unguided").rglob("clusters.json"))
     assert len(fitted) == 1  # k=2 for both settings: one clustering
+    # ... and one set of images: the second setting's batches are copies of the first's.
+    first, second = (sorted((tmp_path / "out" / "cells" / c / "images").iterdir()) for c in frame["cell_id"])
+    assert len(first) == 6 and [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+    markers = [json.loads(p.read_text()) for c in frame["cell_id"]
+               for p in (tmp_path / "out" / "cells" / c / "batches").glob("*.json")]
+    assert sum("copied_from" in m for m in markers) == 2  # 6 samples in batches of 3
     for cell in (tmp_path / "out" / "cells").iterdir():
         clusters = json.loads((cell / "manifest.json").read_text())["method"]["clusters"]
         assert sum(clusters["sizes"]) == 16
         by_cluster = clusters["labelers"]["synthfaces-eval"]["skin_tone"]
         assert set(by_cluster) == {"cluster 0", "cluster 1"} and set(by_cluster["cluster 0"]) == {"light", "dark"}
+
+
+def test_settings_with_as_many_classes_share_images_unless_k_is_given():
+    """The clusters have no names: only the setting's class count (the default k) reaches the
+    images, so skin tone uniform and 0.1/0.9 make the same images and a 4-class setting does not;
+    with k set, no setting does."""
+    from audit.spec import Suite, plan
+
+    settings = [{"attributes": ["skin_tone"], "target": "uniform"},
+                {"attributes": ["skin_tone"], "target": {"light": 0.1, "dark": 0.9}},
+                {"attributes": ["skin_tone", "eyeglasses"], "target": "uniform"}]
+
+    def image_keys(params):
+        suite = Suite.model_validate({"name": "s", "models": [{"name": "m", "source": "zoo:synthfaces-ddpm"}],
+                                      "methods": [{"name": "self_debias", "params": params}],
+                                      "settings": settings, "samples": 8, "labelers": ["synthfaces-eval"]})
+        cells = plan(suite)
+        assert all(c.shares_images for c in cells)
+        return [c.image_key for c in cells]
+
+    uniform, skewed, joint = image_keys({})
+    assert uniform == skewed and joint != uniform
+    assert len(set(image_keys({"k": 3}))) == 1
