@@ -48,6 +48,12 @@ class PromptProjection(Method):
         self.phrases, self.energy, self.noise = list(phrases), float(energy), float(noise)
         self._projections: dict[tuple[str, ...], dict] = {}
 
+    @classmethod
+    def images_setting(cls, values: dict, setting) -> object:
+        """The classes, whose phrases the projection removes; not the target it cannot aim at, so
+        skin tone uniform and 0.1/0.9 share their images."""
+        return {"attributes": setting.attributes, "classes": setting.class_lists()}
+
     def not_applicable(self, adapter) -> str | None:
         return self.not_applicable_to(adapter.conditional) or cross_attention_only(self, adapter)
 

@@ -104,3 +104,19 @@ def test_an_image_does_not_depend_on_its_batch(tiny_text_adapter):
                                           method=method).images
     alone = tiny_text_adapter.generate([2], prompts=[PROMPT], steps=3, guidance_scale=3.0, method=method).images
     assert torch.equal(together[2], alone[0])
+
+
+def test_settings_that_differ_only_in_their_target_share_images():
+    """The projection removes what the classes' phrases say and aims at no target: skin tone
+    uniform and 0.1/0.9 make the same images, another attribute does not."""
+    from audit.spec import Suite, plan
+
+    suite = Suite.model_validate({
+        "name": "s", "models": [{"name": "m", "source": "zoo:synthfaces-t2i"}],
+        "methods": [{"name": "prompt_projection", "params": {"noise": 1.0}}],
+        "settings": [{"attributes": ["skin_tone"], "target": "uniform"},
+                     {"attributes": ["skin_tone"], "target": {"light": 0.1, "dark": 0.9}},
+                     {"attributes": ["eyeglasses"], "target": "uniform"}],
+        "samples": 8, "labelers": ["synthfaces-eval"]})
+    uniform, skewed, eyeglasses = (c.image_key for c in plan(suite))
+    assert uniform == skewed and eyeglasses != uniform
