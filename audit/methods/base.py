@@ -27,6 +27,9 @@ class BatchContext:
     step_index: int = 0
     t: int = 0
     state: dict = field(default_factory=dict)
+    # The denoiser's text-conditional prediction at this step, before classifier-free guidance
+    # combined it with the unconditional one (set before on_output).
+    conditional: torch.Tensor | None = None
 
     @property
     def progress(self) -> float:
@@ -202,7 +205,7 @@ def allocate(target: np.ndarray, seeds: list[int]) -> np.ndarray:
 def cross_attention_only(method: Method, adapter) -> str | None:
     """Why a method that edits a text context tensor (a UNet's cross-attention input) cannot run on
     this model: transformer families condition through a structure of several encoders' outputs."""
-    if isinstance(adapter.encode_prompts([""]), torch.Tensor):
+    if adapter.family.single_text_context:
         return None
     family = adapter.info.get("family") or type(adapter.family).__name__
     return (f"{method.title or method.name} edits a UNet's text context; {family} models condition "

@@ -9,7 +9,9 @@ its prediction for the prompt alone, times `scale`, kept only where it is larges
 channel, the elements above the `threshold` quantile of its magnitude, as SEGA does, so the edit
 touches the attribute and leaves the rest of the image to the prompt). SEGA measures its edit
 against the unconditional prediction; against the prompt's own, the edit carries the phrase
-alone and not the prompt once more, which classifier-free guidance already adds. Not here: SEGA's
+alone and not the prompt once more, which classifier-free guidance already adds; and the prompt's
+prediction is the one classifier-free guidance has just made (BatchContext.conditional), so an
+edited step costs one UNet evaluation per image beside guidance's two. Not here: SEGA's
 momentum and Fair Diffusion's reverse edit away from the other classes (one more UNet evaluation
 per class).
 """
@@ -34,7 +36,7 @@ class SemanticGuidance(AllocatingMethod):
     text_only = True
     couples_batch = False  # each image's edit depends on its own class, prompt and x_t only
     supplied = ("phrases", "target")
-    relative_cost = 2.0  # per guided step, the class's and the prompt's predictions, beside the model's own
+    relative_cost = 1.5  # per edited step, the class's prediction beside classifier-free guidance's two
 
     def __init__(self, phrases: list[str], target, scale: Scale = 4.0, warmup: Fraction = 0.2, stop: Fraction = 1.0,
                  threshold: Quantile = 0.95):
@@ -64,8 +66,7 @@ class SemanticGuidance(AllocatingMethod):
         super().start_batch(batch)
         classes = batch.state["allocated"].tolist()
         edited = [f"{p} {self.phrases[c]}".strip() for p, c in zip(batch.prompts, classes, strict=True)]
-        n = len(batch.seeds)
-        batch.state["_contexts"] = torch.cat([batch.context[-n:], batch.adapter.encode_prompts(edited)])
+        batch.state["_edited"] = batch.adapter.encode_prompts(edited)
         batch.state["edited_steps"] = 0
 
     def active(self, batch: BatchContext) -> bool:
@@ -76,9 +77,8 @@ class SemanticGuidance(AllocatingMethod):
         its magnitude reaches the threshold quantile of its image and channel."""
         model_in = batch.scheduler.scale_model_input(x, batch.t)
         with torch.no_grad():
-            both = batch.adapter.unet_output(torch.cat([model_in, model_in]), batch.t, batch.state["_contexts"], 1.0)
-        prompt, edited = both.chunk(2)
-        direction = self.scale * (edited - prompt)
+            edited = batch.adapter.unet_output(model_in, batch.t, batch.state["_edited"], 1.0)
+        direction = self.scale * (edited - batch.conditional)
         if self.threshold > 0:
             magnitude = direction.abs().flatten(2).float()
             cut = torch.quantile(magnitude, self.threshold, dim=2)
@@ -93,7 +93,7 @@ class SemanticGuidance(AllocatingMethod):
         return output + self.edit(x, batch).to(output.dtype)
 
     def end_batch(self, batch: BatchContext) -> dict:
-        batch.state.pop("_contexts", None)
+        batch.state.pop("_edited", None)
         return super().end_batch(batch)
 
     def config(self) -> dict:

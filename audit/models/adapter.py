@@ -158,16 +158,25 @@ class ModelAdapter:
     def unet_output(self, x: torch.Tensor, t, context, guidance_scale: float) -> torch.Tensor:
         """The denoiser's prediction at (x, t), with classifier-free guidance when a negative
         context is stacked in front of the positive one."""
+        return self.unet_outputs(x, t, context, guidance_scale)[0]
+
+    def unet_outputs(self, x: torch.Tensor, t, context, guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the prediction unet_output gives, the text-conditional prediction it was made from):
+        a method that compares another prompt's prediction with the prompt's own reads the latter
+        here rather than evaluating the UNet once more. Without classifier-free guidance both are
+        the same tensor."""
         rows = context_rows(context)
         if x.shape[0] == 1 and rows in (None, 1) and str(self.device) == "cpu":
             # A lone sample meets other CPU convolution kernels than any batch of two or more
             # (1e-6 apart), so it is computed beside a copy of itself; the copy comes first
             # because methods and recordings take a batch's last rows as its conditional ones.
-            return self.unet_output(torch.cat([x, x]), t, twice(context), guidance_scale)[-1:]
+            guided, conditional = self.unet_outputs(torch.cat([x, x]), t, twice(context), guidance_scale)
+            return guided[-1:], conditional[-1:]
         if rows == 2 * x.shape[0]:
             uncond, cond = self.family.call(torch.cat([x] * 2), t, context).chunk(2)
-            return uncond + guidance_scale * (cond - uncond)
-        return self.family.call(x, t, context)
+            return uncond + guidance_scale * (cond - uncond), cond
+        output = self.family.call(x, t, context)
+        return output, output
 
     denoise = unet_output
 
@@ -222,7 +231,8 @@ class ModelAdapter:
                 hook.record, hook.recorded = record_h, []
             try:
                 with torch.no_grad():
-                    out = self.unet_output(self.model_input(scheduler, x, t), t, context, guidance_scale)
+                    out, batch.conditional = self.unet_outputs(self.model_input(scheduler, x, t), t, context,
+                                                               guidance_scale)
             finally:
                 if hook is not None:
                     hook.edit, hook.record = None, False

@@ -24,7 +24,9 @@ def batch_at(adapter, method, seeds, progress=0.5, steps=4):
     batch.t = int(scheduler.timesteps[batch.step_index])
     method.start_cell(seeds)
     method.start_batch(batch)
-    return batch, adapter.initial_noise(seeds) * scheduler.init_noise_sigma
+    x = adapter.initial_noise(seeds) * scheduler.init_noise_sigma
+    batch.conditional = prediction(adapter, batch, x, [""] * len(seeds))  # as the sampling loop sets it
+    return batch, x
 
 
 def prediction(adapter, batch, x, phrases):
@@ -69,7 +71,27 @@ def test_no_edit_during_the_warmup_or_after_stop(tiny_text_adapter):
         output = torch.randn_like(x)
         assert (not torch.equal(method.on_output(output, x, batch), output)) == edited
     out = tiny_text_adapter.generate([0, 1], prompts=[PROMPT] * 2, steps=4, guidance_scale=3.0, method=method)
-    assert out.stats["edited_steps"] == 1 and "_contexts" not in out.stats and torch.isfinite(out.images).all()
+    assert out.stats["edited_steps"] == 1 and "_edited" not in out.stats and torch.isfinite(out.images).all()
+
+
+def test_the_edit_reads_the_prompts_prediction_guidance_already_made(tiny_text_adapter, monkeypatch):
+    """Under classifier-free guidance the loop hands methods the conditional prediction it made,
+    so an edited step evaluates the UNet on the allocated phrases only: 3 rows per image, not 4."""
+    method = SemanticGuidance(PHRASES, [0.5, 0.5], warmup=0.0, threshold=0.0)
+    seen, rows = [], []
+    family = tiny_text_adapter.family
+    call = family.call
+    monkeypatch.setattr(family, "call", lambda x, t, context: rows.append(len(x)) or call(x, t, context))
+    on_output = method.on_output
+    monkeypatch.setattr(method, "on_output", lambda out, x, batch: seen.append((batch.t, x, batch.conditional))
+                        or on_output(out, x, batch))
+    tiny_text_adapter.generate([0, 1, 2], prompts=[PROMPT] * 3, steps=3, guidance_scale=3.0, method=method)
+    assert rows == [6, 3] * 3
+    monkeypatch.setattr(family, "call", call)
+    t, x, conditional = seen[1]
+    with torch.no_grad():
+        alone = tiny_text_adapter.unet_output(x, t, tiny_text_adapter.encode_prompts([PROMPT] * 3), 1.0)
+    assert torch.allclose(conditional, alone, atol=1e-5)
 
 
 def test_classes_follow_the_target_over_the_cell_whatever_the_batch():
