@@ -73,3 +73,17 @@ def test_sd3_universal_guidance_back_propagates_through_transformer_and_vae(sd3)
     plain = sd3.generate(seeds, prompts=prompts, steps=2, guidance_scale=2.0)
     assert torch.isfinite(guided.images).all() and "skipped_nonfinite" not in guided.stats
     assert (guided.images - plain.images).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["prompt_projection", "semantic_guidance"])
+def test_methods_that_edit_a_unets_text_context_do_not_apply_and_say_why(sd3, name, monkeypatch):
+    """SD3 conditions through three encoders' outputs at once: the family says so, without
+    running an encoder to find out."""
+    from audit.methods.prompt_projection import PromptProjection
+    from audit.methods.semantic_guidance import SemanticGuidance
+
+    monkeypatch.setattr(sd3, "encode_prompts", lambda prompts: pytest.fail("encoded a prompt"))
+    method = {"prompt_projection": PromptProjection(["a", "b"]),
+              "semantic_guidance": SemanticGuidance(["a", "b"], [0.5, 0.5])}[name]
+    reason = method.not_applicable(sd3)
+    assert reason and "edits a UNet's text context" in reason and "sd3 models condition otherwise" in reason

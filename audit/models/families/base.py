@@ -73,6 +73,10 @@ class Family:
     downloads: ClassVar[dict[str, str]] = {}
     # Which element of a tuple output of the hooked block is the image stream.
     hspace_stream: ClassVar[int] = 0
+    # Whether a text-conditioned model reads one text-context tensor (a UNet's cross-attention
+    # input), which methods that edit the text context can change; transformer families condition
+    # through several encoders' outputs at once (Conditioning).
+    single_text_context: ClassVar[bool] = True
 
     adapter: Any = None
 

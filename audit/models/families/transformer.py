@@ -15,6 +15,7 @@ from audit.models.families.base import Family
 
 class TransformerFamily(Family):
     default_scheduler = None
+    single_text_context = False
     # The diffusers pipeline it loads as. Recognised by model_index.json's `_class_name` only: other
     # pipelines on the same transformer (PixArt-Alpha, Flux Kontext) encode prompts differently.
     pipeline_class: ClassVar[str] = ""
