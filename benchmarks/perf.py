@@ -25,6 +25,8 @@ at scale, and how a cell's time and memory scale with its size.
     OMP_NUM_THREADS=1 python benchmarks/perf.py --quick --out /tmp/perf.json   # smoke run
     OMP_NUM_THREADS=1 python benchmarks/perf.py --skip guidance metrics scaling sd15 \
         --out benchmarks/results/perf_calibration_cost.json          # the calibration cost alone
+    OMP_NUM_THREADS=1 python benchmarks/perf.py --skip guidance metrics scaling calibration sd15 \
+        --out benchmarks/results/perf_text_methods.json              # the text-only methods alone
     python benchmarks/perf.py --device cuda --threads 8         # adds sd15 (a GPU machine)
 """
 
@@ -379,7 +381,7 @@ def main() -> None:
                         help="dtype of the SD-sized model")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (2 cores are shared here)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["guidance", "metrics", "scaling", "calibration", "sd15"])
+                        choices=["guidance", "text", "metrics", "scaling", "calibration", "sd15"])
     parser.add_argument("--out", type=Path, default=HERE / "results" / "perf.json")
     parser.add_argument("--scaling-cell", type=int, help=argparse.SUPPRESS)  # child process of `scaling`
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -407,6 +409,7 @@ def main() -> None:
     started = time.perf_counter()
     if "guidance" not in args.skip:
         result.update(guidance_and_loop(cfg, args.device))
+    if "text" not in args.skip:
         result["text_method_overhead"] = text_methods(cfg, args.device)
     if "metrics" not in args.skip:
         sys.path.insert(0, str(HERE))

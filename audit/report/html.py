@@ -402,7 +402,9 @@ class Report:
                 "guidance": _fields(metrics.get("guidance"), "clipped_steps", "skipped_nonfinite")
                 or _fields({}, "clipped_steps", "skipped_nonfinite"),
                 "manifest": json.dumps(manifest, indent=2, default=str, sort_keys=True) if manifest else "",
-                "method_config": _method_summary(manifest.get("method")), "status": metrics.get("status")}
+                "method_config": _method_summary(manifest.get("method")),
+                "clusters": _clusters(manifest.get("method"), (manifest.get("setting") or {}).get("attributes")),
+                "status": metrics.get("status")}
         if not metrics and not cell.problem:
             page["problem"] = "no metrics.json in the cell directory"
         # class table and distribution chart
@@ -760,6 +762,47 @@ def _class_lists(classes: list[str], k: int) -> list[list[str]] | None:
     return lists
 
 
+def _clusters(config, audited) -> dict | None:
+    """What a method that balances unlabelled clusters balanced (its config's `clusters`: sizes
+    and, per evaluation labeler, each attribute's class shares per cluster), as a table, with how
+    far apart the clusters lie on each attribute: balancing clusters moves an attribute only as
+    far as the clusters differ in it, which the auditor must see next to the audited ones."""
+    described = (config or {}).get("clusters") if isinstance(config, dict) else None
+    if not isinstance(described, dict) or not isinstance(described.get("sizes"), list):
+        return None
+    sizes, shares = described["sizes"], (config.get("shares") or [])
+    names = [f"cluster {i}" for i in range(len(sizes))]
+    audited = [str(a) for a in audited or []]
+    tables = []
+    for labeler, attributes in (described.get("labelers") or {}).items():
+        if not isinstance(attributes, dict):
+            continue
+        columns, spreads = [], []
+        for attribute, by_cluster in attributes.items():
+            if not isinstance(by_cluster, dict):
+                continue
+            classes = list(next((v for v in by_cluster.values() if isinstance(v, dict)), {}))
+            cells = [" · ".join(f"{c} {(by_cluster.get(n) or {}).get(c, 0):.0%}" for c in classes) for n in names]
+            spread = max((max((by_cluster.get(n) or {}).get(c, 0) for n in names)
+                          - min((by_cluster.get(n) or {}).get(c, 0) for n in names) for c in classes), default=0.0)
+            columns.append({"attribute": attribute, "cells": cells, "audited": attribute in audited})
+            spreads.append((spread, attribute))
+        spreads.sort(reverse=True)
+        most = spreads[0] if spreads else None
+        audited_spread = [(a, v) for v, a in spreads if a in audited]
+        summary = ""
+        if most:
+            summary = (f"The clusters differ most in {most[1]} (largest gap between clusters in one class's "
+                       f"share: {most[0]:.0%})")
+            if audited_spread:
+                summary += "; in the audited " + ", ".join(f"{a} by {v:.0%}" for a, v in audited_spread)
+            summary += ". Balancing the clusters moves an attribute only as far as they differ in it."
+        tables.append({"labeler": labeler, "columns": columns, "summary": summary})
+    rows = [{"name": n, "size": sizes[i], "share": shares[i] if i < len(shares) else None}
+            for i, n in enumerate(names)]
+    return {"rows": rows, "tables": tables, "n": sum(v for v in sizes if isinstance(v, int | float))}
+
+
 def _method_summary(config) -> list[tuple[str, str]]:
     if not isinstance(config, dict):
         return []
@@ -767,6 +810,8 @@ def _method_summary(config) -> list[tuple[str, str]]:
     for k, v in config.items():
         if k == "probes":
             v = f"{len(v)} probe(s)" if isinstance(v, list) else v
+        elif k == "clusters" and isinstance(v, dict) and isinstance(v.get("sizes"), list):
+            v = f"{len(v['sizes'])} clusters of unguided samples: see what they capture, below"
         elif isinstance(v, dict | list):
             v = json.dumps(v, default=str)
         out.append((str(k), str(v)))

@@ -123,6 +123,21 @@ def test_through_the_runner_the_manifest_says_what_the_clusters_capture(tmp_path
         by_cluster = clusters["labelers"]["synthfaces-eval"]["skin_tone"]
         assert set(by_cluster) == {"cluster 0", "cluster 1"} and set(by_cluster["cluster 0"]) == {"light", "dark"}
 
+    # The auditor's report shows, on each cell's page, what the clusters capture.
+    from audit.report import write_report
+
+    index = write_report(tmp_path / "out")
+    pages = sorted((index.parent / "cells").glob("*.html"))
+    assert len(pages) == 2
+    for page in pages:
+        html = page.read_text()
+        section = html[html.index('<section id="clusters">'):]
+        section = section[:section.index("</section>")]
+        assert "What the method balanced" in section and section.count("<tr><td>cluster ") == 2
+        assert "skin_tone" in section and "light " in section and "%" in section
+        assert "The clusters differ most in" in section
+        assert "(audited)" in section  # the cell's own attribute is marked
+
 
 def test_settings_with_as_many_classes_share_images_unless_k_is_given():
     """The clusters have no names: only the setting's class count (the default k) reaches the
