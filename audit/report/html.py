@@ -785,7 +785,7 @@ def _clusters(config, audited) -> dict | None:
             cells = [" · ".join(f"{c} {(by_cluster.get(n) or {}).get(c, 0):.0%}" for c in classes) for n in names]
             spread = max((max((by_cluster.get(n) or {}).get(c, 0) for n in names)
                           - min((by_cluster.get(n) or {}).get(c, 0) for n in names) for c in classes), default=0.0)
-            columns.append({"attribute": attribute, "cells": cells, "audited": attribute in audited})
+            columns.append({"attribute": attribute, "cells": cells, "audited": attribute in audited, "gap": spread})
             spreads.append((spread, attribute))
         spreads.sort(reverse=True)
         most = spreads[0] if spreads else None
@@ -793,11 +793,11 @@ def _clusters(config, audited) -> dict | None:
         summary = ""
         if most:
             summary = (f"The clusters differ most in {most[1]} (largest gap between clusters in one class's "
-                       f"share: {most[0]:.0%})")
+                       f"share: {most[0]:.1%})")
             if audited_spread:
-                summary += "; in the audited " + ", ".join(f"{a} by {v:.0%}" for a, v in audited_spread)
+                summary += "; in the audited " + ", ".join(f"{a} by {v:.1%}" for a, v in audited_spread)
             summary += ". Balancing the clusters moves an attribute only as far as they differ in it."
-        tables.append({"labeler": labeler, "columns": columns, "summary": summary})
+        tables.append({"labeler": labeler, "attributes": columns, "summary": summary})
     rows = [{"name": n, "size": sizes[i], "share": shares[i] if i < len(shares) else None}
             for i, n in enumerate(names)]
     return {"rows": rows, "tables": tables, "n": sum(v for v in sizes if isinstance(v, int | float))}
