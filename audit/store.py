@@ -166,7 +166,8 @@ class RunStore:
         for i in keep:
             seed = marker["seeds"][i]
             atomic_write_bytes(self.image_path(cell_id, seed), self.image_path(source_cell, seed).read_bytes())
-        event = f"reused {source_cell} batch {marker['index']} for {cell_id} (setting-independent method)"
+        event = (f"reused {source_cell} batch {marker['index']} for {cell_id} (the same images: the settings "
+                 "differ only where the method does not read them)")
         claims = _claimed(marker)
         atomic_write_json(self.batch_marker(cell_id, index), {
             **marker, "index": index, "seeds": [marker["seeds"][i] for i in keep],
