@@ -31,8 +31,9 @@ def test_perf_quick_writes_every_section(tmp_path):
 
     text = result["text_method_overhead"]
     assert set(text["ratio_to_none"]) == {"none", "prompt_projection", "semantic_guidance"}
-    # two more UNet evaluations per guided step: semantic guidance must cost more than the projection
-    assert text["ratio_to_none"]["semantic_guidance"] > text["ratio_to_none"]["prompt_projection"]
+    assert all(len(t) == 1 and t[0] > 0 for t in text["seconds"].values())
+    # (semantic guidance's one extra UNet evaluation per edited step is counted, not timed, in
+    # tests/methods/test_semantic_guidance.py: at 4 images and 3 steps it is within timing noise)
 
     loop = result["loop_overhead"]
     assert set(loop["seconds"]) == {"generate", "bare_unet"} and loop["ratio"] > 0 and "passes" in loop
