@@ -777,25 +777,23 @@ def _clusters(config, audited) -> dict | None:
     for labeler, attributes in (described.get("labelers") or {}).items():
         if not isinstance(attributes, dict):
             continue
-        columns, spreads = [], []
+        columns = []
         for attribute, by_cluster in attributes.items():
             if not isinstance(by_cluster, dict):
                 continue
             classes = list(next((v for v in by_cluster.values() if isinstance(v, dict)), {}))
-            cells = [" · ".join(f"{c} {(by_cluster.get(n) or {}).get(c, 0):.0%}" for c in classes) for n in names]
-            spread = max((max((by_cluster.get(n) or {}).get(c, 0) for n in names)
-                          - min((by_cluster.get(n) or {}).get(c, 0) for n in names) for c in classes), default=0.0)
-            columns.append({"attribute": attribute, "cells": cells, "audited": attribute in audited, "gap": spread})
-            spreads.append((spread, attribute))
-        spreads.sort(reverse=True)
-        most = spreads[0] if spreads else None
-        audited_spread = [(a, v) for v, a in spreads if a in audited]
+            share = [[(by_cluster.get(n) or {}).get(c, 0) for c in classes] for n in names]  # [cluster][class]
+            cells = [" · ".join(f"{c} {p:.0%}" for c, p in zip(classes, row, strict=True)) for row in share]
+            gap = max((max(column) - min(column) for column in zip(*share, strict=True)), default=0.0)
+            columns.append({"attribute": attribute, "cells": cells, "audited": attribute in audited, "gap": gap})
+        by_gap = sorted(columns, key=lambda c: (c["gap"], c["attribute"]), reverse=True)
         summary = ""
-        if most:
-            summary = (f"The clusters differ most in {most[1]} (largest gap between clusters in one class's "
-                       f"share: {most[0]:.1%})")
-            if audited_spread:
-                summary += "; in the audited " + ", ".join(f"{a} by {v:.1%}" for a, v in audited_spread)
+        if by_gap:
+            summary = (f"The clusters differ most in {by_gap[0]['attribute']} (largest gap between clusters in one "
+                       f"class's share: {by_gap[0]['gap']:.1%})")
+            if any(c["audited"] for c in by_gap):
+                summary += "; in the audited " + ", ".join(f"{c['attribute']} by {c['gap']:.1%}"
+                                                           for c in by_gap if c["audited"])
             summary += ". Balancing the clusters moves an attribute only as far as they differ in it."
         tables.append({"labeler": labeler, "attributes": columns, "summary": summary})
     rows = [{"name": n, "size": sizes[i], "share": shares[i] if i < len(shares) else None}
