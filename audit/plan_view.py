@@ -154,7 +154,7 @@ def _print_groups(suite: Suite, cells, costs, console) -> None:
         console.print(f"n/a ({', '.join(where)}): {reason}")
 
 
-def _calibration_config(cell, n: int) -> dict | None:
+def _calibration_config(cell, suite: Suite, n: int) -> dict | None:
     """The calibration config (audit.run.calibration.calibration_config) of a `scale: auto`
     cell, less the model revision and probe accuracies that only loading tells: None when the
     cell's method does not calibrate."""
@@ -173,7 +173,8 @@ def _calibration_config(cell, n: int) -> dict | None:
     config = {"model": calibrated_model(cell.model), "method": cell.method.name, "params": params,
               "attributes": cell.setting.attributes,
               "target": [float(v) for v in target], "batch": cell.batch_size, "prompt": cell.prompt,
-              "judge": None, "n": n or calibration_samples(len(target)), "rule": RULE}
+              "judge": None, "n": n or calibration_samples(len(target)), "rule": RULE,
+              **({"phrases": suite.class_phrases(cell.setting)} if "phrases" in factory.supplied else {})}
     return json.loads(json.dumps(config, default=str))
 
 
@@ -211,7 +212,7 @@ def calibration_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list
         if cell.skip_reason:
             continue
         n = calibration_samples(len(cell.setting.target_vector()))
-        config = _calibration_config(cell, n)
+        config = _calibration_config(cell, suite, n)
         if config is None:
             continue
         key = json.dumps(config, sort_keys=True)

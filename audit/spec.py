@@ -510,6 +510,12 @@ class Suite(Strict):
             return ATTRIBUTE_PHRASES[attribute][cls][0]
         return f"with {cls} {attribute.replace('_', ' ')}"
 
+    def class_phrases(self, setting: SettingSpec) -> list[str]:
+        """The text that names each joint class of the setting, as appended to a prompt
+        ("with dark skin and with glasses")."""
+        return [" and ".join(self.phrase(a, c) for a, c in zip(setting.attributes, combo.split("&"), strict=True))
+                for combo in setting.joint_classes()]
+
 
 def _class_mismatch(attribute: str, classes: list[str], labeler: str, role: str, declared: list[str]) -> str:
     """What to write when a setting's classes differ from a labeler's."""

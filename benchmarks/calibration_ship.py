@@ -20,8 +20,8 @@ import torch
 
 from audit.registry import METHODS, resolve
 from audit.run import calibration
+from audit.run.build import supplied_arguments
 from audit.run.context import RunContext
-from audit.run.probes import get_probes
 from audit.spec import load_suite, plan
 from audit.store import RunStore
 
@@ -63,15 +63,15 @@ def main() -> None:
         if cell.skip_reason or cell.method.params.get("scale") != "auto" or args.model not in (None, cell.model.name) \
                 or args.method not in (None, cell.method.name):
             continue
-        probes, target = get_probes(ctx, cell), cell.setting.target_vector()
-        factory = resolve(METHODS, cell.method.name, "method")
-        n = calibration.calibration_samples(len(target))
-        config = json.loads(json.dumps(calibration.calibration_config(ctx, cell, factory, probes, target,
-                                                                      dict(cell.method.params), n=n), default=str))
+        factory, params = resolve(METHODS, cell.method.name, "method"), dict(cell.method.params)
+        supplied = supplied_arguments(ctx, cell, factory, params)
+        n = calibration.calibration_samples(len(supplied["target"]))
+        config = json.loads(json.dumps(calibration.calibration_config(ctx, cell, factory, supplied, params, n=n),
+                                       default=str))
         before = [r for r in shipped_records(cell.model.source)
                   if same_cell(config, r["config"]) and r["config"]["rule"] != calibration.RULE]
         start = time.perf_counter()
-        chosen = calibration.calibrate(ctx, cell, factory, probes, target, dict(cell.method.params), n=n)
+        chosen = calibration.calibrate(ctx, cell, factory, supplied, params, n=n)
         seconds = time.perf_counter() - start
         record = json.loads(next((args.out / "calibration").glob(
             f"{cell.model.name}-{calibration.record_name(config)}")).read_text())

@@ -282,7 +282,8 @@ def calibration_cost(cfg: dict, device: str) -> dict:
         ctx.adapter(cell), ctx.labeler(PROBE_LABELER)  # loaded before the clock starts, as in a run
         with mock.patch.object(calibration, "shipped_calibration", lambda source, record: None):  # none shipped
             start = time.perf_counter()
-            chosen = calibration.calibrate(ctx, cell, factory, probes, target, dict(cell.method.params), n=n)
+            chosen = calibration.calibrate(ctx, cell, factory, {"probes": probes, "target": target},
+                                           dict(cell.method.params), n=n)
             calibrating = time.perf_counter() - start
         (record,) = [json.loads(p.read_text()) for p in (Path(tmp) / "out" / "calibration").glob("*.json")]
         method = factory(probes=probes, target=target, **{**cell.method.params, **chosen})

@@ -69,6 +69,22 @@ def tiny_text_adapter(tiny_ddim, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_text_model_dir(tiny_text_adapter, tmp_path_factory):
+    """The tiny text-conditioned model saved in the zoo text model's layout: a pixel-space
+    UNet2DConditionModel beside its CLIP text encoder, tokenizer and scheduler, no VAE."""
+    import json
+
+    path = tmp_path_factory.mktemp("tiny-t2i")
+    components = {"unet": tiny_text_adapter.unet, "text_encoder": tiny_text_adapter.text_encoder,
+                  "tokenizer": tiny_text_adapter.tokenizer, "scheduler": tiny_text_adapter.scheduler}
+    for name, part in components.items():
+        part.save_pretrained(path / name)
+    index = {name: [type(part).__module__.split(".")[0], type(part).__name__] for name, part in components.items()}
+    (path / "model_index.json").write_text(json.dumps({"_class_name": "TinyTextToImage", **index}))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tiny_unet, tiny_ddim, tmp_path_factory):
     """The tiny unconditional model saved as a diffusers pipeline directory."""
     from diffusers import DDIMPipeline

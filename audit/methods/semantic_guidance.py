@@ -25,7 +25,7 @@ import torch
 from pydantic import Field
 
 from audit.methods.base import AllocatingMethod, BatchContext, cross_attention_only
-from audit.methods.guidance import Fraction, Scale
+from audit.methods.guidance import AutoScale, Fraction, aim_vector, proportions
 
 Quantile = Annotated[float, Field(ge=0, lt=1)]
 
@@ -37,13 +37,19 @@ class SemanticGuidance(AllocatingMethod):
     couples_batch = False  # each image's edit depends on its own class, prompt and x_t only
     supplied = ("phrases", "target")
     relative_cost = 1.5  # per edited step, the class's prediction beside classifier-free guidance's two
+    # `scale: auto`: the edit scale is chosen per cell as the probe-guided methods' is, by trial
+    # images judged by the suite's probe labeler (never the method's own signal, which is text).
+    calibrates_scale = True
+    ADDED_OPTIONS = ("aim",)  # see audit.registry.effective_params: earlier cells keep their ids
 
-    def __init__(self, phrases: list[str], target, scale: Scale = 4.0, warmup: Fraction = 0.2, stop: Fraction = 1.0,
-                 threshold: Quantile = 0.95):
-        """phrases[k]: the text appended to the prompt for class k; target: the class shares."""
+    def __init__(self, phrases: list[str], target, scale: AutoScale = 4.0, warmup: Fraction = 0.2,
+                 stop: Fraction = 1.0, threshold: Quantile = 0.95, aim: list[float] | None = None):
+        """phrases[k]: the text appended to the prompt for class k; target: the class shares;
+        aim: the shares to allocate instead (set by the calibration where the edit misses)."""
         self.phrases, self.target = list(phrases), np.asarray(target, dtype=float)
         if len(self.phrases) != len(self.target):
             raise ValueError(f"need one phrase per class ({len(self.target)}), got {len(self.phrases)}")
+        self.aim = aim_vector(self.target, aim)
         if not 0 <= warmup < stop <= 1:
             raise ValueError(f"need 0 <= warmup < stop <= 1, got warmup={warmup}, stop={stop}")
         if not 0 <= threshold < 1:
@@ -56,6 +62,16 @@ class SemanticGuidance(AllocatingMethod):
         if not warmup < stop:
             raise ValueError(f"warmup must be below stop (fractions of the sampling loop), got warmup={warmup:g}, "
                              f"stop={stop:g}")
+        if values.get("aim") is not None:
+            proportions(values["aim"], len(values["aim"]), "aim", "the class shares to allocate")
+
+    @classmethod
+    def guided_by_probe_labeler(cls, values: dict) -> bool:
+        return values.get("scale") == "auto"  # the calibration judges its trial images with it
+
+    @property
+    def shares(self) -> np.ndarray:
+        return self.aim
 
     def not_applicable(self, adapter) -> str | None:
         return self.not_applicable_to(adapter.conditional) or cross_attention_only(self, adapter)
@@ -97,5 +113,6 @@ class SemanticGuidance(AllocatingMethod):
         return super().end_batch(batch)
 
     def config(self) -> dict:
-        return {"name": self.name, "phrases": self.phrases, "target": self.target.tolist(), "scale": self.scale,
+        return {"name": self.name, "phrases": self.phrases, "target": self.target.tolist(), "aim": self.aim.tolist(),
+                "scale": self.scale,
                 "warmup": self.warmup, "stop": self.stop, "threshold": self.threshold}

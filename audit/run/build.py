@@ -85,9 +85,7 @@ def supplied_arguments(ctx: RunContext, cell: Cell, factory, params: dict) -> di
     if "attributes" in wanted:
         args["attributes"] = list(setting.attributes)
     if "phrases" in wanted:
-        args["phrases"] = [" and ".join(ctx.suite.phrase(a, c) for a, c in zip(setting.attributes, combo.split("&"),
-                                                                                strict=True))
-                           for combo in setting.joint_classes()]
+        args["phrases"] = ctx.suite.class_phrases(setting)
     if "attribute_names" in wanted:
         args["attribute_names"] = " and ".join(a.replace("_", " ") for a in setting.attributes)
     if "probes" in wanted:
@@ -109,8 +107,7 @@ def build_method(ctx: RunContext, cell: Cell):
         from audit.run.calibration import calibrate
 
         _construct(factory, spec, {**supplied, **params, "scale": 1.0})  # fail fast
-        calibrated = _calibration_of_started_cell(ctx, cell) or calibrate(ctx, cell, factory, supplied["probes"],
-                                                                         supplied["target"], params)
+        calibrated = _calibration_of_started_cell(ctx, cell) or calibrate(ctx, cell, factory, supplied, params)
         params["scale"] = calibrated["scale"]
         if params.get("aim") is None and calibrated["aim"] is not None:
             params["aim"] = calibrated["aim"]

@@ -1,4 +1,5 @@
-"""Automatic scale calibration for the probe-guided methods (`scale: auto`).
+"""Automatic scale calibration (`scale: auto`) for the methods that calibrate their scale (the
+probe-guided ones and semantic guidance: Method.calibrates_scale).
 
 On calibration seeds disjoint from every evaluation seed (64 per target class, at least 128),
 sampled in the cell's own batch size, the chosen scale minimises the FD of the class shares
@@ -34,6 +35,7 @@ batch: trials done, an estimate of those left and an ETA at this calibration's o
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 from pathlib import Path
@@ -132,14 +134,17 @@ def search(trial, coarse: int, full: int, noise: float, slack: float | None = No
     return [done[s] for s in sorted(done)]
 
 
-def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = None) -> dict:
-    """{"scale": ..., "aim": ...} for the cell: the aim is None where the target itself is aimed at."""
+def calibrate(ctx, cell, factory, supplied: dict, params: dict, n: int | None = None) -> dict:
+    """{"scale": ..., "aim": ...} for the cell: the aim is None where the target itself is aimed at
+    (always, for a method without an `aim` param). `supplied`: the constructor arguments the
+    runner made for the cell (audit.run.build.supplied_arguments), the target among them."""
     from audit.metrics.functional import joint_labels
 
+    target = supplied["target"]
     n = n or calibration_samples(len(target))
 
     adapter = ctx.adapter(cell)
-    config = calibration_config(ctx, cell, factory, probes, target, params, n)
+    config = calibration_config(ctx, cell, factory, supplied, params, n)
     record = record_name(config)
     cache = inside(ctx.store.out, Path("calibration") / f"{cell.model.name}-{record}")
     shipped = shipped_calibration(cell.model.source, record)
@@ -194,7 +199,7 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
         if known is not None and (known["n"] == count or (known["n"] > count and "labels" in known)):
             return answer(prefix(known, count, target))
         labels = list(known["labels"]) if known is not None and "labels" in known and known["n"] < count else []
-        method = factory(probes=probes, target=target, **{**params, "scale": scale, **aimed})
+        method = factory(**{**supplied, "target": target, **params, "scale": scale, **aimed})
         method.start_cell(seeds[:total])  # a first batch is the same whatever count the trial stops at
         for i in range(len(labels), count, cell.batch_size):
             started = time.perf_counter()
@@ -239,7 +244,7 @@ def calibrate(ctx, cell, factory, probes, target, params: dict, n: int | None = 
                    tolerance * noise if tolerance else None)
     chosen = smallest_scale_within(tried, target, tolerance * noise) if tolerance else interpolated_scale(tried, target)
     aim, aimed = None, []
-    if params.get("aim") is None and min(t["fd"] for t in tried) > noise:
+    if takes_aim(factory) and params.get("aim") is None and min(t["fd"] for t in tried) > noise:
         count = AIM_SAMPLES * n
         aim_noise = noise / np.sqrt(AIM_SAMPLES)
         best = measure(chosen, total=count)
@@ -348,9 +353,17 @@ def calibrated_model(model) -> dict:
     return model.model_dump(exclude={"name", "allow_pickle"} | unset)
 
 
-def calibration_config(ctx, cell, factory, probes, target, params: dict, n: int) -> dict:
+def takes_aim(factory) -> bool:
+    """Whether the method can be aimed at class shares other than the target (an `aim` param)."""
+    parameters = inspect.signature(factory).parameters.values()
+    return any(p.name == "aim" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def calibration_config(ctx, cell, factory, supplied: dict, params: dict, n: int) -> dict:
     """Everything a calibrated scale depends on (the model's weights by revision, not its name;
-    the method's params with its defaults filled in)."""
+    the method's params with its defaults filled in; the probes' accuracies, or the phrases a
+    method edits with, for the methods given them)."""
+    target, probes = supplied["target"], supplied.get("probes", [])
     params = effective_params(factory, params)
     if params.get("aim") is None:
         params.pop("aim", None)  # aimed at the target itself, as every record before aims existed
@@ -359,7 +372,8 @@ def calibration_config(ctx, cell, factory, probes, target, params: dict, n: int)
             "method": cell.method.name, "params": params,
             "attributes": cell.setting.attributes, "target": [float(v) for v in target], "batch": cell.batch_size,
             "probes": [p.meta.get("val_accuracy", [])[:3] for p in probes], "prompt": cell.prompt,
-            "judge": ctx.suite.probe_labeler, "n": n, "rule": RULE}
+            "judge": ctx.suite.probe_labeler, "n": n, "rule": RULE,
+            **({"phrases": list(supplied["phrases"])} if "phrases" in supplied else {})}
 
 
 def earlier_trials(config: dict, folders: list[Path]) -> dict[str, dict]:

@@ -109,8 +109,9 @@ def test_progress_lines_count_trials_and_give_an_eta(tmp_path, tiny_model_dir):
     (cell,) = plan(suite)
     probes = get_probes(ctx, cell)
     lines.clear()
-    chosen = calibration.calibrate(ctx, cell, resolve(METHODS, cell.method.name, "method"), probes,
-                                   cell.setting.target_vector(), dict(cell.method.params), n=128)
+    chosen = calibration.calibrate(ctx, cell, resolve(METHODS, cell.method.name, "method"),
+                                   {"probes": probes, "target": cell.setting.target_vector()},
+                                   dict(cell.method.params), n=128)
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "calibration").glob("*.json")]
     assert chosen["scale"] == record["scale"]
     progress = [ln for ln in lines if " generated; " in ln]

@@ -82,7 +82,7 @@ CALIBRATE = textwrap.dedent("""
     ctx = RunContext(suite=suite, store=RunStore(sys.argv[2]), log=print)
     (cell,) = plan(suite)
     factory = resolve(METHODS, cell.method.name, "method")
-    chosen = calibrate(ctx, cell, factory, get_probes(ctx, cell), cell.setting.target_vector(),
+    chosen = calibrate(ctx, cell, factory, {"probes": get_probes(ctx, cell), "target": cell.setting.target_vector()},
                        dict(cell.method.params), n=8)
     print("chosen", json.dumps(chosen))
 """)

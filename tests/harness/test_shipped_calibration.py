@@ -39,10 +39,10 @@ def never_called(**kwargs):
 
 def test_shipped_record_is_used_and_copied_into_the_run(tmp_path, zoo_weights):
     ctx, cell = quickstart_cell(tmp_path)
-    probes, target = get_probes(ctx, cell), cell.setting.target_vector()
+    supplied = {"probes": get_probes(ctx, cell), "target": cell.setting.target_vector()}
     params = {**cell.method.params, "scale": "auto"}
     revision = ctx.adapter(cell).revision
-    config = calibration.calibration_config(ctx, cell, never_called, probes, target, params, n=128)
+    config = calibration.calibration_config(ctx, cell, never_called, supplied, params, n=128)
     # The run directory a maintainer calibrated in: one record of the current weights, one stale.
     run, current = tmp_path / "calibrated-run", {"scale": 2.5, "tried": []}
     (run / "calibration").mkdir(parents=True)
@@ -54,7 +54,7 @@ def test_shipped_record_is_used_and_copied_into_the_run(tmp_path, zoo_weights):
     assert written[0] == zoo_weights / "synthfaces-ddpm" / calibration.record_name(config)
 
     fresh = RunContext(suite=ctx.suite, store=RunStore(tmp_path / "fresh"), log=lambda s: None)
-    assert calibration.calibrate(fresh, cell, never_called, probes, target, params)["scale"] == 2.5
+    assert calibration.calibrate(fresh, cell, never_called, supplied, params)["scale"] == 2.5
     copied = list((tmp_path / "fresh" / "calibration").glob("*.json"))
     assert len(copied) == 1 and json.loads(copied[0].read_text())["config"]["revision"] == revision
 
@@ -82,10 +82,10 @@ def test_every_calibrated_quickstart_cell_has_a_shipped_record(tmp_path):
     for cell in plan(suite):
         if cell.skip_reason or cell.method.params.get("scale") != "auto":
             continue
-        probes, target = get_probes(ctx, cell), cell.setting.target_vector()
-        n = calibration.calibration_samples(len(target))
+        supplied = {"probes": get_probes(ctx, cell), "target": cell.setting.target_vector()}
+        n = calibration.calibration_samples(len(supplied["target"]))
         factory = resolve(METHODS, cell.method.name, "method")
-        config = calibration.calibration_config(ctx, cell, factory, probes, target, dict(cell.method.params), n=n)
+        config = calibration.calibration_config(ctx, cell, factory, supplied, dict(cell.method.params), n=n)
         if not any(calibration.shipped_calibration(cell.model.source, name).exists()
                    for name in calibration.record_names(config)):
             missing.append(cell.cell_id)
@@ -95,11 +95,11 @@ def test_every_calibrated_quickstart_cell_has_a_shipped_record(tmp_path):
 def test_a_changed_method_default_does_not_reuse_a_record(tmp_path):
     """Records are keyed by the method's effective params: defaults count as if written out."""
     ctx, cell = quickstart_cell(tmp_path)
-    probes, target = get_probes(ctx, cell), cell.setting.target_vector()
+    supplied = {"probes": get_probes(ctx, cell), "target": cell.setting.target_vector()}
     factory = resolve(METHODS, cell.method.name, "method")
 
     def key(method_factory, params):
-        config = calibration.calibration_config(ctx, cell, method_factory, probes, target, params, n=128)
+        config = calibration.calibration_config(ctx, cell, method_factory, supplied, params, n=128)
         return calibration.record_name(config)
 
     def other_default(probes, target, scale=1.0, loss="chi2", path="h", start=0.0, stop=0.123, normalize=True,
@@ -112,7 +112,7 @@ def test_a_changed_method_default_does_not_reuse_a_record(tmp_path):
     assert key(factory, {"scale": "auto"}) != key(factory, {"scale": "auto", "stop": DEFAULT_STOP / 2})
     # Aiming at the target itself is what every record did before calibration corrected aims, so
     # it is left out of the key (those records' trials are still replayed); an aim of one's own counts.
-    config = calibration.calibration_config(ctx, cell, factory, probes, target, {"scale": "auto"}, n=128)
+    config = calibration.calibration_config(ctx, cell, factory, supplied, {"scale": "auto"}, n=128)
     assert "aim" not in config["params"] and "stop" in config["params"]
     assert key(factory, {"scale": "auto"}) != key(factory, {"scale": "auto", "aim": [0.4, 0.6]})
     # An option added later (ADDED_OPTIONS) counts only when set away from its old-behaviour default.
@@ -141,15 +141,15 @@ def test_a_new_calibration_rule_reuses_an_earlier_records_trials(tmp_path, zoo_w
     the earlier rule's trials, their first batches included, and generates only what they lack
     (here 32, past the old record's top, where FD still fell)."""
     ctx, cell = quickstart_cell(tmp_path)
-    probes, target = get_probes(ctx, cell), cell.setting.target_vector()
+    supplied = {"probes": get_probes(ctx, cell), "target": cell.setting.target_vector()}
     params = {**cell.method.params, "scale": "auto"}
-    config = calibration.calibration_config(ctx, cell, never_called, probes, target, params, n=128)
+    config = calibration.calibration_config(ctx, cell, never_called, supplied, params, n=128)
     old_rule = {**config, "rule": "images, interpolated"}
     (tmp_path / "out" / "calibration").mkdir(parents=True)
     early = {1.0: 0.30, 1.4: 0.20, 2.0: 0.08, 2.8: 0.02, 4.0: 0.25, 8.0: 0.40}  # the optimum near 2.8
     (tmp_path / "out" / "calibration" / "synthfaces-ddpm-old.json").write_text(
         json.dumps(walk_record(old_rule, early)))
-    scale = calibration.calibrate(ctx, cell, never_called, probes, target, params)["scale"]
+    scale = calibration.calibrate(ctx, cell, never_called, supplied, params)["scale"]
     record = json.loads((tmp_path / "out" / "calibration" / f"synthfaces-ddpm-{calibration.record_name(config)}")
                         .read_text())
     assert record["config"]["rule"] == calibration.RULE and scale == record["scale"] and record["images"] == 0
@@ -163,7 +163,7 @@ def test_a_new_calibration_rule_reuses_an_earlier_records_trials(tmp_path, zoo_w
     (zoo_weights / "synthfaces-ddpm").mkdir(parents=True)
     (zoo_weights / "synthfaces-ddpm" / "old.json").write_text(json.dumps(walk_record(old_rule, still_falling)))
     with pytest.raises(AssertionError, match="generated images"):
-        calibration.calibrate(ctx, cell, never_called, probes, target, params)
+        calibration.calibrate(ctx, cell, never_called, supplied, params)
     # Records of the earlier rule are never shipped and are removed from the zoo.
     assert calibration.ship_calibrations(tmp_path / "first-run", {}) == []
     calibration.ship_calibrations(tmp_path / "first-run", {"zoo:synthfaces-ddpm": config["revision"]})
@@ -174,9 +174,9 @@ def test_trials_of_records_without_labels_stand_only_for_themselves(tmp_path, zo
     """A record made before records kept per-seed labels cannot tell a trial's first batch: that
     is generated, the full trial is replayed."""
     ctx, cell = quickstart_cell(tmp_path)
-    probes, target = get_probes(ctx, cell), cell.setting.target_vector()
+    supplied = {"probes": get_probes(ctx, cell), "target": cell.setting.target_vector()}
     params = {**cell.method.params, "scale": "auto"}
-    config = calibration.calibration_config(ctx, cell, never_called, probes, target, params, n=128)
+    config = calibration.calibration_config(ctx, cell, never_called, supplied, params, n=128)
     old = walk_record({**config, "rule": "images, interpolated"}, {4.0: 0.1, 8.0: 0.2})
     for trial in old["tried"]:
         del trial["labels"]
@@ -185,7 +185,7 @@ def test_trials_of_records_without_labels_stand_only_for_themselves(tmp_path, zo
     found = calibration.earlier_trials(config, [tmp_path / "out" / "calibration"])
     assert set(found) == {calibration.measurement_key(s, None, 128) for s in (4.0, 8.0)}
     with pytest.raises(AssertionError, match="generated images"):  # the coarse pass's first batch at 4
-        calibration.calibrate(ctx, cell, never_called, probes, target, params)
+        calibration.calibrate(ctx, cell, never_called, supplied, params)
 
 
 def test_auto_tolerance_picks_a_smaller_scale_from_the_same_trials(tmp_path, zoo_weights):
@@ -193,24 +193,24 @@ def test_auto_tolerance_picks_a_smaller_scale_from_the_same_trials(tmp_path, zoo
     the plain record of the same cell (no images generated) and chooses the smallest scale whose
     interpolated FD is within that many noise units of the best."""
     ctx, cell = quickstart_cell(tmp_path)
-    probes, target = get_probes(ctx, cell), cell.setting.target_vector()
+    supplied = {"probes": get_probes(ctx, cell), "target": cell.setting.target_vector()}
     params = {**cell.method.params, "scale": "auto"}
-    plain = calibration.calibration_config(ctx, cell, never_called, probes, target, params, n=128)
+    plain = calibration.calibration_config(ctx, cell, never_called, supplied, params, n=128)
     walked = {1.0: 0.30, 1.4: 0.20, 2.0: 0.08, 2.8: 0.02, 4.0: 0.25, 8.0: 0.40}  # the optimum near 2.8
     (tmp_path / "out" / "calibration").mkdir(parents=True)
     (tmp_path / "out" / "calibration" / "synthfaces-ddpm-plain.json").write_text(
         json.dumps(walk_record(plain, walked)))
     tolerant = {**params, "auto_tolerance": 0.5}
-    scale = calibration.calibrate(ctx, cell, never_called, probes, target, tolerant)["scale"]
-    config = calibration.calibration_config(ctx, cell, never_called, probes, target, tolerant, n=128)
+    scale = calibration.calibrate(ctx, cell, never_called, supplied, tolerant)["scale"]
+    config = calibration.calibration_config(ctx, cell, never_called, supplied, tolerant, n=128)
     record = json.loads((tmp_path / "out" / "calibration" / f"synthfaces-ddpm-{calibration.record_name(config)}")
                         .read_text())
     assert config["params"]["auto_tolerance"] == 0.5 and config["rule"] == plain["rule"]
     assert [t["scale"] for t in record["tried"]] == [1.4, 2.0, 2.8, 4.0] and record["aimed"] == []
     assert record["images"] == 0
     noise = record["noise"]  # 0.0625: two classes, 128 seeds
-    assert scale == calibration.smallest_scale_within(record["tried"], target, 0.5 * noise)
-    assert 2.0 < scale < calibration.interpolated_scale(record["tried"], target) <= 2.8
+    assert scale == calibration.smallest_scale_within(record["tried"], supplied["target"], 0.5 * noise)
+    assert 2.0 < scale < calibration.interpolated_scale(record["tried"], supplied["target"]) <= 2.8
 
 
 def test_smallest_scale_within_the_tolerance():

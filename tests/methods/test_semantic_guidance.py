@@ -131,3 +131,85 @@ def test_an_image_does_not_depend_on_its_batch(tiny_text_adapter):
                                           method=method).images
     alone = tiny_text_adapter.generate([2], prompts=[PROMPT], steps=3, guidance_scale=3.0, method=method).images
     assert torch.equal(together[2], alone[0])
+
+
+def test_an_aim_reallocates_the_images_and_is_recorded():
+    method = SemanticGuidance(PHRASES, [0.5, 0.5], aim=[0.2, 0.8])
+    seeds = list(range(100))
+    method.start_cell(seeds)
+    assert np.bincount(method.cell_choices(seeds), minlength=2).tolist() == [20, 80]
+    assert method.config()["target"] == [0.5, 0.5] and method.config()["aim"] == [0.2, 0.8]
+    with pytest.raises(ValueError, match="aim must be 2 non-negative proportions"):
+        check_params(SemanticGuidance, {"aim": [0.5, 0.6]}, "params")
+
+
+def auto_suite(tmp_path, source="zoo:synthfaces-t2i", **changes):
+    import yaml
+
+    from audit.spec import load_suite
+
+    suite = {"name": "auto", "models": [{"name": "t2i", "source": str(source), "steps": 2,
+                                         "guidance_scale": 2.0, "prompts": [PROMPT]}],
+             "methods": [{"name": "semantic_guidance", "params": {"scale": "auto", "threshold": 0.5}}],
+             "settings": [{"attributes": ["skin_tone"], "target": "uniform"}],
+             "samples": 4, "batch_size": 4, "labelers": ["synthfaces-eval"], "probe_labeler": "synthfaces-pseudo",
+             "metrics": ["fairness"], **changes}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return load_suite(path)
+
+
+def test_auto_scale_needs_a_probe_labeler_apart_from_the_evaluation_labelers(tmp_path):
+    from audit.spec import SuiteError
+
+    with pytest.raises(SuiteError, match="is also an evaluation labeler"):
+        auto_suite(tmp_path, probe_labeler="synthfaces-eval")
+    fixed = [{"name": "semantic_guidance", "params": {"scale": 3.0}}]
+    assert auto_suite(tmp_path, probe_labeler="synthfaces-eval", methods=fixed)  # a fixed scale judges nothing
+
+
+def test_auto_scale_is_calibrated_per_cell_on_trial_images_judged_by_the_probe_labeler(tmp_path, monkeypatch,
+                                                                                       tiny_text_model_dir):
+    """The calibration the probe-guided methods use chooses the edit scale: trial images on
+    calibration seeds, labelled by the suite's probe labeler; the cell is generated at the chosen
+    scale (and aim, where the miss was corrected), recorded in its manifest."""
+    import json
+
+    from audit.run import calibration
+    from audit.run.suite import run_suite
+
+    monkeypatch.setattr(calibration, "calibration_samples", lambda k: 16)  # four batches per trial
+    frame = run_suite(auto_suite(tmp_path, tiny_text_model_dir), tmp_path / "out")
+    assert set(frame["status"]) == {"done"}
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "calibration").glob("*.json")]
+    config = record["config"]
+    assert config["method"] == "semantic_guidance" and config["judge"] == "synthfaces-pseudo"
+    assert config["phrases"] == ["with light skin", "with dark skin"] and config["params"]["threshold"] == 0.5
+    assert len(record["tried"]) >= 2 and record["scale"] == calibration.interpolated_scale(record["tried"], [0.5, 0.5])
+    missed = min(t["fd"] for t in record["tried"]) > record["noise"]
+    assert bool(record["aimed"]) == missed
+    cell = next((tmp_path / "out" / "cells").iterdir())
+    method = json.loads((cell / "manifest.json").read_text())["method"]
+    assert method["scale"] == record["scale"] and method["aim"] == pytest.approx(record["aim"] or [0.5, 0.5])
+    # The dry run finds the record: a second run would not calibrate again.
+    from audit.plan_view import calibration_cost
+    from audit.spec import plan
+
+    suite = auto_suite(tmp_path, tiny_text_model_dir)
+    assert calibration_cost(suite, plan(suite), tmp_path / "out")[1] == [
+        "calibration: all 1 scale: auto calibrations shipped or cached (no cost)"]
+    # Another phrase for a class is another edit: its calibration is not reused.
+    phrased = auto_suite(tmp_path, tiny_text_model_dir, phrases={"skin_tone": {"dark": "with very dark skin"}})
+    from audit.registry import METHODS, resolve
+    from audit.run.build import supplied_arguments
+    from audit.run.context import RunContext
+    from audit.store import RunStore
+
+    ctx = RunContext(suite=phrased, store=RunStore(tmp_path / "out"), log=lambda s: None)
+    (other,) = plan(phrased)
+    factory = resolve(METHODS, "semantic_guidance", "method")
+    params = dict(other.method.params)
+    changed = calibration.calibration_config(ctx, other, factory, supplied_arguments(ctx, other, factory, params),
+                                             params, n=16)
+    assert changed["phrases"][1] == "with very dark skin"
+    assert calibration.record_name(changed) != calibration.record_name(config)
