@@ -34,10 +34,11 @@ for family in sd3 flux; do
   phase "speed-$family" 150 python3 benchmarks/transformer_speed.py --size full --families "$family" --device cuda \
     --dtype bfloat16 --out "$OUT/transformer_speed_${family}_cuda.json"
 done
-# The training-free methods' efficacy bar on the text model (hours on a CPU): skin tone uniform first.
+# Semantic guidance on the text model's efficacy bar with its scale calibrated per setting (the
+# calibration's trial images are hours on a CPU; the fixed-scale bar ran there).
 mkdir -p /tmp/runs
-phase training-free-t2i 240 python3 -m audit.cli run benchmarks/training_free_efficacy_t2i.yaml \
-  -o /tmp/runs/training-free-t2i --device cuda --threads 16
+phase training-free-t2i-auto 240 python3 -m audit.cli run benchmarks/training_free_efficacy_t2i_auto.yaml \
+  -o /tmp/runs/training-free-t2i-auto --device cuda --threads 16
 # Continue the archived tables (finished cells are skipped by id; calibration records reused).
 cp -r benchmarks/results/efficacy_eta1_run /tmp/runs/efficacy
 phase efficacy 330 python3 -m audit.cli run benchmarks/efficacy.yaml -o /tmp/runs/efficacy --device cuda --threads 16
