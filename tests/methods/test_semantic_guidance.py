@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -213,3 +215,26 @@ def test_auto_scale_is_calibrated_per_cell_on_trial_images_judged_by_the_probe_l
                                              params, n=16)
     assert changed["phrases"][1] == "with very dark skin"
     assert calibration.record_name(changed) != calibration.record_name(config)
+
+
+def test_a_calibrated_method_without_an_aim_keeps_its_miss(tmp_path, tiny_text_model_dir):
+    """A plug-in that calibrates its scale but cannot be aimed elsewhere (no `aim` param) gets
+    the chosen scale and no aim correction, rather than a constructor error mid-calibration."""
+    from audit.run.build import supplied_arguments
+    from audit.run.calibration import calibrate
+    from audit.run.context import RunContext
+    from audit.spec import plan
+    from audit.store import RunStore
+
+    class Unaimed(SemanticGuidance):
+        def __init__(self, phrases, target, scale: float = 4.0, threshold: float = 0.95):
+            super().__init__(phrases, target, scale=scale, threshold=threshold)
+
+    suite = auto_suite(tmp_path, tiny_text_model_dir)
+    ctx = RunContext(suite=suite, store=RunStore(tmp_path / "out"), log=lambda s: None)
+    (cell,) = plan(suite)
+    params = dict(cell.method.params)
+    chosen = calibrate(ctx, cell, Unaimed, supplied_arguments(ctx, cell, Unaimed, params), params, n=16)
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "calibration").glob("*.json")]
+    assert min(t["fd"] for t in record["tried"]) > record["noise"]  # a miss the aim would have corrected
+    assert record["aimed"] == [] and chosen == {"scale": record["scale"], "aim": None}
