@@ -91,7 +91,9 @@ def effective_params(factory: Callable, params: dict) -> dict:
     with. Cell ids and calibration records hash this, so a changed default (say `stop`) never
     reuses results produced under the old one. Options a factory lists in `ADDED_OPTIONS` (added
     after results were published, their default reproducing the old behaviour) are left out while
-    at that default, so adding an option does not invalidate every earlier cell and calibration."""
+    at that default, so adding an option does not invalidate every earlier cell and calibration.
+    A factory's `suite_defaults` (what a suite that leaves a param out gets, where that differs
+    from the constructor's default) count as its defaults."""
     import inspect
 
     try:
@@ -99,6 +101,7 @@ def effective_params(factory: Callable, params: dict) -> dict:
     except (TypeError, ValueError):  # a registered callable without a signature: params as written
         return dict(params)
     defaults = {key: p.default for key, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
+    defaults.update(getattr(factory, "suite_defaults", {}))
     effective = {**defaults, **params}
     for key in getattr(factory, "ADDED_OPTIONS", ()):
         if key in effective and effective[key] == defaults.get(key):
@@ -127,7 +130,8 @@ def suite_params(factory: Callable) -> dict | None:
     """{name: (annotation, default)} of what a suite may write under a method's `params` (or a
     labeler's `labeler_options`): the factory's keyword arguments less those the runner fills in
     itself (`factory.supplied`), plus any the factory names in `suite_only` (a suite value the
-    runner turns into an argument, e.g. universal guidance's labeler name). None when the factory
+    runner turns into an argument, e.g. universal guidance's labeler name), with the defaults of
+    the factory's `suite_defaults` where it has them. None when the factory
     takes **kwargs or has no signature: anything goes."""
     import inspect
 
@@ -142,7 +146,8 @@ def suite_params(factory: Callable) -> dict | None:
         if key in supplied or p.kind == p.VAR_POSITIONAL:
             continue
         annotation = Any if p.annotation is p.empty or isinstance(p.annotation, str) else p.annotation
-        fields[key] = (annotation, ... if p.default is inspect.Parameter.empty else p.default)
+        default = getattr(factory, "suite_defaults", {}).get(key, p.default)
+        fields[key] = (annotation, ... if default is inspect.Parameter.empty else default)
     return {**fields, **getattr(factory, "suite_only", {})}
 
 

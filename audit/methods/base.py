@@ -63,6 +63,10 @@ class Method:
     relative_cost: ClassVar[float] = 1.0
     # Whether a `scale: auto` param is calibrated by trial batches before the cell generates.
     calibrates_scale: ClassVar[bool] = False
+    # Defaults a suite that leaves a param out gets, where they differ from the constructor's (a
+    # built method needs a number for its scale; a suite that names none gets `scale: auto`).
+    # Cell ids and calibration records hash these (audit.registry.effective_params).
+    suite_defaults: ClassVar[dict] = {}
     # Constructor arguments the runner fills in from the cell (probes, target, ...). Every other
     # argument is a suite param: its annotation (types, Literal choices, Annotated ranges) is what
     # a suite's `params` are checked against when the suite loads (audit.registry.check_params).

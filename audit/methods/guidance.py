@@ -200,6 +200,7 @@ class ProbeGuidance:
     supplied = ("probes", "target")
     needs_probe = True
     calibrates_scale = True  # `scale: auto` (audit.run.calibration)
+    suite_defaults = {"scale": "auto"}  # a suite that names no scale gets it calibrated
     relative_cost = 1.05  # h path: the probe's linear head is all that back-propagates
 
     @classmethod

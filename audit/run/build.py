@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audit.files import inside
+from audit.registry import effective_params
 from audit.run.context import RunContext
 from audit.run.probes import get_probes, sampling_key
 from audit.spec import DEFAULT_PROMPT, Cell, SuiteError
@@ -103,7 +104,7 @@ def build_method(ctx: RunContext, cell: Cell):
     mid-way, by the scale its finished batches were made with)."""
     spec, params, factory = cell.method, dict(cell.method.params), cell.method_class
     supplied = supplied_arguments(ctx, cell, factory, params)
-    if factory.calibrates_scale and params.get("scale", "auto") == "auto":
+    if factory.calibrates_scale and effective_params(factory, params).get("scale") == "auto":
         from audit.run.calibration import calibrate
 
         _construct(factory, spec, {**supplied, **params, "scale": 1.0})  # fail fast

@@ -290,12 +290,10 @@ def _method_options() -> dict[str, dict[str, str]]:
         for param in inspect.signature(factory).parameters.values():
             if param.name in RUNNER_SUPPLIED or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
                 continue
-            if param.name == "scale" and getattr(factory, "needs_probe", False):
-                shown = "`auto`"  # the runner calibrates a probe-guided method that names no scale
-            elif param.default is inspect.Parameter.empty:
+            value = getattr(factory, "suite_defaults", {}).get(param.name, param.default)
+            if value is inspect.Parameter.empty:
                 shown = OPTION_DEFAULTS.get(param.name, "**required**")
             else:
-                value = param.default
                 shown = "`null`" if value is None else f"`{value}`".replace("True", "true").replace("False", "false")
             options.setdefault(param.name, {})[name] = shown
     return options

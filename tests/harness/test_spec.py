@@ -244,6 +244,28 @@ def test_a_cell_is_identified_by_what_its_method_ran_with_defaults_included(monk
     assert cell_id(scale=2.0) != before
 
 
+def test_a_scale_left_out_is_the_methods_suite_default_in_the_cell_id_and_the_plan(tmp_path):
+    """A probe-guided method that names no scale is calibrated (`scale: auto`), so its cell id
+    says auto and differs from an explicit 1.0 (the constructor's default), which is not
+    calibrated; semantic guidance that names none runs at its default 4 and calibrates nothing.
+    Before, both probe-guided spellings shared one id though only one was calibrated, and a
+    semantic guidance cell without a scale was calibrated under the id of scale 4."""
+    from audit.plan_view import calibration_cost
+    from audit.registry import method_params
+
+    assert method_params("distribution_guidance", {})["scale"] == "auto"
+    assert method_params("sample_guidance", {})["scale"] == "auto"
+    assert method_params("semantic_guidance", {})["scale"] == 4.0
+    suite = load_suite(write(tmp_path, {
+        **VALID, "models": VALID["models"][1:], "settings": VALID["settings"][:1],
+        "methods": [{"name": "distribution_guidance"},
+                    {"name": "distribution_guidance", "label": "dg-1", "params": {"scale": 1.0}},
+                    {"name": "semantic_guidance"}]}))
+    cells = plan(suite)
+    assert len({c.cell_id for c in cells}) == 3
+    assert calibration_cost(suite, cells)[1][0].startswith("calibration: 1 of 1 scale: auto calibrations to make")
+
+
 def test_a_zoo_model_samples_with_its_own_eta_unless_the_suite_sets_one():
     """synthfaces-ddpm reproduces its training marginals only under stochastic DDIM, so a suite
     that names no eta gets the zoo's; eta 0 keeps the ids of cells sampled before eta existed."""
