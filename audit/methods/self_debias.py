@@ -49,6 +49,7 @@ class SelfDebias(ProbeGuidance, Method):
     supplied = ("target", "unguided")
     needs_probe = False  # it trains its own cluster heads, on no labels
     calibrates_scale = False  # the calibration judges images with the probe labeler, which this method has not
+    suite_defaults = {}  # so a suite that names no scale gets the constructor's, not `auto`
 
     def __init__(self, target, unguided, k: Clusters | None = None, shares: list[float] | None = None,
                  n: FeatureSamples = 512, scale: Scale = 4.0, loss: Loss = "kl", start: Fraction = 0.0,

@@ -251,11 +251,14 @@ def test_a_scale_left_out_is_the_methods_suite_default_in_the_cell_id_and_the_pl
     Before, both probe-guided spellings shared one id though only one was calibrated, and a
     semantic guidance cell without a scale was calibrated under the id of scale 4."""
     from audit.plan_view import calibration_cost
-    from audit.registry import method_params
+    from audit.registry import METHODS, method_params, resolve
 
     assert method_params("distribution_guidance", {})["scale"] == "auto"
     assert method_params("sample_guidance", {})["scale"] == "auto"
     assert method_params("semantic_guidance", {})["scale"] == 4.0
+    for name in METHODS:  # `auto` by default only where the runner calibrates it (not self_debias's)
+        if method_params(name, {}).get("scale") == "auto":
+            assert resolve(METHODS, name, "method").calibrates_scale, name
     suite = load_suite(write(tmp_path, {
         **VALID, "models": VALID["models"][1:], "settings": VALID["settings"][:1],
         "methods": [{"name": "distribution_guidance"},
