@@ -114,5 +114,4 @@ class SemanticGuidance(AllocatingMethod):
 
     def config(self) -> dict:
         return {"name": self.name, "phrases": self.phrases, "target": self.target.tolist(), "aim": self.aim.tolist(),
-                "scale": self.scale,
-                "warmup": self.warmup, "stop": self.stop, "threshold": self.threshold}
+                "scale": self.scale, "warmup": self.warmup, "stop": self.stop, "threshold": self.threshold}

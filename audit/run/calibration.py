@@ -199,7 +199,7 @@ def calibrate(ctx, cell, factory, supplied: dict, params: dict, n: int | None = 
         if known is not None and (known["n"] == count or (known["n"] > count and "labels" in known)):
             return answer(prefix(known, count, target))
         labels = list(known["labels"]) if known is not None and "labels" in known and known["n"] < count else []
-        method = factory(**{**supplied, "target": target, **params, "scale": scale, **aimed})
+        method = factory(**{**supplied, **params, "scale": scale, **aimed})
         method.start_cell(seeds[:total])  # a first batch is the same whatever count the trial stops at
         for i in range(len(labels), count, cell.batch_size):
             started = time.perf_counter()
