@@ -155,27 +155,17 @@ def _print_groups(suite: Suite, cells, costs, console) -> None:
 
 
 def _calibration_config(cell, suite: Suite, n: int) -> dict | None:
-    """The calibration config (audit.run.calibration.calibration_config) of a `scale: auto`
-    cell, less the model revision and probe accuracies that only loading tells: None when the
+    """The calibration config of a `scale: auto` cell less the model revision and probe
+    accuracies that only loading tells (audit.run.calibration.unloaded_config): None when the
     cell's method does not calibrate."""
     from audit.registry import METHODS, effective_params, resolve
-    from audit.run.calibration import RULE, calibrated_model, calibration_samples
+    from audit.run.calibration import unloaded_config
 
     factory = resolve(METHODS, cell.method.name, "method")
-    if not factory.calibrates_scale:
+    params = dict(cell.method.params)
+    if not factory.calibrates_scale or effective_params(factory, params).get("scale") != "auto":
         return None
-    params = effective_params(factory, dict(cell.method.params))
-    if params.get("scale", "auto") != "auto":
-        return None
-    if params.get("aim") is None:
-        params.pop("aim", None)
-    target = cell.setting.target_vector()
-    config = {"model": calibrated_model(cell.model), "method": cell.method.name, "params": params,
-              "attributes": cell.setting.attributes,
-              "target": [float(v) for v in target], "batch": cell.batch_size, "prompt": cell.prompt,
-              "judge": None, "n": n or calibration_samples(len(target)), "rule": RULE,
-              **({"phrases": suite.class_phrases(cell.setting)} if "phrases" in factory.supplied else {})}
-    return json.loads(json.dumps(config, default=str))
+    return json.loads(json.dumps(unloaded_config(suite, cell, factory, params, n), default=str))
 
 
 def _known_calibrations(cell, suite: Suite, out: Path | None) -> list[dict]:
@@ -222,9 +212,9 @@ def calibration_cost(suite: Suite, cells, out: Path | None = None) -> tuple[list
         auto += 1
         if cell.model.name not in known:
             known[cell.model.name] = _known_calibrations(cell, suite, out)
-        judge, bare = suite.probe_labeler, {k: v for k, v in config.items() if k != "rule"}
+        bare = {k: v for k, v in config.items() if k != "rule"}
         if any(c.get("rule") in (RULE, *EARLIER_RULES) and
-               {k: v for k, v in c.items() if k not in ("revision", "probes", "rule")} == {**bare, "judge": judge}
+               {k: v for k, v in c.items() if k not in ("revision", "probes", "rule")} == bare
                for c in known[cell.model.name]):
             continue
         images = most_images(n)

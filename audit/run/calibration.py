@@ -360,20 +360,25 @@ def takes_aim(factory) -> bool:
 
 
 def calibration_config(ctx, cell, factory, supplied: dict, params: dict, n: int) -> dict:
-    """Everything a calibrated scale depends on (the model's weights by revision, not its name;
-    the method's params with its defaults filled in; the probes' accuracies, or the phrases a
-    method edits with, for the methods given them)."""
-    target, probes = supplied["target"], supplied.get("probes", [])
+    """Everything a calibrated scale depends on: `unloaded_config`, the model's weights by
+    revision (not its name) and the probes' accuracies, for the methods given probes."""
+    return {**unloaded_config(ctx.suite, cell, factory, params, n), "revision": ctx.adapter(cell).revision,
+            "probes": [p.meta.get("val_accuracy", [])[:3] for p in supplied.get("probes", [])]}
+
+
+def unloaded_config(suite, cell, factory, params: dict, n: int) -> dict:
+    """What a calibrated scale depends on that the suite tells without loading anything (the dry
+    run compares it with cached and shipped records): the model entry, the method's params with
+    its defaults filled in, the setting, batch, prompt, judge, seeds, the rule and, for a method
+    that edits with the classes' phrases, those phrases."""
     params = effective_params(factory, params)
     if params.get("aim") is None:
         params.pop("aim", None)  # aimed at the target itself, as every record before aims existed
     # eta 0 = unset; allow_pickle only says which weight files may load (the revision names the weights)
-    return {"model": calibrated_model(cell.model), "revision": ctx.adapter(cell).revision,
-            "method": cell.method.name, "params": params,
-            "attributes": cell.setting.attributes, "target": [float(v) for v in target], "batch": cell.batch_size,
-            "probes": [p.meta.get("val_accuracy", [])[:3] for p in probes], "prompt": cell.prompt,
-            "judge": ctx.suite.probe_labeler, "n": n, "rule": RULE,
-            **({"phrases": list(supplied["phrases"])} if "phrases" in supplied else {})}
+    return {"model": calibrated_model(cell.model), "method": cell.method.name, "params": params,
+            "attributes": cell.setting.attributes, "target": [float(v) for v in cell.setting.target_vector()],
+            "batch": cell.batch_size, "prompt": cell.prompt, "judge": suite.probe_labeler, "n": n, "rule": RULE,
+            **({"phrases": suite.class_phrases(cell.setting)} if "phrases" in getattr(factory, "supplied", ()) else {})}
 
 
 def earlier_trials(config: dict, folders: list[Path]) -> dict[str, dict]:
